@@ -1,0 +1,68 @@
+# Switchyard — one Makefile, thin targets over the `switchyard` CLI.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+SY := $(VENV)/bin/switchyard
+export SWITCHYARD_STATE_DIR ?= $(CURDIR)/.state
+KAFKA_LIBS := $(SWITCHYARD_STATE_DIR)/kafka-libs
+# The benchmark data: ../shared/data when it is beside the checkout, else ./data (`make data`).
+export SWITCHYARD_DATA_DIR ?= $(if $(wildcard $(CURDIR)/../shared/data/routellm),$(abspath $(CURDIR)/../shared/data),$(CURDIR)/data)
+PYTEST_ARGS ?=
+
+.PHONY: help setup data up down status topics test test-unit test-integration demo router bench lint clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
+
+setup: $(VENV)/.installed $(KAFKA_LIBS)/.resolved ## virtualenv with the project (editable) + dev tools; Kafka jars from Maven Central
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(UV) || { $(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >/dev/null; $(PY) -m pip install -q "uv==0.13.9"; }
+	$(UV) pip sync --python $(PY) requirements.lock
+	$(UV) pip install --python $(PY) --no-deps -e .
+	@touch $@
+
+$(KAFKA_LIBS)/.resolved: infra/kafka/pom.xml
+	@mkdir -p $(KAFKA_LIBS)
+	mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(KAFKA_LIBS)
+	@touch $@
+
+lock: ## re-resolve requirements.lock from pyproject.toml
+	$(UV) pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+
+data: setup ## fetch the benchmark files into SWITCHYARD_DATA_DIR (skips when present)
+	$(SY) data fetch
+	$(SY) data check
+
+up: setup ## start Kafka (KRaft) + MLflow on 127.0.0.1 and create the topics
+	$(SY) stack up
+	$(SY) topics apply
+
+down: ## stop the local stack (only the processes it started)
+	@if [ -x $(SY) ]; then $(SY) stack down; fi
+
+status: ## is each service running and answering?
+	$(SY) stack status
+
+topics: ## create/update the Kafka topics from their definition
+	$(SY) topics apply
+
+test: setup up ## the whole suite: unit, integration (real Kafka, MLflow, Ray), e2e
+	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
+
+test-unit: setup ## unit tests only (no services)
+	$(VENV)/bin/pytest -q -m "not integration and not e2e" $(PYTEST_ARGS)
+
+demo: setup up ## run the main job end to end on the embedded default
+	$(PY) -m infra.demo
+
+lint: setup ## ruff
+	$(VENV)/bin/ruff check services streams training infra switchyard tests bench
+
+clean: down ## remove the state directory (Kafka data, MLflow runs, caches)
+	rm -rf $(SWITCHYARD_STATE_DIR)

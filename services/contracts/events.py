@@ -1,0 +1,264 @@
+"""Pydantic models of every Kafka event (DESIGN.md "Events").
+
+Each record carries ``schema_version``; a record with another version or a broken shape fails
+validation with a :class:`ContractError` naming the topic and the offending fields, so stream
+agents can dead-letter it and go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def prompt_hash(text: str) -> str:
+    """Stable hash of a prompt, used as its identity when the text itself is redacted."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class ContractError(ValueError):
+    """A record does not match its topic's contract."""
+
+
+class Event(BaseModel):
+    """Base of every event: strict about unknown fields, versioned, JSON round-trippable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_inf_nan="strings")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | str) -> Any:
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise ContractError(f"invalid {cls.__name__}: {_summarise(exc)}") from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "<record>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = len(exc.errors()) - 5
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+class RoutingMode(StrEnum):
+    ROUTE = "route"
+    CASCADE = "cascade"
+    HYBRID = "hybrid"
+    PASSTHROUGH = "passthrough"
+
+
+class CallStatus(StrEnum):
+    OK = "ok"
+    ERROR = "error"
+
+
+class Attempt(BaseModel):
+    """One upstream attempt of a call: the fallback path is the list of these."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    provider: str
+    status: Literal["ok", "error", "rejected", "skipped"]
+    latency_ms: NonNegative = 0.0
+    cost_usd: NonNegative = 0.0
+    error: str | None = None
+    http_status: int | None = None
+    accepted_score: Probability | None = Field(
+        default=None, description="Cascade scorer's confidence in this attempt's answer."
+    )
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class CallEvent(Event):
+    """``switchyard.calls.v1``, key ``request_id``: one routed (or passed-through) call."""
+
+    request_id: str = Field(min_length=1)
+    ts: datetime = Field(default_factory=utcnow)
+    task: str = "default"
+    tenant: str = "default"
+    prompt_hash: str = Field(min_length=16)
+    prompt: str | None = Field(default=None, description="None when redaction is on.")
+    requested_model: str
+    mode: RoutingMode
+    router_version: str | None = None
+    router_fallback: bool = Field(default=False, description="Router failed; catalog default used.")
+    scores: dict[str, Probability] = Field(default_factory=dict)
+    quality_target: Probability | None = None
+    threshold: float | None = None
+    chosen_model: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    escalated: bool = False
+    stream: bool = False
+    usage: Usage = Field(default_factory=Usage)
+    cost_usd: NonNegative = 0.0
+    latency_ms: NonNegative = 0.0
+    status: CallStatus = CallStatus.OK
+    error: str | None = None
+
+    @property
+    def fallback_path(self) -> list[str]:
+        return [a.model for a in self.attempts]
+
+
+class FeedbackSource(StrEnum):
+    USER = "user"
+    JUDGE = "judge"
+    RULE = "rule"
+
+
+class FeedbackEvent(Event):
+    """``switchyard.feedback.v1``, key ``request_id``: one quality signal for a call."""
+
+    feedback_id: str = Field(default_factory=new_id)
+    request_id: str = Field(min_length=1)
+    ts: datetime = Field(default_factory=utcnow)
+    score: Probability | None = None
+    label: Literal["good", "bad"] | None = None
+    source: FeedbackSource = FeedbackSource.USER
+    comment: str | None = Field(default=None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _score_or_label(self) -> FeedbackEvent:
+        if self.score is None and self.label is None:
+            raise ValueError("feedback needs a score (0..1) or a label ('good'|'bad')")
+        return self
+
+    @property
+    def value(self) -> float:
+        """The signal as a number in [0, 1] (a label counts as 1 or 0)."""
+        if self.score is not None:
+            return self.score
+        return 1.0 if self.label == "good" else 0.0
+
+
+class OutcomeEvent(Event):
+    """``switchyard.outcomes.v1``, key ``task``: a call joined with its quality signal."""
+
+    request_id: str = Field(min_length=1)
+    ts: datetime = Field(default_factory=utcnow)
+    task: str
+    tenant: str = "default"
+    prompt_hash: str
+    prompt: str | None = None
+    chosen_model: str
+    tier: str | None = None
+    mode: RoutingMode
+    router_version: str | None = None
+    predicted: Probability | None = Field(default=None, description="Router score of chosen_model.")
+    score: Probability
+    accepted: bool
+    escalated: bool = False
+    cost_usd: NonNegative = 0.0
+    latency_ms: NonNegative = 0.0
+    feedback_source: FeedbackSource = FeedbackSource.USER
+
+
+class AlertStatus(StrEnum):
+    FIRING = "firing"
+    RESOLVED = "resolved"
+
+
+class AlertEvent(Event):
+    """``switchyard.alerts.v1``, key ``task``: a drift or quality alert, firing or resolved."""
+
+    alert_id: str = Field(min_length=1, description="Stable fingerprint: (task, detector).")
+    status: AlertStatus
+    ts: datetime = Field(default_factory=utcnow)
+    task: str
+    detector: str
+    severity: Literal["info", "warning", "critical"] = "warning"
+    summary: str
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    suggested_action: str | None = None
+    report_url: str | None = None
+
+
+class HardQueryReason(StrEnum):
+    ESCALATED = "escalated"
+    LOW_MARGIN = "low_margin"
+    NEGATIVE_FEEDBACK = "negative_feedback"
+
+
+class HardQueryEvent(Event):
+    """``switchyard.hard-queries.v1``, key ``task``: a query the router got wrong or was unsure of."""
+
+    request_id: str = Field(min_length=1)
+    ts: datetime = Field(default_factory=utcnow)
+    task: str
+    prompt_hash: str
+    prompt: str | None = None
+    reason: HardQueryReason
+    chosen_model: str | None = None
+    scores: dict[str, Probability] = Field(default_factory=dict)
+    feedback_score: Probability | None = None
+    router_version: str | None = None
+
+
+class RetrainRequest(Event):
+    """``switchyard.retrain.v1`` (no key): a request to retrain the router."""
+
+    retrain_id: str = Field(default_factory=new_id)
+    ts: datetime = Field(default_factory=utcnow)
+    reason: str = Field(min_length=1)
+    source: Literal["streams", "operator", "schedule"] = "operator"
+    tasks: list[str] = Field(default_factory=list)
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    alert_id: str | None = None
+
+    @model_validator(mode="after")
+    def _window_order(self) -> RetrainRequest:
+        if self.window_start and self.window_end and self.window_start > self.window_end:
+            raise ValueError("window_start must not be after window_end")
+        return self
+
+
+class DeadLetter(Event):
+    """``switchyard.deadletter.v1``: a record a consumer could not process, kept for inspection."""
+
+    ts: datetime = Field(default_factory=utcnow)
+    source_topic: str
+    partition: int | None = None
+    offset: int | None = None
+    key: str | None = None
+    value: str = Field(description="The raw value, decoded as UTF-8 with replacement.")
+    error: str
+    consumer: str

@@ -1,0 +1,91 @@
+"""Settings, one pydantic-settings class per area, all read from ``SWITCHYARD_*`` env vars.
+
+Nothing here is instantiated at import time: entrypoints (the CLI, Serve builders, the Faust
+factory) build the settings they need and pass them down.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, env_file=None, extra="ignore")
+
+
+class DataSettings(BaseSettings):
+    """Where the benchmark files live (``SWITCHYARD_DATA_DIR``)."""
+
+    model_config = _config("SWITCHYARD_")
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Directory with routellm/ and routerbench/ (here and in CI: ../shared/data).",
+    )
+    data_download: bool = Field(
+        default=True,
+        description="Whether `make data` may download missing files from their public sources.",
+    )
+
+
+class StackSettings(BaseSettings):
+    """The local stack: where state lives and which ports the processes bind on 127.0.0.1."""
+
+    model_config = _config("SWITCHYARD_")
+
+    state_dir: Path = Field(default=Path(".state"), description="Logs, pid files, Kafka/MLflow data.")
+    host: str = "127.0.0.1"
+    kafka_port: int = Field(default=9092, ge=1, le=65535)
+    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
+    kafka_heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$")
+    kafka_libs_dir: Path | None = Field(
+        default=None, description="Kafka runtime jars; default <state_dir>/kafka-libs (filled by make setup)."
+    )
+    mlflow_port: int = Field(default=5000, ge=1, le=65535)
+    ready_timeout_s: float = Field(default=90.0, gt=0)
+
+    @property
+    def kafka_libs(self) -> Path:
+        return self.kafka_libs_dir or self.state_dir / "kafka-libs"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.host}:{self.kafka_port}"
+
+    @property
+    def mlflow_uri(self) -> str:
+        return f"http://{self.host}:{self.mlflow_port}"
+
+
+class KafkaSettings(BaseSettings):
+    """How clients reach the broker (``SWITCHYARD_KAFKA_BOOTSTRAP``)."""
+
+    model_config = _config("SWITCHYARD_KAFKA_")
+
+    bootstrap: str = "127.0.0.1:9092"
+    client_id: str = "switchyard"
+    topic_prefix: str = Field(
+        default="",
+        description="Prepended to every topic name (tests use a unique prefix per test).",
+    )
+    request_timeout_ms: int = Field(default=15000, gt=0)
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("SWITCHYARD_KAFKA_BOOTSTRAP must name at least one host:port")
+        return v
+
+
+class MLflowSettings(BaseSettings):
+    """Where the MLflow tracking server is (``SWITCHYARD_MLFLOW_TRACKING_URI``)."""
+
+    model_config = _config("SWITCHYARD_MLFLOW_")
+
+    tracking_uri: str = "http://127.0.0.1:5000"
+    registered_model: str = "switchyard-router"
+    experiment: str = "switchyard-router"

@@ -1,0 +1,34 @@
+"""The ``switchyard`` command: the composition root that wires every area's subcommands.
+
+It lives outside ``services`` so that ``services`` never imports ``streams`` or ``training``.
+Area modules import their heavy dependencies inside the commands, so ``switchyard --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from infra.cli import data_app, stack_app, topics_app
+from services.contracts.cli import contracts_app
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Switchyard: the LLM routing gateway.")
+app.add_typer(stack_app, name="stack", help="Start/stop the local stack (Kafka KRaft, MLflow).")
+app.add_typer(topics_app, name="topics", help="Kafka topics from their one definition.")
+app.add_typer(data_app, name="data", help="Benchmark data: fetch or check the data directory.")
+app.add_typer(contracts_app, name="contracts", help="Event contracts: JSON Schema export, validation.")
+# --- area subcommands (one line each) ---
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def main() -> None:
+    app()
