@@ -64,7 +64,12 @@ def topics_apply(
     kafka = KafkaSettings()
     try:
         changes = asyncio.run(
-            apply_topics(kafka.bootstrap, prefix if prefix is not None else kafka.topic_prefix, max_replication=max_replication)
+            apply_topics(
+                kafka.bootstrap,
+                prefix if prefix is not None else kafka.topic_prefix,
+                max_replication=max_replication,
+                timeout_ms=kafka.request_timeout_ms,
+            )
         )
     except Exception as exc:  # noqa: BLE001 - report any admin failure as a clear CLI error
         typer.secho(f"error: applying topics on {kafka.bootstrap} failed: {exc!r}", fg="red", err=True)

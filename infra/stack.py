@@ -103,6 +103,7 @@ class _Service:
         return ServiceStatus(self.name, pid, running, running and self.is_ready(), self.endpoint, self.log_file)
 
     def start(self) -> None:
+        proc: subprocess.Popen | None = None
         if self.pid() is not None:
             log.info("%s already running (pid %s)", self.name, self.pid())
         else:
@@ -120,12 +121,13 @@ class _Service:
                 )
             self.pid_file.write_text(str(proc.pid))
             log.info("started %s (pid %s), log %s", self.name, proc.pid, self.log_file)
-        self.wait_ready()
+        self.wait_ready(proc)
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.s.ready_timeout_s
         while time.monotonic() < deadline:
-            if self.pid() is None:
+            exited = proc.poll() is not None if proc is not None else self.pid() is None
+            if exited:
                 raise StackError(
                     f"{self.name} exited during start-up; see {self.log_file}\n--- last lines ---\n"
                     + _tail(self.log_file)

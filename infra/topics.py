@@ -3,6 +3,7 @@ with the real Kafka admin API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass, field
 
@@ -60,11 +61,24 @@ async def apply_topics(
             for topic, code, *rest in getattr(resp, "topic_errors", getattr(resp, "topics", [])):
                 if code not in (0, 36):  # 36 = TOPIC_ALREADY_EXISTS (a concurrent apply)
                     raise RuntimeError(f"creating topic {topic} failed with error code {code}: {rest}")
+            await _wait_visible(admin, {t.name for t in to_create}, timeout_ms)
         for c in changes:
             log.debug("topic %s", c.line())
         return changes
     finally:
         await admin.close()
+
+
+async def _wait_visible(admin: AIOKafkaAdminClient, names: set[str], timeout_ms: int) -> None:
+    """Return once the broker's metadata lists every new topic (KRaft propagates asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout_ms / 1000
+    while True:
+        missing = names - set(await admin.list_topics())
+        if not missing:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"topics not visible in broker metadata after {timeout_ms} ms: {sorted(missing)}")
+        await asyncio.sleep(0.1)
 
 
 async def _update(admin: AIOKafkaAdminClient, spec: TopicSpec, name: str) -> TopicChange:

@@ -67,3 +67,8 @@ def mlflow_uri() -> str:
 def unique_prefix() -> str:
     """A topic/group prefix unique to one test, so tests never see each other's records."""
     return f"t{uuid.uuid4().hex[:10]}."
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that restart the stack run last, so a restart never races other integration tests."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_stack") is not None)

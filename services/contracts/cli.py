@@ -15,7 +15,9 @@ contracts_app = typer.Typer(no_args_is_help=True)
 
 
 @contracts_app.command("schema")
-def schema(out: Path = typer.Option(Path("schemas"), help="Directory for one <topic>.schema.json each.")) -> None:
+def schema(
+    out: Path = typer.Option(Path("schemas"), help="Directory for one <topic>.schema.json each."),
+) -> None:
     """Write the JSON Schema of every topic's value."""
     out.mkdir(parents=True, exist_ok=True)
     for topic, sch in json_schemas().items():
@@ -26,7 +28,7 @@ def schema(out: Path = typer.Option(Path("schemas"), help="Directory for one <to
 @contracts_app.command("validate")
 def validate(topic: str, path: Path = typer.Argument(None, help="JSON lines file (default stdin).")) -> None:
     """Validate JSON-lines records against TOPIC's contract; exit 1 on the first invalid one."""
-    lines = (path.read_text().splitlines() if path else sys.stdin.read().splitlines())
+    lines = path.read_text().splitlines() if path else sys.stdin.read().splitlines()
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue

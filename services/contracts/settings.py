@@ -45,7 +45,7 @@ class StackSettings(BaseSettings):
         default=None, description="Kafka runtime jars; default <state_dir>/kafka-libs (filled by make setup)."
     )
     mlflow_port: int = Field(default=5000, ge=1, le=65535)
-    ready_timeout_s: float = Field(default=90.0, gt=0)
+    ready_timeout_s: float = Field(default=180.0, gt=0)
 
     @property
     def kafka_libs(self) -> Path:

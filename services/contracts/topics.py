@@ -62,7 +62,7 @@ def topic_name(spec: TopicSpec, prefix: str = "") -> str:
 
 def decode(topic: str, raw: bytes | str, prefix: str = "") -> Event:
     """Validate a raw record of ``topic`` into its event model, or raise :class:`ContractError`."""
-    base = topic[len(prefix):] if prefix and topic.startswith(prefix) else topic
+    base = topic[len(prefix) :] if prefix and topic.startswith(prefix) else topic
     spec = BY_NAME.get(base)
     if spec is None:
         raise ContractError(f"unknown topic {topic!r}")
