@@ -65,7 +65,10 @@ class KafkaSettings(BaseSettings):
 
     model_config = _config("SWITCHYARD_KAFKA_")
 
-    bootstrap: str = "127.0.0.1:9092"
+    bootstrap: str = Field(
+        default_factory=lambda: StackSettings().kafka_bootstrap,
+        description="host:port list; default: the local stack's broker (SWITCHYARD_KAFKA_PORT).",
+    )
     client_id: str = "switchyard"
     topic_prefix: str = Field(
         default="",
@@ -86,6 +89,9 @@ class MLflowSettings(BaseSettings):
 
     model_config = _config("SWITCHYARD_MLFLOW_")
 
-    tracking_uri: str = "http://127.0.0.1:5000"
+    tracking_uri: str = Field(
+        default_factory=lambda: StackSettings().mlflow_uri,
+        description="default: the local stack's server (SWITCHYARD_MLFLOW_PORT).",
+    )
     registered_model: str = "switchyard-router"
     experiment: str = "switchyard-router"
