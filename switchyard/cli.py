@@ -20,8 +20,6 @@ app.add_typer(topics_app, name="topics", help="Kafka topics from their one defin
 app.add_typer(data_app, name="data", help="Benchmark data: fetch or check the data directory.")
 app.add_typer(contracts_app, name="contracts", help="Event contracts: JSON Schema export, validation.")
 # --- area subcommands (one line each) ---
-from streams.cli import stream_app; app.add_typer(stream_app, name="stream", help="Streams worker: quality, drift, alerts.")  # noqa: E402,E702,I001
-from training.cli import router_app; app.add_typer(router_app, name="router", help="The learned router: train, eval, score, promote.")  # noqa: E402,E702,I001
 
 
 @app.callback()
