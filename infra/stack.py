@@ -103,6 +103,10 @@ class _Service:
         return ServiceStatus(self.name, pid, running, running and self.is_ready(), self.endpoint, self.log_file)
 
     def start(self) -> None:
+        self.wait_ready(self.launch())
+
+    def launch(self) -> subprocess.Popen | None:
+        """Start the process unless it runs already; returns the new process, if any."""
         proc: subprocess.Popen | None = None
         if self.pid() is not None:
             log.info("%s already running (pid %s)", self.name, self.pid())
@@ -121,7 +125,7 @@ class _Service:
                 )
             self.pid_file.write_text(str(proc.pid))
             log.info("started %s (pid %s), log %s", self.name, proc.pid, self.log_file)
-        self.wait_ready(proc)
+        return proc
 
     def wait_ready(self, proc: subprocess.Popen | None = None) -> None:
         deadline = time.monotonic() + self.s.ready_timeout_s
@@ -364,9 +368,10 @@ def services(settings: StackSettings) -> list[_Service]:
 
 
 def up(settings: StackSettings) -> list[ServiceStatus]:
-    """Start every service that is not running and wait until all are ready."""
-    for svc in services(settings):
-        svc.start()
+    """Start every service that is not running (all at once) and wait until all are ready."""
+    launched = [(svc, svc.launch()) for svc in services(settings)]
+    for svc, proc in launched:
+        svc.wait_ready(proc)
     return status(settings)
 
 
