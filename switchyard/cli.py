@@ -20,6 +20,8 @@ app.add_typer(topics_app, name="topics", help="Kafka topics from their one defin
 app.add_typer(data_app, name="data", help="Benchmark data: fetch or check the data directory.")
 app.add_typer(contracts_app, name="contracts", help="Event contracts: JSON Schema export, validation.")
 # --- area subcommands (one line each) ---
+from infra.emulator.cli import emulator_app; app.add_typer(emulator_app, name="emulator", help="Upstream emulator: recorded answers, faults, drift.")  # noqa: E402,E501,E702,I001
+from infra.replay.cli import replay_app; app.add_typer(replay_app, name="replay", help="Replay benchmark traffic; feedback; drift scenarios.")  # noqa: E402,E501,E702,I001
 
 
 @app.callback()
