@@ -13,7 +13,7 @@ KAFKA_LIBS := $(SWITCHYARD_STATE_DIR)/kafka-libs
 export SWITCHYARD_DATA_DIR ?= $(if $(wildcard $(CURDIR)/../shared/data/routellm),$(abspath $(CURDIR)/../shared/data),$(CURDIR)/data)
 PYTEST_ARGS ?=
 
-.PHONY: help setup data up down status topics test test-unit test-integration demo router bench lint clean
+.PHONY: help setup lock data up down status topics test test-unit demo router bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -61,8 +61,23 @@ test-unit: setup ## unit tests only (no services)
 demo: setup up ## run the main job end to end on the embedded default
 	$(PY) -m infra.demo
 
+router: setup up ## train the production router on all bootstrap data, register it, make it champion
+	$(SY) router train --kind mlp --register --promote
+
+bench: setup up ## measurements (not tests): router speed, emulator load, streams, gateway; JSON under bench/results
+	@mkdir -p bench/results
+	$(PY) bench/router_speed.py --out bench/results/router_speed.json
+	$(PY) bench/emulator_load.py --duration 10 --connections 64 --out bench/results/emulator.json
+	$(PY) bench/streams_bench.py detect
+	$(PY) bench/streams_bench.py throughput
+	$(PY) bench/gateway_bench.py --router $${SWITCHYARD_BENCH_ROUTER:-models:/switchyard-router@champion} --out bench/results/gateway.json
+
 lint: setup ## ruff
 	$(VENV)/bin/ruff check services streams training infra switchyard tests bench
+
+.PHONY: k8s-check
+k8s-check: setup ## render the k8s/ overlays (kustomize) and validate them offline against the real schemas (kubeconform -strict, CRDs)
+	$(PY) -m infra.k8s_check
 
 clean: down ## remove the state directory (Kafka data, MLflow runs, caches)
 	rm -rf $(SWITCHYARD_STATE_DIR)

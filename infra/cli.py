@@ -88,6 +88,23 @@ def topics_list() -> None:
                    f"replication={t.replication} {t.configs()}")
 
 
+@topics_app.command("k8s")
+def topics_k8s(
+    out: Path = typer.Option(None, help="Write here (e.g. k8s/base/kafka-topics.yaml); default stdout."),  # noqa: B008
+    cluster: str = typer.Option("switchyard", help="The Strimzi Kafka cluster (label strimzi.io/cluster)."),
+    prefix: str = typer.Option("", help="Topic name prefix."),
+) -> None:
+    """Render one Strimzi KafkaTopic per topic definition (the committed k8s/base/kafka-topics.yaml)."""
+    from infra.k8s_topics import render_topics
+
+    text = render_topics(cluster=cluster, prefix=prefix)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    typer.echo(f"wrote {out}")
+
+
 def _data_dir() -> Path:
     return DataSettings().data_dir
 

@@ -1,0 +1,80 @@
+"""In-process cost of the gateway's own code per request (no Ray, no network): FastAPI app +
+service + provider pool + emitter, with the unit tests' in-memory upstream, constant router and
+in-memory broker. ``python bench/gateway_overhead.py`` prints p50/p99 ms and requests/s."""
+
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
+from test_emitter import Broker, FakeProducer  # noqa: E402
+from test_gateway_app import CATALOG, KEY, FakeRouter, Upstream, body  # noqa: E402
+
+from services.gateway.app import create_app
+from services.gateway.bootstrap import build_gateway
+from services.gateway.emitter import EmitterConfig, EventEmitter
+from services.gateway.settings import GatewaySettings, hash_key
+from services.providers.anthropic import AnthropicAdapter
+from services.providers.openai import OpenAIAdapter
+from services.providers.pool import ProviderPool
+
+logging.disable(logging.WARNING)
+
+
+async def main():
+    up, router, broker = Upstream(), FakeRouter(), Broker()
+    t = httpx.MockTransport(up)
+    adapters = {
+        p.name: (AnthropicAdapter(p, transport=t) if p.kind == "anthropic" else OpenAIAdapter(p, transport=t))
+        for p in CATALOG.providers
+    }
+    pool = ProviderPool(CATALOG, adapters=adapters)
+    em = EventEmitter(
+        EmitterConfig(bootstrap="x:1", spool_dir=__import__("pathlib").Path(tempfile.mkdtemp())),
+        lambda: FakeProducer(broker),
+    )
+    gw = build_gateway(
+        GatewaySettings(api_key_hashes=[hash_key(KEY)]),
+        router.route,
+        router.status,
+        catalog=CATALOG,
+        pool=pool,
+        emitter=em,
+    )
+    c = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gw)),
+        base_url="http://gw",
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    for _ in range(50):
+        await c.post("/v1/chat/completions", json=body())
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(1000):
+        s = time.perf_counter()
+        r = await c.post("/v1/chat/completions", json=body())
+        lat.append(time.perf_counter() - s)
+        assert r.status_code == 200
+    el = time.perf_counter() - t0
+    lat.sort()
+    print(
+        json.dumps(
+            {
+                "requests": 1000,
+                "per_request_ms_p50": lat[500] * 1000,
+                "p99_ms": lat[990] * 1000,
+                "rps_one_core": 1000 / el,
+            }
+        )
+    )
+    await em.flush(10)
+    await gw.stop()
+
+
+asyncio.run(main())

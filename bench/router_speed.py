@@ -1,0 +1,189 @@
+"""Router scoring speed on this machine, and the accuracy cost of each speed-up.
+
+Variants: encoder truncation (tokens kept, head + tail), int8 dynamic quantisation of the
+encoder's linear layers (CPU). For each: one-query latency (p50/p95 over real prompts, one at a
+time) and batched throughput; and the accuracy cost at serving time — the production head (trained
+on fp32 / 128-token embeddings of the other folds) scores one held-out MMLU sample with the
+variant's embeddings: APGR and GPT-4 share @95% on that sample, and how often the routing decision
+at the 95% operating point differs from fp32/128.
+
+    nice -n 10 .venv/bin/python bench/router_speed.py --out reports/router/speed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.router.encoder import Encoder, EncoderConfig
+from services.router.heads import features, make_head, sigmoid
+from training.data import GPT4, MIXTRAL, load_all
+from training.embeddings import EmbeddingCache
+from training.metrics import two_tier_curve
+from training.splits import kfold
+from training.train import TrainConfig, fit_head, task_vocab
+
+log = logging.getLogger("router_speed")
+
+
+def _single(fn, prompts: list[str]) -> dict[str, float]:  # noqa: ANN001
+    """Wall and CPU (this thread; torch runs one intra-op thread here) milliseconds per call."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn(prompts[:4])  # warm-up
+        wall, cpu = [], []
+        for p in prompts[4:]:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn([p])
+            wall.append((time.perf_counter() - t0) * 1000)
+            cpu.append((time.thread_time() - c0) * 1000)
+    finally:
+        torch.set_num_threads(threads)
+    wall.sort()
+    return {
+        "p50_ms": statistics.median(wall),
+        "p95_ms": wall[int(0.95 * (len(wall) - 1))],
+        "p50_cpu_ms": statistics.median(cpu),
+    }
+
+
+def _batched(fn, prompts: list[str], batch: int) -> dict[str, float]:  # noqa: ANN001
+    """Queries per second: by the wall clock, and per CPU-second used (all threads)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in range(0, len(prompts), batch):
+        fn(prompts[i : i + batch])
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"batched_qps": len(prompts) / wall, "batched_q_per_cpu_s": len(prompts) / cpu}
+
+
+def latency(enc: Encoder, prompts: list[str], n: int) -> dict[str, float]:
+    return _single(enc.encode, prompts[: n + 4])
+
+
+def throughput(enc: Encoder, prompts: list[str], batch: int) -> dict[str, float]:
+    return _batched(enc.encode, prompts, batch)
+
+
+def full_path(
+    ref: str, lat_prompts: list[str], thr_prompts: list[str], args: argparse.Namespace
+) -> list[dict]:
+    """``LoadedRouter.scores`` end to end (encoder + head + calibration), fp32 and int8 encoder."""
+    from services.router.artifact import load_router
+    from services.router.base import Query
+
+    out = []
+    for int8 in (False, True):
+        router = load_router(ref, device="cpu", quantize_int8=int8)
+        router.cache_size = 0  # measure the model, not the LRU
+
+        def fn(ps: list[str], router=router) -> object:  # noqa: ANN001
+            return router.scores([Query(p, None) for p in ps])
+
+        row = {
+            "router": router.version,
+            "int8": int8,
+            **_single(fn, lat_prompts[: args.latency_n + 4]),
+            **_batched(fn, thr_prompts, args.batch),
+        }
+        log.info("%s", row)
+        out.append(row)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("SWITCHYARD_DATA_DIR", "../shared/data"))
+    )
+    ap.add_argument("--state-dir", type=Path, default=Path(os.environ.get("SWITCHYARD_STATE_DIR", ".state")))
+    ap.add_argument("--latency-n", type=int, default=60)
+    ap.add_argument("--throughput-n", type=int, default=512)
+    ap.add_argument("--accuracy-n", type=int, default=800)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--variants", default="128:fp32,128:int8,64:int8,256:fp32")
+    ap.add_argument("--out", type=Path, default=Path("reports/router/speed.json"))
+    ap.add_argument(
+        "--router", default=None, help="Also time LoadedRouter.scores of this artefact (dir or URI)."
+    )
+    ap.add_argument("--only-router", action="store_true", help="Skip the encoder variants.")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    bench = load_all(args.data_dir)
+    f = bench.frame
+    rng = np.random.default_rng(0)
+    sample = rng.permutation(len(f))
+    prompts_all = f["prompt"].tolist()
+    lat_prompts = [prompts_all[i] for i in sample[: args.latency_n + 4]]
+    thr_prompts = [prompts_all[i] for i in sample[: args.throughput_n]]
+
+    # accuracy: fold 0 of MMLU held out; head trained on the cached fp32/128 embeddings of the rest
+    base_cfg = EncoderConfig(max_length=128)
+    base_enc = Encoder(base_cfg, device="cpu")
+    cache = EmbeddingCache(args.state_dir / "cache" / "embeddings", base_enc)
+    emb = cache.embed(prompts_all, f["prompt_hash"].tolist())
+    folds = kfold(f["prompt_hash"], 5)
+    models = [GPT4, MIXTRAL]
+    labels = bench.labels(models).to_numpy(float)
+    mmlu = (f["dataset"] == "mmlu").to_numpy()
+    test_pool = np.flatnonzero(mmlu & (folds == 0))
+    test = np.sort(rng.choice(test_pool, size=min(args.accuracy_n, len(test_pool)), replace=False))
+    train = folds != 0
+    vocab = task_vocab(f["task"].tolist())
+    tasks = f["task"].tolist()
+    x = features(emb, tasks, vocab)
+    params, opts = fit_head("mlp", emb[train], x[train], labels[train], TrainConfig(kind="mlp"))
+    head = make_head("mlp", params, opts)
+    test_prompts = [prompts_all[i] for i in test]
+    test_tasks = [tasks[i] for i in test]
+    ys, yw = labels[test, 0], labels[test, 1]
+
+    def route_eval(e: np.ndarray) -> tuple[dict[str, float], np.ndarray]:
+        p = sigmoid(head.logits(features(e, test_tasks, vocab)))
+        gain = p[:, 0] - p[:, 1]
+        c = two_tier_curve(gain, ys, yw)
+        return {"apgr": c.apgr(), "share_at_95": c.share_at(0.95)}, gain
+
+    base_metrics, base_gain = route_eval(emb[test])
+    cut = np.quantile(base_gain, 1 - base_metrics["share_at_95"])
+    results = {
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "accuracy_sample": int(len(test)),
+        "reference": {"variant": "128:fp32 (cached)", **base_metrics},
+        "variants": [],
+    }
+    for spec in [] if args.only_router else args.variants.split(","):
+        length, dtype = spec.split(":")
+        cfg = EncoderConfig(max_length=int(length), quantize_int8=dtype == "int8")
+        enc = Encoder(cfg, device="cpu")
+        row: dict[str, object] = {
+            "variant": spec,
+            **latency(enc, lat_prompts, args.latency_n),
+            **throughput(enc, thr_prompts, args.batch),
+        }
+        e = enc.encode(test_prompts)
+        m, gain = route_eval(e)
+        row.update({f"{k}": v for k, v in m.items()})
+        row["decision_agreement_at_95"] = float(((gain >= cut) == (base_gain >= cut)).mean())
+        row["cosine_to_fp32_128"] = float(np.mean(np.sum(e * emb[test], axis=1)))
+        log.info("%s", row)
+        results["variants"].append(row)
+    if args.router:
+        results["router_path"] = full_path(args.router, lat_prompts, thr_prompts, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

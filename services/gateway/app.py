@@ -1,0 +1,246 @@
+"""The HTTP surface (FastAPI): thin handlers over :class:`ChatService`, and the one place that
+maps errors to the OpenAI error body."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.contracts.api import (
+    ChatCompletionRequest,
+    FeedbackRequest,
+    ModelCard,
+    ModelList,
+    SwitchyardKnobs,
+)
+from services.errors import (
+    BadRequest,
+    MethodNotAllowed,
+    NotFound,
+    NotReady,
+    PayloadTooLarge,
+    SwitchyardError,
+    ValidationFailed,
+)
+
+from .auth import Caller, KeyStore, RateLimiter
+from .metrics import GatewayMetrics
+from .service import ChatService, new_request_id
+
+log = logging.getLogger(__name__)
+
+KNOB_HEADERS = {
+    "x-switchyard-task": "task",
+    "x-switchyard-quality-target": "quality_target",
+    "x-switchyard-mode": "mode",
+    "x-switchyard-max-cost-usd": "max_cost_usd",
+    "x-switchyard-tenant": "tenant",
+}
+
+
+class Gateway:
+    """What the handlers need: the service, auth, limits, metrics, and lifecycle hooks."""
+
+    def __init__(
+        self,
+        service: ChatService,
+        keys: KeyStore,
+        limiter: RateLimiter,
+        metrics: GatewayMetrics,
+        max_body_bytes: int,
+        router_status: Callable[[], Awaitable[dict[str, Any]]],
+        on_start: Callable[[], Awaitable[None]] | None = None,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ):
+        self.service = service
+        self.keys = keys
+        self.limiter = limiter
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.router_status = router_status
+        self.on_start = on_start
+        self.on_stop = on_stop
+        self.started = False
+
+    async def start(self) -> None:
+        if not self.started:
+            self.started = True
+            if self.on_start:
+                await self.on_start()
+
+    async def stop(self) -> None:
+        if self.started and self.on_stop:
+            await self.on_stop()
+        self.started = False
+
+
+def _summarise(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {e.get('msg')}")
+    first = errors[0].get("loc", ()) if errors else ()
+    param = ".".join(str(x) for x in first if x != "body") or None
+    return "; ".join(parts), param
+
+
+def error_response(exc: SwitchyardError) -> JSONResponse:
+    """The one mapping from our errors to an HTTP response with the OpenAI error body."""
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _parse(model: type, raw: bytes) -> Any:
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        msg, param = _summarise(exc)
+        raise ValidationFailed(f"invalid request: {msg}", param=param) from exc
+
+
+def _header_knobs(request: Request) -> SwitchyardKnobs:
+    raw = {field: request.headers[h] for h, field in KNOB_HEADERS.items() if h in request.headers}
+    try:
+        return SwitchyardKnobs.model_validate(raw)
+    except ValidationError as exc:
+        msg, _ = _summarise(exc)
+        raise BadRequest(f"invalid X-Switchyard-* header: {msg}") from exc
+
+
+def create_app(gw: Gateway) -> FastAPI:
+    """The FastAPI app over a :class:`Gateway` (used by the Serve ingress and by tests)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await gw.start()
+        yield
+        await gw.stop()
+
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+
+    @app.exception_handler(SwitchyardError)
+    async def _sw_error(request: Request, exc: SwitchyardError) -> JSONResponse:
+        log.log(exc.log_level, "%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
+        if exc.status >= 400 and exc.status not in (502, 504):  # upstream errors are counted by the service
+            gw.metrics.errors.labels(status=str(exc.status), code=exc.code).inc()
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        msg, param = _summarise(exc)
+        return await _sw_error(request, ValidationFailed(f"invalid request: {msg}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kinds: dict[int, type[SwitchyardError]] = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}
+        kind = kinds.get(exc.status_code, BadRequest if exc.status_code < 500 else SwitchyardError)
+        return error_response(kind(f"{exc.detail}: {request.method} {request.url.path}"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        gw.metrics.errors.labels(status="500", code="internal_error").inc()
+        return error_response(SwitchyardError(f"internal error ({type(exc).__name__})"))
+
+    async def caller_of(request: Request) -> Caller:
+        if not gw.started:
+            await gw.start()
+        caller = gw.keys.authenticate(request.headers.get("authorization"))
+        gw.limiter.check(caller.key_id)
+        return caller
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(request: Request) -> Response:
+        caller = await caller_of(request)
+        req: ChatCompletionRequest = _parse(
+            ChatCompletionRequest, await _read_body(request, gw.max_body_bytes)
+        )
+        request_id = request.headers.get("x-request-id") or new_request_id()
+        ctx = gw.service.context(req, _header_knobs(request), caller, request_id[:128])
+        if req.stream:
+            result = await gw.service.chat_stream(ctx)
+            return StreamingResponse(result.events, media_type="text/event-stream", headers=result.headers)
+        answer = await gw.service.chat(ctx)
+        return JSONResponse(answer.body, headers=answer.headers)
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request) -> JSONResponse:
+        await caller_of(request)
+        fb: FeedbackRequest = _parse(FeedbackRequest, await _read_body(request, gw.max_body_bytes))
+        return JSONResponse(gw.service.feedback(fb).model_dump(), status_code=202)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        await caller_of(request)
+        cat = gw.service.catalog
+        cards = [ModelCard(id=cat.routing_model, owned_by="switchyard", routing=True)]
+        cards += [ModelCard(id=m.id, owned_by=m.provider, tier=m.tier) for m in cat.models]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not gw.started:
+            await gw.start()
+        try:
+            router = await gw.router_status()
+        except Exception as exc:  # noqa: BLE001
+            router = {"loaded": False, "error": f"{type(exc).__name__}: {exc}"}
+        emitter = gw.service.emitter
+        body = {
+            "ready": bool(router.get("loaded")),
+            "router": router,
+            "emitter": {
+                "connected": emitter.connected if emitter else None,
+                "queue_depth": emitter.queue_depth if emitter else 0,
+                "spooled": emitter.spool.pending if emitter else 0,
+            },
+        }
+        if not body["ready"]:
+            return JSONResponse({**NotReady("router not loaded").body(), **body}, status_code=503)
+        return JSONResponse(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        emitter = gw.service.emitter
+        if emitter is not None:
+            gw.metrics.queue_depth.set(emitter.queue_depth)
+            gw.metrics.spool_records.set(emitter.spool.pending)
+            gw.metrics.spool_bytes.set(emitter.spool.bytes)
+            gw.metrics.events_sent.set(emitter.sent)
+        for name, state in gw.service.pool.breaker_states().items():
+            gw.metrics.set_breaker(name, state)
+        return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

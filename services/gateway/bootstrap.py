@@ -1,0 +1,120 @@
+"""The composition root: real adapters (providers, Kafka emitter, router handle) wired into a
+:class:`Gateway`. Tests wire fakes through the same function."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from services.catalog import Catalog, load_catalog
+from services.contracts.settings import KafkaSettings
+from services.providers.pool import BreakerPolicy, ProviderPool, RetryPolicy
+
+from .app import Gateway
+from .auth import KeyStore, RateLimiter
+from .emitter import EmitterConfig, EventEmitter
+from .metrics import GatewayMetrics
+from .routing import RouteRequest, RouteResult
+from .scorer import AnswerScorer, JudgeScorer
+from .service import ChatService
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+AnswerScoreFn = Callable[[str, str, str], Awaitable[float | None]]
+
+
+class ChainScorer:
+    """The first scorer with a verdict wins (the router's learned scorer, then the judge)."""
+
+    def __init__(self, router_score: AnswerScoreFn | None, fallback: AnswerScorer | None):
+        self.router_score = router_score
+        self.fallback = fallback
+
+    async def score(self, question: str, answer: str, task: str | None, model: str) -> float | None:
+        if self.router_score is not None:
+            try:
+                s = await self.router_score(question, answer, model)
+            except Exception as exc:  # noqa: BLE001 - a scorer failure escalates via the fallback
+                log.warning("router answer scorer failed: %s", exc)
+                s = None
+            if s is not None:
+                return s
+        return await self.fallback.score(question, answer, task, model) if self.fallback else None
+
+
+def build_gateway(
+    settings: GatewaySettings,
+    route_fn: Callable[[RouteRequest], Awaitable[RouteResult]],
+    router_status: Callable[[], Awaitable[dict[str, Any]]],
+    *,
+    catalog: Catalog | None = None,
+    kafka: KafkaSettings | None = None,
+    answer_score: AnswerScoreFn | None = None,
+    pool: ProviderPool | None = None,
+    emitter: EventEmitter | None = None,
+) -> Gateway:
+    """Wire the gateway from settings; unset collaborators are the real ones."""
+    catalog = catalog or load_catalog(settings.catalog_path)
+    metrics = GatewayMetrics()
+    pool = pool or ProviderPool(
+        catalog,
+        retry=RetryPolicy(
+            initial_s=settings.retry_initial_s,
+            max_s=settings.retry_max_s,
+            max_retry_after_s=settings.max_retry_after_s,
+        ),
+        breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_reset_s),
+        on_breaker_change=metrics.set_breaker,
+        max_models=settings.max_models_per_request,
+    )
+    if emitter is None and settings.events_enabled:
+        k = kafka or KafkaSettings()
+        emitter = EventEmitter(
+            EmitterConfig(
+                bootstrap=k.bootstrap,
+                spool_dir=settings.spool_path,
+                topic_prefix=k.topic_prefix,
+                client_id=f"{k.client_id}-gateway",
+                queue_size=settings.emitter_queue_size,
+            )
+        )
+    judge = None
+    if settings.judge_model and settings.judge_provider in pool.adapters:
+        judge = JudgeScorer(pool.adapters[settings.judge_provider], settings.judge_model)
+    service = ChatService(
+        catalog,
+        pool,
+        route_fn,
+        emitter,
+        metrics,
+        scorer=ChainScorer(answer_score, judge),
+        redact_prompts=settings.redact_prompts,
+        router_timeout_s=settings.router_timeout_s,
+        cascade_accept=settings.cascade_accept,
+        hard_query_margin=settings.hard_query_margin,
+    )
+    hashes = settings.key_hashes()
+    if not hashes:
+        log.warning("no API keys configured: the gateway accepts every caller")
+
+    async def on_start() -> None:
+        if emitter is not None:
+            await emitter.start()
+
+    async def on_stop() -> None:
+        if emitter is not None:
+            await emitter.stop()
+        await pool.aclose()
+
+    return Gateway(
+        service,
+        KeyStore(hashes),
+        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+        metrics,
+        settings.max_body_bytes,
+        router_status,
+        on_start,
+        on_stop,
+    )

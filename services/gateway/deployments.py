@@ -1,0 +1,205 @@
+"""Ray Serve: the router deployment, the FastAPI ingress, and the typed app builder.
+
+``build_app(GatewayArgs)`` is the import path of ``serve_config.yaml``
+(``services.gateway.deployments:build_app``), usable by ``serve run``/``serve deploy``/KubeRay.
+The router model travels in the router deployment's ``user_config`` so a new one is swapped in
+place (``reconfigure``) without redeploying anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve import Application
+from ray.serve.handle import DeploymentHandle
+
+from services.catalog import load_catalog
+from services.contracts.settings import KafkaSettings
+
+from .app import create_app
+from .bootstrap import build_gateway
+from .routing import RouterConfig, RouteRequest, RouteResult, RouterRuntime
+from .settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+APP_NAME = "switchyard"
+
+
+def _quiet_logs() -> None:
+    """Per-request lines (ours, httpx's) cost CPU on every call: keep INFO for events that matter."""
+    logging.basicConfig(level=logging.INFO)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@serve.deployment(name="RouterDeployment", max_ongoing_requests=512)
+class RouterDeployment:
+    """Router replicas: batched scoring + the routing policy; hot-swappable via ``user_config``."""
+
+    def __init__(self, settings: GatewaySettings):
+        _quiet_logs()
+        self.runtime = RouterRuntime(load_catalog(settings.catalog_path))
+        self._route_batch.set_max_batch_size(settings.router_batch_size)
+        self._route_batch.set_batch_wait_timeout_s(settings.router_batch_wait_s)
+        self._swap_lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Validate the config (invalid → raise), then load + smoke-check + swap the router;
+        a model that fails to load or check leaves the serving one in place."""
+        cfg = RouterConfig.model_validate(user_config)
+        async with self._swap_lock:
+            await asyncio.to_thread(self.runtime.swap, cfg.router_ref)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
+    async def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult | Exception]:
+        try:
+            return await asyncio.to_thread(self.runtime.route, requests)
+        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+            return [exc] * len(requests)
+
+    async def route(self, request: RouteRequest) -> RouteResult:
+        """Scores and the policy's decision for one request (batched with its neighbours)."""
+        result = await self._route_batch(request)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def answer_score(self, question: str, answer: str, model: str) -> float | None:
+        """The router's learned cascade scorer on one answer (``None`` if it has none for ``model``)."""
+        out = await asyncio.to_thread(self.runtime.answer_scores, [question], [answer], model)
+        return out[0]
+
+    async def status(self) -> dict[str, Any]:
+        """What is serving and how the last swap went."""
+        s = asdict(self.runtime.status)
+        s["loaded"] = self.runtime.router is not None
+        s["history"] = s["history"][-10:]
+        return s
+
+
+@serve.deployment(name="ChatIngress", max_ongoing_requests=256)
+@serve.ingress()
+class ChatIngress:
+    """The OpenAI-compatible HTTP front door (FastAPI), reaching the router through a handle."""
+
+    def __init__(self, router: DeploymentHandle, settings: GatewaySettings, kafka: KafkaSettings):
+        _quiet_logs()
+        self._router = router
+
+        async def route_fn(req: RouteRequest) -> RouteResult:
+            return await router.route.remote(req)
+
+        async def router_status() -> dict[str, Any]:
+            return await router.status.remote()
+
+        async def answer_score(question: str, answer: str, model: str) -> float | None:
+            return await router.answer_score.remote(question, answer, model)
+
+        self.gateway = build_gateway(
+            settings, route_fn, router_status, kafka=kafka, answer_score=answer_score
+        )
+
+    def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
+        return create_app(self.gateway)
+
+    async def __del__(self) -> None:
+        await self.gateway.stop()
+
+
+class GatewayArgs(BaseModel):
+    """Typed arguments of the app builder (``args:`` in the Serve config). Unset values come from
+    ``SWITCHYARD_GATEWAY_*`` / ``SWITCHYARD_KAFKA_*`` env vars."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    router_ref: str | None = None
+    catalog_path: Path | None = None
+    kafka_bootstrap: str | None = None
+    topic_prefix: str | None = None
+    spool_dir: Path | None = None
+    router_num_gpus: float | None = Field(default=None, ge=0)
+    router_replicas: int | None = Field(default=None, ge=1)
+    ingress_replicas: int | None = Field(default=None, ge=1)
+    settings: dict[str, Any] = Field(default_factory=dict, description="Further GatewaySettings fields.")
+    kafka: dict[str, Any] = Field(default_factory=dict, description="Further KafkaSettings fields.")
+
+    def gateway_settings(self) -> GatewaySettings:
+        fields = {
+            k: v
+            for k, v in {
+                "router_ref": self.router_ref,
+                "catalog_path": self.catalog_path,
+                "spool_dir": self.spool_dir,
+                "router_num_gpus": self.router_num_gpus,
+                "router_replicas": self.router_replicas,
+                "ingress_replicas": self.ingress_replicas,
+            }.items()
+            if v is not None
+        }
+        return GatewaySettings(**{**self.settings, **fields})
+
+    def kafka_settings(self) -> KafkaSettings:
+        fields = {"bootstrap": self.kafka_bootstrap, "topic_prefix": self.topic_prefix}
+        return KafkaSettings(**{**self.kafka, **{k: v for k, v in fields.items() if v is not None}})
+
+    def resolved(self) -> GatewayArgs:
+        """These args with every setting spelled out (env read once, here), API keys as hashes
+        only: what `switchyard serve` records so a later swap rebuilds the very same app."""
+        s, k = self.gateway_settings(), self.kafka_settings()
+        settings = s.model_dump(mode="json", exclude={"router_ref", "api_keys", "api_key_hashes"})
+        settings["api_key_hashes"] = s.key_hashes()
+        return GatewayArgs(router_ref=s.router_ref, settings=settings, kafka=k.model_dump(mode="json"))
+
+
+def _code_version(settings: GatewaySettings, kafka: KafkaSettings) -> str:
+    """A hash of this package's gateway code and of everything bound into the deployments."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
+        h.update(f.read_bytes())
+    h.update(settings.model_dump_json().encode())
+    h.update(kafka.model_dump_json().encode())
+    return h.hexdigest()[:16]
+
+
+def build_app(args: GatewayArgs) -> Application:
+    """The Serve application: ``ChatIngress`` → handle → ``RouterDeployment`` (GPU when asked)."""
+    settings = args.gateway_settings()
+    kafka = args.kafka_settings()
+    load_catalog(settings.catalog_path)  # fail here, loudly, on a broken catalog
+    # The model ref lives only in user_config: changing it reconfigures in place, never redeploys.
+    # Plain API keys never travel to the replicas: only their hashes do.
+    shared = settings.model_copy(
+        update={"router_ref": "", "api_keys": [], "api_key_hashes": settings.key_hashes()}
+    )
+    actor: dict[str, Any] = {"num_cpus": settings.router_num_cpus}
+    logging_config = {"enable_access_log": settings.access_log}
+    if settings.router_num_gpus > 0:
+        actor["num_gpus"] = settings.router_num_gpus
+    # A stable code version: redeploying with only a new router ref (user_config) reconfigures the
+    # running replicas in place instead of replacing them (imperative serve.run otherwise draws a
+    # random version per call, which restarts every replica).
+    version = _code_version(shared, kafka)
+    router = RouterDeployment.options(
+        version=version,
+        _internal=True,
+        num_replicas=settings.router_replicas,
+        logging_config=logging_config,
+        ray_actor_options=actor,
+        user_config=RouterConfig(router_ref=settings.router_ref).model_dump(),
+    ).bind(shared)
+    return ChatIngress.options(
+        version=version,
+        _internal=True,
+        num_replicas=settings.ingress_replicas,
+        logging_config=logging_config,
+        max_ongoing_requests=settings.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": settings.ingress_num_cpus},
+    ).bind(router, shared, kafka)

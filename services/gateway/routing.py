@@ -1,0 +1,217 @@
+"""What the ingress asks the router deployment, and the runtime behind that deployment:
+batched scoring, the routing policy, and the hot swap (load → smoke-check → atomic swap)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.catalog import Catalog
+from services.router.base import Query, Router
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RouteRequest:
+    """One request's routing question."""
+
+    prompt: str
+    task: str | None
+    quality_target: float
+    max_cost_usd: float | None = None
+    candidates: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class RouteResult:
+    """The router's answer: scores, the policy's choice and its fallback ranking."""
+
+    scores: dict[str, float]
+    router_version: str
+    model: str
+    ranking: list[str]
+    threshold: float | None
+    margin: float | None
+    low_margin: bool
+    reason: str = ""
+
+
+class RouterConfig(BaseModel):
+    """The router deployment's ``user_config``: validated, an invalid one is rejected loudly."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    router_ref: str = Field(min_length=1, description="models:/name@alias, models:/name/version or a path.")
+
+
+class RouterLoadFailed(RuntimeError):
+    """Loading or smoke-checking a router failed; the serving one stays."""
+
+
+@dataclass
+class SwapStatus:
+    """What the runtime is serving and how the last swap went."""
+
+    ref: str | None = None
+    version: str | None = None
+    loaded_at: float | None = None
+    last_error: str | None = None
+    swaps: int = 0
+    failed_swaps: int = 0
+    history: list[str] = field(default_factory=list)
+
+
+def default_loader(ref: str) -> Router:
+    """Load a router with the router package's loader (MLflow URI or path) and smoke-check it."""
+    try:
+        from services.router import artifact  # the router area's loader
+    except ImportError as exc:  # pragma: no cover - depends on the router area
+        raise RouterLoadFailed(f"router loader unavailable: {exc}") from exc
+    try:
+        router = artifact.load_router(ref)
+        if hasattr(artifact, "smoke_check"):
+            artifact.smoke_check(router)
+    except Exception as exc:  # noqa: BLE001 - any failure keeps the old router
+        raise RouterLoadFailed(f"cannot load router {ref!r}: {type(exc).__name__}: {exc}") from exc
+    return router
+
+
+SMOKE_QUERIES = [Query("What is 2 + 2?", None), Query("Explain the causes of the French Revolution.", None)]
+
+
+def smoke(router: Router, catalog: Catalog) -> None:
+    """Our own minimum check before serving a router: finite scores in [0,1] for catalog models."""
+    out = router.scores(SMOKE_QUERIES)
+    if len(out) != len(SMOKE_QUERIES):
+        raise RouterLoadFailed(f"router returned {len(out)} score rows for {len(SMOKE_QUERIES)} queries")
+    known = set(catalog.model_ids)
+    for row in out:
+        usable = {m: p for m, p in row.items() if m in known}
+        if not usable:
+            raise RouterLoadFailed("router scores no catalog model")
+        bad = {m: p for m, p in usable.items() if not (0.0 <= float(p) <= 1.0)}
+        if bad:
+            raise RouterLoadFailed(f"router scores outside [0, 1]: {bad}")
+
+
+class RouterRuntime:
+    """Holds the serving router; ``swap`` replaces it atomically or not at all."""
+
+    def __init__(self, catalog: Catalog, loader: Callable[[str], Router] = default_loader):
+        self.catalog = catalog
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._router: Router | None = None
+        self._policy: Any = None
+        self.status = SwapStatus()
+
+    @property
+    def router(self) -> Router | None:
+        return self._router
+
+    def swap(self, ref: str) -> bool:
+        """Load ``ref``, check it, swap it in; on any failure keep the old router and return False."""
+        if ref == self.status.ref and self._router is not None:
+            return True
+        t0 = time.perf_counter()
+        try:
+            router = self._loader(ref)
+            smoke(router, self.catalog)
+            policy = self._make_policy(router)
+        except Exception as exc:  # noqa: BLE001
+            self.status.failed_swaps += 1
+            self.status.last_error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "router swap to %s FAILED, still serving %s: %s",
+                ref,
+                self.status.version,
+                self.status.last_error,
+            )
+            return False
+        with self._lock:
+            old = self.status.version
+            self._router, self._policy = router, policy
+            self.status.ref, self.status.version = ref, router.version
+            self.status.loaded_at, self.status.last_error = time.time(), None
+            self.status.swaps += 1
+            self.status.history.append(router.version)
+        log.info("router swapped %s -> %s (%s) in %.1fs", old, router.version, ref, time.perf_counter() - t0)
+        return True
+
+    def _make_policy(self, router: Router) -> Any:
+        calibration = getattr(router, "calibration", None)
+        if calibration is None:
+            return None
+        from services.router.policy import RoutingPolicy
+
+        return RoutingPolicy(self.catalog, calibration)
+
+    def route(self, requests: Sequence[RouteRequest]) -> list[RouteResult | Exception]:
+        """Score a batch with one router call, then decide each request (a failed decision is
+        returned as its exception, so the rest of the batch is served)."""
+        with self._lock:
+            router, policy = self._router, self._policy
+        if router is None:
+            raise RouterLoadFailed("no router loaded")
+        rows = router.scores([Query(r.prompt if r.prompt.strip() else "(empty)", r.task) for r in requests])
+        out: list[RouteResult | Exception] = []
+        for r, row in zip(requests, rows, strict=True):
+            try:
+                out.append(self._decide(router.version, policy, r, {m: float(p) for m, p in row.items()}))
+            except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch
+                out.append(exc)
+        return out
+
+    def answer_scores(self, prompts: Sequence[str], answers: Sequence[str], model: str) -> list[float | None]:
+        """Cascade: the router's answer scorer's P(acceptable) per answer; ``None`` when it has none
+        for ``model``."""
+        with self._lock:
+            router = self._router
+        scorer = getattr(router, "cascade", None)
+        if router is None or scorer is None or getattr(scorer, "model", None) != model:
+            return [None] * len(prompts)
+        return list(router.answer_scores(list(prompts), list(answers), model))  # type: ignore[attr-defined]
+
+    def _decide(self, version: str, policy: Any, req: RouteRequest, scores: dict[str, float]) -> RouteResult:
+        known = set(self.catalog.model_ids)
+        scores = {m: p for m, p in scores.items() if m in known}
+        if policy is not None:
+            d = policy.decide(scores, req.task, req.quality_target, req.max_cost_usd, req.candidates)
+            return RouteResult(
+                scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
+            )
+        return simple_decide(self.catalog, version, req, scores)
+
+
+def simple_decide(catalog: Catalog, version: str, req: RouteRequest, scores: dict[str, float]) -> RouteResult:
+    """Policy for routers without calibration: the cheapest candidate whose score reaches
+    ``quality_target`` × the strong model's score (the strong model when none does)."""
+    pool = [
+        m
+        for m in (req.candidates or catalog.task_defaults(req.task or "default").candidates or scores)
+        if m in scores
+    ]
+    if not pool:
+        raise RouterLoadFailed("router scored none of the candidates")
+    strong = catalog.strong_model
+    line = req.quality_target * scores.get(strong, max(scores[m] for m in pool))
+    ok = [m for m in pool if scores[m] >= line]
+    if req.max_cost_usd is not None:
+        ok = [m for m in ok if catalog.model(m).price.cost(512, 256) <= req.max_cost_usd] or ok
+    chosen = (
+        min(ok, key=catalog.blended_price)
+        if ok
+        else (strong if strong in pool else max(pool, key=scores.get))
+    )
+    margin = scores[chosen] - line
+    ranking = sorted(pool, key=lambda m: -scores[m])
+    return RouteResult(
+        scores, version, chosen, ranking, line, margin, abs(margin) < 0.02, "cheapest over target × strong"
+    )

@@ -1,0 +1,459 @@
+"""The request path (DESIGN.md "Request path") without HTTP or Ray: knobs → router → policy →
+providers (with fallbacks, cascades) → response + call event. Thin handlers call this."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.catalog import Catalog
+from services.contracts.api import ChatCompletionRequest, FeedbackRequest, FeedbackResponse, SwitchyardKnobs
+from services.contracts.events import (
+    Attempt,
+    CallEvent,
+    CallStatus,
+    FeedbackEvent,
+    RoutingMode,
+    Usage,
+    prompt_hash,
+)
+from services.contracts.topics import CALLS, FEEDBACK
+from services.errors import BadRequest, SwitchyardError, UnknownModel, UpstreamError
+from services.providers.pool import MidStreamError, ProviderPool
+
+from .auth import Caller
+from .emitter import EventEmitter
+from .metrics import GatewayMetrics
+from .routing import RouteRequest, RouteResult
+from .scorer import AnswerScorer
+
+log = logging.getLogger(__name__)
+
+RouteFn = Callable[[RouteRequest], Awaitable[RouteResult]]
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass
+class CallContext:
+    """Everything known about one call while it runs; becomes its CallEvent."""
+
+    request_id: str
+    request: ChatCompletionRequest
+    knobs: SwitchyardKnobs
+    caller: Caller
+    task: str
+    mode: RoutingMode
+    quality_target: float | None
+    started: float = field(default_factory=time.perf_counter)
+    route: RouteResult | None = None
+    router_fallback: bool = False
+    attempts: list[Attempt] = field(default_factory=list)
+    escalated: bool = False
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(a.cost_usd for a in self.attempts)
+
+    @property
+    def route_label(self) -> str:
+        return "default" if self.router_fallback else self.mode.value
+
+    def headers(self) -> dict[str, str]:
+        h = {"x-switchyard-request-id": self.request_id, "x-switchyard-route": self.route_label}
+        if self.model:
+            h["x-switchyard-model"] = self.model
+        if self.route:
+            h["x-switchyard-router-version"] = self.route.router_version
+        return h
+
+
+@dataclass
+class ChatResult:
+    """A non-streamed answer with its headers."""
+
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+@dataclass
+class StreamResult:
+    """A streamed answer: SSE bytes (the first token already secured) and headers."""
+
+    events: AsyncIterator[bytes]
+    headers: dict[str, str]
+
+
+class ChatService:
+    """Composes router, policy, providers, scorer, emitter and metrics for chat requests."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        pool: ProviderPool,
+        route_fn: RouteFn,
+        emitter: EventEmitter | None,
+        metrics: GatewayMetrics,
+        *,
+        scorer: AnswerScorer | None = None,
+        redact_prompts: bool = False,
+        router_timeout_s: float = 2.0,
+        cascade_accept: float = 0.5,
+        hard_query_margin: float = 0.1,
+    ):
+        self.catalog = catalog
+        self.pool = pool
+        self.route_fn = route_fn
+        self.emitter = emitter
+        self.metrics = metrics
+        self.scorer = scorer
+        self.redact_prompts = redact_prompts
+        self.router_timeout_s = router_timeout_s
+        self.cascade_accept = cascade_accept
+        self.hard_query_margin = hard_query_margin
+
+    # -- entry points -----------------------------------------------------------------------------
+
+    def context(
+        self, req: ChatCompletionRequest, header_knobs: SwitchyardKnobs, caller: Caller, request_id: str
+    ) -> CallContext:
+        """Resolve the request's model, task, mode and target (body knobs win over headers)."""
+        knobs = header_knobs.merged(req.switchyard)
+        task = knobs.task or "default"
+        defaults = self.catalog.task_defaults(task)
+        if req.model == self.catalog.routing_model:
+            mode = RoutingMode(knobs.mode or defaults.mode)
+            target = knobs.quality_target if knobs.quality_target is not None else defaults.quality_target
+        elif req.model in self.catalog.model_ids:
+            mode, target = RoutingMode.PASSTHROUGH, None
+        else:
+            raise UnknownModel(
+                f"model {req.model!r} does not exist; use {self.catalog.routing_model!r} "
+                "or a model listed by GET /v1/models",
+                param="model",
+            )
+        return CallContext(request_id, req, knobs, caller, task, mode, target)
+
+    async def chat(self, ctx: CallContext) -> ChatResult:
+        """Answer a non-streamed request; emit its call event whatever happens."""
+        try:
+            body = await self._answer(ctx)
+        except SwitchyardError as exc:
+            self._finish(ctx, error=exc)
+            raise
+        self._finish(ctx)
+        body["model"] = ctx.model
+        body["id"] = body.get("id") or ctx.request_id
+        return ChatResult(body, {**ctx.headers(), "x-switchyard-cost-usd": f"{ctx.cost_usd:.8f}"})
+
+    async def chat_stream(self, ctx: CallContext) -> StreamResult:
+        """Open a stream (falling back silently until its first token) and return its SSE events."""
+        if ctx.mode in (RoutingMode.CASCADE, RoutingMode.HYBRID):
+            # A cascade must read the whole cheap answer before it can accept it: answer, then stream it.
+            result = await self.chat(ctx)
+            return StreamResult(_replay_as_sse(result.body, ctx), result.headers)
+        payload = await self._prepare(ctx)
+        order = self.pool.fallback_order(ctx.model or "", ctx.route.ranking if ctx.route else ())
+        try:
+            handle = await self.pool.stream(order, payload, ctx.attempts)
+        except SwitchyardError as exc:
+            self._finish(ctx, error=exc)
+            raise
+        ctx.model = handle.model
+        include_usage = bool((ctx.request.model_extra or {}).get("stream_options", {}).get("include_usage"))
+
+        async def events() -> AsyncIterator[bytes]:
+            error: SwitchyardError | None = None
+            try:
+                async for chunk in handle.chunks:
+                    chunk["model"] = handle.model
+                    yield _sse(chunk)
+                ctx.prompt_tokens, ctx.completion_tokens = (
+                    handle.usage.prompt_tokens,
+                    handle.usage.completion_tokens,
+                )
+                if include_usage:
+                    yield _sse(_usage_chunk(ctx))
+                yield b"data: [DONE]\n\n"
+            except MidStreamError as exc:
+                error = exc
+                log.warning("request %s: stream failed after first token: %s", ctx.request_id, exc.message)
+                yield _sse(exc.body())
+            except (asyncio.CancelledError, GeneratorExit):
+                error = BadRequest("client disconnected")
+                raise
+            finally:
+                await handle.aclose()
+                self._finish(ctx, error=error)
+
+        return StreamResult(events(), ctx.headers())
+
+    def feedback(self, fb: FeedbackRequest) -> FeedbackResponse:
+        """Record a quality signal (emitted to the feedback topic, keyed by request_id)."""
+        event = FeedbackEvent(
+            request_id=fb.request_id, score=fb.score, label=fb.label, source=fb.source, comment=fb.comment
+        )
+        if self.emitter is not None:
+            self.emitter.emit(FEEDBACK, event, key=fb.request_id)
+        return FeedbackResponse(request_id=fb.request_id, feedback_id=event.feedback_id)
+
+    # -- the path ---------------------------------------------------------------------------------
+
+    async def _route(self, ctx: CallContext) -> None:
+        if ctx.mode is RoutingMode.PASSTHROUGH:
+            ctx.model = ctx.request.model
+            return
+        candidates = self.catalog.task_defaults(ctx.task).candidates
+        rr = RouteRequest(
+            ctx.request.last_user_text(),
+            ctx.task,
+            ctx.quality_target or 0.95,
+            ctx.knobs.max_cost_usd,
+            candidates,
+        )
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.router_timeout_s):
+                ctx.route = await self.route_fn(rr)
+            ctx.model = ctx.route.model
+        except Exception as exc:  # noqa: BLE001 - a router failure is not a request failure
+            ctx.router_fallback, ctx.model, ctx.route = True, self.catalog.default_model, None
+            self.metrics.router_fallbacks.inc()
+            log.warning(
+                "request %s: router failed (%s: %s); using default %s",
+                ctx.request_id,
+                type(exc).__name__,
+                exc,
+                ctx.model,
+            )
+        finally:
+            self.metrics.router_latency.observe(time.perf_counter() - t0)
+
+    async def _prepare(self, ctx: CallContext) -> dict[str, Any]:
+        await self._route(ctx)
+        payload = ctx.request.upstream_payload()
+        if ctx.mode is not RoutingMode.PASSTHROUGH:
+            self._gate_reasoning(ctx, payload)
+        return payload
+
+    def _gate_reasoning(self, ctx: CallContext, payload: dict[str, Any]) -> None:
+        """Models with a reasoning switch get it only when the router found the query hard."""
+        entry = self.catalog.model(ctx.model or self.catalog.default_model)
+        hard = ctx.route is not None and (
+            ctx.route.low_margin
+            or (ctx.route.margin if ctx.route.margin is not None else 1.0) < self.hard_query_margin
+        )
+        if entry.reasoning_switch and hard:
+            payload["reasoning_effort"] = "high"
+        else:
+            payload.pop("reasoning_effort", None)
+
+    async def _answer(self, ctx: CallContext) -> dict[str, Any]:
+        payload = await self._prepare(ctx)
+        assert ctx.model is not None
+        if ctx.mode is RoutingMode.CASCADE and not ctx.router_fallback:
+            return await self._cascade(
+                ctx, payload, self._ladder(ctx, cheapest_first=True), always_score=True
+            )
+        if ctx.mode is RoutingMode.HYBRID and not ctx.router_fallback:
+            low = ctx.route is not None and ctx.route.low_margin
+            return await self._cascade(
+                ctx, payload, self._ladder(ctx, cheapest_first=False), always_score=low
+            )
+        order = self.pool.fallback_order(ctx.model, ctx.route.ranking if ctx.route else ())
+        model, result = await self.pool.complete(order, payload, ctx.attempts)
+        ctx.model, ctx.prompt_tokens, ctx.completion_tokens = (
+            model,
+            result.prompt_tokens,
+            result.completion_tokens,
+        )
+        return result.body
+
+    def _ladder(self, ctx: CallContext, cheapest_first: bool) -> list[str]:
+        """Escalation rungs: cascade starts at the cheapest candidate, hybrid at the routed model;
+        each next rung is pricier, the strong model last."""
+        assert ctx.route is not None and ctx.model is not None
+        price = self.catalog.blended_price
+        ranked = [m for m in ctx.route.ranking if m in self.catalog.model_ids] or [ctx.model]
+        start = min(ranked, key=price) if cheapest_first else ctx.model
+        rungs = sorted({m for m in ranked if price(m) >= price(start)} - {start}, key=price)
+        ladder = [start, *rungs]
+        strong = self.catalog.strong_model
+        if strong not in ladder:
+            ladder.append(strong)
+        return ladder[: self.pool.max_models]
+
+    async def _cascade(
+        self, ctx: CallContext, payload: dict[str, Any], ladder: list[str], always_score: bool
+    ) -> dict[str, Any]:
+        question = ctx.request.last_user_text()
+        body: dict[str, Any] = {}
+        for i, rung in enumerate(ladder):
+            last = i == len(ladder) - 1
+            order = self.pool.fallback_order(rung)[:1] if not last else [rung]
+            try:
+                model, result = await self.pool.complete(order, payload, ctx.attempts)
+            except UpstreamError:
+                if last:
+                    raise
+                continue  # an unreachable rung escalates
+            ctx.model, body = model, result.body
+            ctx.prompt_tokens += result.prompt_tokens
+            ctx.completion_tokens += result.completion_tokens
+            if last or not always_score:
+                return body
+            confidence = await self._confidence(ctx, question, result.content, model)
+            ok = confidence is not None and confidence >= self.cascade_accept
+            a = ctx.attempts[-1]
+            ctx.attempts[-1] = a.model_copy(
+                update={"accepted_score": confidence, "status": "ok" if ok else "rejected"}
+            )
+            if ok:
+                return body
+            ctx.escalated = True
+            self.metrics.escalations.labels(task=ctx.task).inc()
+            log.info(
+                "request %s: %s answer rejected (confidence %s); escalating",
+                ctx.request_id,
+                model,
+                confidence,
+            )
+        return body
+
+    async def _confidence(self, ctx: CallContext, question: str, answer: str, model: str) -> float | None:
+        if self.scorer is not None:
+            score = await self.scorer.score(question, answer, ctx.task, model)
+            if score is not None:
+                return max(0.0, min(1.0, score))
+        # No scorer verdict: fall back to the router's own belief in this model.
+        return ctx.route.scores.get(model) if ctx.route else None
+
+    # -- accounting -------------------------------------------------------------------------------
+
+    def _finish(self, ctx: CallContext, error: SwitchyardError | None = None) -> None:
+        latency_ms = (time.perf_counter() - ctx.started) * 1000
+        status = CallStatus.ERROR if error else CallStatus.OK
+        prompt = ctx.request.last_user_text()
+        event = CallEvent(
+            request_id=ctx.request_id,
+            task=ctx.task,
+            tenant=ctx.knobs.tenant or ctx.caller.key_id,
+            prompt_hash=prompt_hash(prompt),
+            prompt=None if self.redact_prompts else prompt,
+            requested_model=ctx.request.model,
+            mode=ctx.mode,
+            router_version=ctx.route.router_version if ctx.route else None,
+            router_fallback=ctx.router_fallback,
+            scores=ctx.route.scores if ctx.route else {},
+            quality_target=ctx.quality_target,
+            threshold=ctx.route.threshold if ctx.route else None,
+            chosen_model=ctx.model,
+            attempts=ctx.attempts,
+            escalated=ctx.escalated,
+            stream=ctx.request.stream,
+            usage=Usage(prompt_tokens=ctx.prompt_tokens, completion_tokens=ctx.completion_tokens),
+            cost_usd=ctx.cost_usd,
+            latency_ms=latency_ms,
+            status=status,
+            error=error.message[:500] if error else None,
+        )
+        if self.emitter is not None:
+            self.emitter.emit(CALLS, event, key=ctx.request_id)
+        self._observe(ctx, event, error)
+        log.log(
+            logging.WARNING if error else logging.DEBUG,
+            "request %s %s mode=%s model=%s router=%s cost=%.6f latency_ms=%.1f",
+            ctx.request_id,
+            status.value,
+            ctx.mode.value,
+            ctx.model,
+            event.router_version,
+            event.cost_usd,
+            latency_ms,
+        )
+
+    def _observe(self, ctx: CallContext, event: CallEvent, error: SwitchyardError | None) -> None:
+        m = self.metrics
+        m.requests.labels(mode=ctx.mode.value, task=ctx.task, status=event.status.value).inc()
+        m.latency.labels(mode=ctx.mode.value, stream=str(ctx.request.stream).lower()).observe(
+            event.latency_ms / 1000
+        )
+        if error:
+            m.errors.labels(status=str(error.status), code=error.code).inc()
+        for a in ctx.attempts:
+            if a.status in ("ok", "rejected"):
+                tier = self.catalog.model(a.model).tier
+                m.cost.labels(model=a.model, tier=tier, task=ctx.task).inc(a.cost_usd)
+                m.upstream_latency.labels(model=a.model).observe(a.latency_ms / 1000)
+        if ctx.model and not error:
+            tier = self.catalog.model(ctx.model).tier
+            m.routes.labels(model=ctx.model, tier=tier, task=ctx.task, mode=ctx.mode.value).inc()
+            m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="prompt").inc(ctx.prompt_tokens)
+            m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="completion").inc(
+                ctx.completion_tokens
+            )
+            first = ctx.attempts[0].model if ctx.attempts else ctx.model
+            if first != ctx.model and not ctx.escalated:
+                m.fallbacks.labels(from_model=first, to_model=ctx.model).inc()
+        if self.emitter is not None:
+            m.queue_depth.set(self.emitter.queue_depth)
+            m.spool_records.set(self.emitter.spool.pending)
+
+
+def _sse(obj: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def _usage_chunk(ctx: CallContext) -> dict[str, Any]:
+    return {
+        "id": ctx.request_id,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": ctx.model,
+        "choices": [],
+        "usage": {
+            "prompt_tokens": ctx.prompt_tokens,
+            "completion_tokens": ctx.completion_tokens,
+            "total_tokens": ctx.prompt_tokens + ctx.completion_tokens,
+        },
+    }
+
+
+async def _replay_as_sse(body: dict[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
+    """A finished completion as an SSE stream (used by cascades, which must judge first)."""
+    base = {
+        "id": body.get("id", ctx.request_id),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": ctx.model,
+    }
+    choice = (body.get("choices") or [{}])[0]
+    text = (choice.get("message") or {}).get("content") or ""
+    yield _sse(
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+        }
+    )
+    if text:
+        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+    yield _sse(
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}],
+        }
+    )
+    if (ctx.request.model_extra or {}).get("stream_options", {}).get("include_usage"):
+        yield _sse(_usage_chunk(ctx))
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,90 @@
+"""Gateway settings (``SWITCHYARD_GATEWAY_*``): built in entrypoints, passed to deployments."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def hash_key(key: str) -> str:
+    """The stored form of an API key: hex SHA-256."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class GatewaySettings(BaseSettings):
+    """Everything the gateway needs at start; runtime-changing values travel in ``user_config``."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_GATEWAY_", env_file=None, extra="ignore")
+
+    catalog_path: Path | None = Field(default=None, description="Catalog YAML; default the built-in one.")
+    router_ref: str = Field(
+        default="models:/switchyard-router@champion", description="Router model: MLflow URI or local path."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    state_dir: Path = Field(default=Path(".state"), description="Ray temp dir and the spool live here.")
+    spool_dir: Path | None = Field(
+        default=None, description="Event spool; default <state_dir>/gateway/spool."
+    )
+    # auth and limits
+    api_key_hashes: list[str] = Field(default_factory=list, description="Hex SHA-256 of accepted API keys.")
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Plain API keys (from a secret env var); hashed at start, never logged.",
+    )
+    rate_limit_rps: float = Field(default=0.0, ge=0, description="Requests/s per key; 0 = unlimited.")
+    rate_limit_burst: int = Field(default=0, ge=0, description="Bucket size; default 2 × rate (at least 1).")
+    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    redact_prompts: bool = Field(default=False, description="Keep only prompt hashes in events.")
+    access_log: bool = Field(
+        default=False, description="Serve's per-request access log lines (costly on CPU)."
+    )
+    # events
+    events_enabled: bool = True
+    emitter_queue_size: int = Field(default=10000, gt=0)
+    # router deployment
+    router_replicas: int = Field(default=1, ge=1)
+    router_num_gpus: float = Field(default=0.0, ge=0, description="GPU share per router replica; 0 = CPU.")
+    router_num_cpus: float = Field(default=0.5, ge=0)
+    router_batch_size: int = Field(default=32, ge=1)
+    router_batch_wait_s: float = Field(default=0.004, ge=0)
+    router_timeout_s: float = Field(default=2.0, gt=0, description="Past this the catalog default is used.")
+    ingress_replicas: int = Field(default=1, ge=1)
+    ingress_num_cpus: float = Field(default=0.5, ge=0)
+    ingress_max_ongoing_requests: int = Field(default=256, ge=1)
+    # providers
+    retry_initial_s: float = Field(default=0.05, gt=0)
+    retry_max_s: float = Field(default=2.0, gt=0)
+    max_retry_after_s: float = Field(default=5.0, ge=0)
+    breaker_failures: int = Field(default=5, ge=1)
+    breaker_reset_s: float = Field(default=10.0, gt=0)
+    max_models_per_request: int = Field(default=4, ge=1)
+    # cascade
+    judge_model: str | None = Field(default="switchyard/judge", description="Judge for cascades; None = off.")
+    judge_provider: str = "emulator-openai"
+    cascade_accept: float = Field(default=0.5, ge=0, le=1, description="Scorer confidence needed to accept.")
+    hard_query_margin: float = Field(
+        default=0.1,
+        ge=0,
+        le=1,
+        description="Router margin below which a query counts as hard (reasoning on).",
+    )
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
+                raise ValueError("api_key_hashes must be hex SHA-256 digests (64 hex characters)")
+        return [h.lower() for h in v]
+
+    def key_hashes(self) -> list[str]:
+        """Every accepted key, hashed."""
+        return sorted({*self.api_key_hashes, *(hash_key(k.get_secret_value()) for k in self.api_keys)})
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.state_dir / "gateway" / "spool"

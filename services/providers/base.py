@@ -1,0 +1,79 @@
+"""Shapes shared by the upstream adapters: what they take, what they give back."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from services.catalog import Provider
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Connect, first-token and total timeouts in seconds for one upstream."""
+
+    connect_s: float
+    first_token_s: float
+    total_s: float
+
+    @classmethod
+    def of(cls, provider: Provider) -> Timeouts:
+        return cls(provider.timeout_connect_s, provider.timeout_first_token_s, provider.timeout_total_s)
+
+
+@dataclass
+class Completion:
+    """A non-streamed answer in OpenAI ``chat.completion`` shape plus what accounting needs."""
+
+    body: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def content(self) -> str:
+        try:
+            return self.body["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError):
+            return ""
+
+
+@dataclass
+class StreamUsage:
+    """Filled in while a stream runs: tokens (from the upstream when it reports them)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    text: list[str] = field(default_factory=list)
+
+
+class ChatAdapter(Protocol):
+    """An upstream API: one pooled HTTP client, OpenAI-shaped requests in and answers out."""
+
+    name: str
+    timeouts: Timeouts
+
+    async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion: ...
+
+    def stream(
+        self, payload: dict[str, Any], upstream_model: str, usage: StreamUsage
+    ) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def estimate_tokens(text: str) -> int:
+    """Rough token count (~4 characters a token) for upstreams that report no usage."""
+    return max(1, (len(text) + 3) // 4) if text else 0
+
+
+def prompt_text(messages: list[dict[str, Any]]) -> str:
+    """All message text of a conversation, joined (for estimates and hashing)."""
+    parts = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(p.get("text", "") for p in content if isinstance(p, dict))
+    return "\n".join(parts)

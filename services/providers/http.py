@@ -1,0 +1,124 @@
+"""HTTP plumbing shared by the adapters: pooled clients, status → error mapping, SSE lines."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from services.errors import UpstreamError, UpstreamTimeout
+
+from .base import Timeouts
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+
+
+def make_client(
+    base_url: str,
+    timeouts: Timeouts,
+    headers: dict[str, str],
+    max_connections: int = 200,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> httpx.AsyncClient:
+    """One pooled client per upstream; the read timeout is the first-token timeout."""
+    return httpx.AsyncClient(
+        base_url=base_url.rstrip("/"),
+        headers=headers,
+        timeout=httpx.Timeout(
+            connect=timeouts.connect_s, read=timeouts.first_token_s, write=10.0, pool=timeouts.connect_s
+        ),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        transport=transport,
+    )
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: an integer/float or an HTTP date; ``None`` when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+        err = data.get("error", data)
+        if isinstance(err, dict):
+            return str(err.get("message") or err)[:300]
+        return str(err)[:300]
+    except (ValueError, AttributeError):
+        return body[:300].decode("utf-8", "replace")
+
+
+def status_error(upstream: str, status: int, body: bytes, headers: httpx.Headers) -> UpstreamError:
+    """An upstream's non-2xx answer as an :class:`UpstreamError` (retryable on 429/5xx)."""
+    msg = f"upstream {upstream} answered {status}: {_error_message(body)}"
+    if status in (408, 504):
+        return UpstreamTimeout(msg, upstream=upstream, http_status=status)
+    return UpstreamError(
+        msg,
+        upstream=upstream,
+        http_status=status,
+        retry_after_s=parse_retry_after(headers.get("retry-after")),
+        retryable=status in RETRYABLE_STATUS,
+    )
+
+
+def transport_error(upstream: str, exc: BaseException) -> UpstreamError:
+    """A transport failure (timeout, refused, reset) as an :class:`UpstreamError`."""
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
+        kind = type(exc).__name__
+        return UpstreamTimeout(f"upstream {upstream} timed out ({kind})", upstream=upstream)
+    return UpstreamError(f"upstream {upstream} unreachable: {type(exc).__name__}: {exc}", upstream=upstream)
+
+
+@asynccontextmanager
+async def mapped_errors(upstream: str) -> AsyncIterator[None]:
+    """Turn httpx/timeout exceptions raised inside into :class:`UpstreamError`."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except (httpx.HTTPError, TimeoutError, OSError) as exc:
+        raise transport_error(upstream, exc) from exc
+
+
+async def post_json(
+    client: httpx.AsyncClient, upstream: str, path: str, payload: dict[str, Any], total_s: float
+) -> dict[str, Any]:
+    """POST JSON, return the JSON answer; non-2xx and transport failures raise UpstreamError."""
+    async with mapped_errors(upstream):
+        async with asyncio.timeout(total_s):
+            resp = await client.post(path, json=payload)
+        if resp.status_code >= 400:
+            raise status_error(upstream, resp.status_code, resp.content, resp.headers)
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise UpstreamError(f"upstream {upstream} sent invalid JSON", upstream=upstream) from exc
+
+
+async def sse_events(resp: httpx.Response) -> AsyncIterator[str]:
+    """The ``data:`` payloads of a server-sent-events response, in order."""
+    async for line in resp.aiter_lines():
+        if line.startswith("data:"):
+            yield line[5:].strip()

@@ -1,0 +1,125 @@
+"""The OpenAI-compatible chat completions adapter (``POST {base_url}/chat/completions``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from services.catalog import Provider
+from services.errors import UpstreamError, UpstreamTimeout
+
+from .base import Completion, StreamUsage, Timeouts, estimate_tokens, prompt_text
+from .http import make_client, mapped_errors, post_json, sse_events, status_error
+
+log = logging.getLogger(__name__)
+
+
+class OpenAIAdapter:
+    """Chat completions against an OpenAI-compatible upstream over one pooled client."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        max_connections: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        self.name = provider.name
+        self.timeouts = Timeouts.of(provider)
+        headers = {"content-type": "application/json"}
+        key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        self._client = make_client(provider.base_url, self.timeouts, headers, max_connections, transport)
+
+    async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion:
+        """One non-streamed completion, in OpenAI shape."""
+        body = await post_json(
+            self._client,
+            self.name,
+            "/chat/completions",
+            {**payload, "model": upstream_model, "stream": False},
+            self.timeouts.total_s,
+        )
+        if not isinstance(body.get("choices"), list) or not body["choices"]:
+            raise UpstreamError(f"upstream {self.name} answered without choices", upstream=self.name)
+        usage = body.get("usage") or {}
+        content = (body["choices"][0].get("message") or {}).get("content") or ""
+        return Completion(
+            body=body,
+            prompt_tokens=int(
+                usage.get("prompt_tokens") or estimate_tokens(prompt_text(payload.get("messages", [])))
+            ),
+            completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(content)),
+        )
+
+    async def stream(
+        self, payload: dict[str, Any], upstream_model: str, usage: StreamUsage
+    ) -> AsyncIterator[dict[str, Any]]:
+        """OpenAI ``chat.completion.chunk`` dicts; raises UpstreamError on a failure or a cut stream.
+
+        The first chunk must come within the first-token timeout, the whole stream within the
+        total timeout; a stream that ends without ``[DONE]`` is a failure, never a success.
+        """
+        body = {**payload, "model": upstream_model, "stream": True, "stream_options": {"include_usage": True}}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeouts.total_s
+        async with mapped_errors(self.name):
+            async with self._client.stream("POST", "/chat/completions", json=body) as resp:
+                if resp.status_code >= 400:
+                    raise status_error(self.name, resp.status_code, await resp.aread(), resp.headers)
+                events = sse_events(resp)
+                done = False
+                while True:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise UpstreamTimeout(
+                            f"upstream {self.name} stream exceeded total timeout", upstream=self.name
+                        )
+                    try:
+                        async with asyncio.timeout(remaining):
+                            data = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    if data == "[DONE]":
+                        done = True
+                        break
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError as exc:
+                        raise UpstreamError(
+                            f"upstream {self.name} sent a malformed chunk", upstream=self.name
+                        ) from exc
+                    if "error" in chunk:
+                        msg = (
+                            (chunk["error"] or {}).get("message", "error")
+                            if isinstance(chunk["error"], dict)
+                            else chunk["error"]
+                        )
+                        raise UpstreamError(f"upstream {self.name} stream error: {msg}", upstream=self.name)
+                    if chunk.get("usage"):
+                        usage.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
+                        usage.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            usage.text.append(text)
+                    if chunk.get("choices"):
+                        yield chunk
+                if not done:
+                    raise UpstreamError(
+                        f"upstream {self.name} stream ended before [DONE]", upstream=self.name
+                    )
+        if not usage.prompt_tokens:
+            usage.prompt_tokens = estimate_tokens(prompt_text(payload.get("messages", [])))
+        if not usage.completion_tokens:
+            usage.completion_tokens = estimate_tokens("".join(usage.text))
+
+    async def aclose(self) -> None:
+        """Close the pooled client."""
+        await self._client.aclose()

@@ -1,0 +1,342 @@
+"""The provider pool: one adapter per upstream, a breaker per upstream deployment, retries with
+backoff and jitter honouring ``Retry-After``, and fallback along an ordered list of models.
+
+Streams fall back silently until their first token; after it, a failure surfaces as
+:class:`MidStreamError` so the caller sends an SSE error event instead of a truncated success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from services.catalog import Catalog, ModelEntry
+from services.contracts.events import Attempt
+from services.errors import AllUpstreamsFailed, CircuitOpen, UnknownModel, UpstreamError
+
+from .anthropic import AnthropicAdapter
+from .base import ChatAdapter, Completion, StreamUsage
+from .breaker import BreakerState, CircuitBreaker
+from .openai import OpenAIAdapter
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Backoff between retries of one upstream; a Retry-After above ``max_retry_after_s`` is not
+    waited for (the call falls back to the next model instead)."""
+
+    initial_s: float = 0.05
+    max_s: float = 2.0
+    jitter_s: float = 0.05
+    max_retry_after_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class BreakerPolicy:
+    failure_threshold: int = 5
+    reset_timeout_s: float = 10.0
+
+
+class MidStreamError(UpstreamError):
+    """A stream failed after its first token had been sent to the client."""
+
+
+@dataclass
+class StreamHandle:
+    """An opened stream: the model that answers, its chunks, and its token usage when done."""
+
+    model: str
+    chunks: AsyncIterator[dict[str, Any]]
+    usage: StreamUsage = field(default_factory=StreamUsage)
+    upstream: Any = None
+
+    async def aclose(self) -> None:
+        """Release the upstream connection (call when the client goes away early)."""
+        for gen in (self.chunks, self.upstream):
+            if gen is not None:
+                with contextlib.suppress(Exception):
+                    await gen.aclose()
+
+
+def build_adapter(kind: str, provider: Any, max_connections: int) -> ChatAdapter:
+    """The adapter for a catalog provider kind."""
+    if kind == "anthropic":
+        return AnthropicAdapter(provider, max_connections)
+    return OpenAIAdapter(provider, max_connections)
+
+
+class ProviderPool:
+    """Calls catalog models through their upstreams with retries, breakers and fallbacks."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        retry: RetryPolicy | None = None,
+        breaker: BreakerPolicy | None = None,
+        adapters: dict[str, ChatAdapter] | None = None,
+        on_breaker_change: Callable[[str, BreakerState], None] | None = None,
+        max_connections: int = 200,
+        max_models: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.catalog = catalog
+        self.retry = retry or RetryPolicy()
+        self._breaker_policy = breaker or BreakerPolicy()
+        self._on_breaker_change = on_breaker_change
+        self._clock = clock
+        self.max_models = max_models
+        self.adapters: dict[str, ChatAdapter] = (
+            adapters
+            if adapters is not None
+            else {p.name: build_adapter(p.kind, p, max_connections) for p in catalog.providers}
+        )
+        self.breakers: dict[str, CircuitBreaker] = {}
+
+    # -- ordering ---------------------------------------------------------------------------------
+
+    def fallback_order(self, first: str, ranking: Sequence[str] = ()) -> list[str]:
+        """``first``, then the router's ranking, then the catalog chain of each, de-duplicated
+        and capped at ``max_models``."""
+        known = set(self.catalog.model_ids)
+        if first not in known:
+            raise UnknownModel(f"model {first!r} is not in the catalog", param="model")
+        order: list[str] = []
+
+        def add(m: str) -> None:
+            if m in known and m not in order:
+                order.append(m)
+
+        add(first)
+        for m in ranking:
+            add(m)
+        i = 0
+        while i < len(order):  # transitive catalog chains, breadth first
+            for fb in self.catalog.model(order[i]).fallbacks:
+                add(fb)
+            i += 1
+        return order[: self.max_models]
+
+    # -- breakers ---------------------------------------------------------------------------------
+
+    def upstream_key(self, entry: ModelEntry) -> str:
+        return f"{entry.provider}/{entry.id}"
+
+    def breaker(self, model_id: str) -> CircuitBreaker:
+        """The breaker of the upstream deployment serving ``model_id`` (created on first use)."""
+        key = self.upstream_key(self.catalog.model(model_id))
+        b = self.breakers.get(key)
+        if b is None:
+            b = self.breakers[key] = CircuitBreaker(
+                key,
+                self._breaker_policy.failure_threshold,
+                self._breaker_policy.reset_timeout_s,
+                clock=self._clock,
+                on_change=self._on_breaker_change,
+            )
+        return b
+
+    # -- one model, with retries ------------------------------------------------------------------
+
+    def _retryable(self, exc: BaseException) -> bool:
+        if not isinstance(exc, UpstreamError) or not exc.retryable:
+            return False
+        return exc.retry_after_s is None or exc.retry_after_s <= self.retry.max_retry_after_s
+
+    def _wait(self) -> Callable[[RetryCallState], float]:
+        backoff = wait_exponential_jitter(
+            initial=self.retry.initial_s, max=self.retry.max_s, jitter=self.retry.jitter_s
+        )
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            ra = getattr(exc, "retry_after_s", None)
+            return float(ra) if ra is not None else backoff(state)
+
+        return wait
+
+    async def _call_model(
+        self, model_id: str, fn: Callable[[ChatAdapter, str], Awaitable[T]], attempts: list[Attempt]
+    ) -> T:
+        entry = self.catalog.model(model_id)
+        adapter = self.adapters[entry.provider]
+        provider = self.catalog.provider(entry.provider)
+        breaker = self.breaker(model_id)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(provider.max_retries + 1),
+            wait=self._wait(),
+            retry=retry_if_exception(self._retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                if not breaker.allow():
+                    attempts.append(
+                        Attempt(
+                            model=model_id, provider=entry.provider, status="skipped", error="circuit open"
+                        )
+                    )
+                    raise CircuitOpen(breaker.name)
+                t0 = time.perf_counter()
+                try:
+                    result = await fn(adapter, entry.upstream)
+                except UpstreamError as exc:
+                    breaker.record_failure()
+                    attempts.append(
+                        Attempt(
+                            model=model_id,
+                            provider=entry.provider,
+                            status="error",
+                            latency_ms=(time.perf_counter() - t0) * 1000,
+                            error=exc.message[:300],
+                            http_status=exc.http_status,
+                        )
+                    )
+                    log.info("upstream %s failed for %s: %s", entry.provider, model_id, exc.message)
+                    raise
+                breaker.record_success()
+                return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- public calls -----------------------------------------------------------------------------
+
+    def cost(self, model_id: str, prompt_tokens: int, completion_tokens: int) -> float:
+        """USD for a call of ``model_id`` with these token counts."""
+        return self.catalog.model(model_id).price.cost(prompt_tokens, completion_tokens)
+
+    async def complete(
+        self, order: Sequence[str], payload: dict[str, Any], attempts: list[Attempt]
+    ) -> tuple[str, Completion]:
+        """The first model in ``order`` that answers; every try is appended to ``attempts``."""
+        last: UpstreamError | None = None
+        for model_id in order:
+            t0 = time.perf_counter()
+            try:
+                result = await self._call_model(model_id, lambda a, up: a.complete(payload, up), attempts)
+            except UpstreamError as exc:
+                last = exc
+                continue
+            entry = self.catalog.model(model_id)
+            attempts.append(
+                Attempt(
+                    model=model_id,
+                    provider=entry.provider,
+                    status="ok",
+                    latency_ms=(time.perf_counter() - t0) * 1000,
+                    cost_usd=self.cost(model_id, result.prompt_tokens, result.completion_tokens),
+                )
+            )
+            return model_id, result
+        assert last is not None, "empty fallback order"
+        raise AllUpstreamsFailed(last, list(order))
+
+    async def stream(
+        self, order: Sequence[str], payload: dict[str, Any], attempts: list[Attempt]
+    ) -> StreamHandle:
+        """Open a stream on the first model in ``order`` that yields a first token.
+
+        Chunks before the first content are held back, so a failure before it falls back
+        silently; the returned handle's chunks raise :class:`MidStreamError` on a later failure.
+        """
+        last: UpstreamError | None = None
+        for model_id in order:
+            t0 = time.perf_counter()
+            usage = StreamUsage()
+
+            async def open_(adapter: ChatAdapter, upstream: str, usage: StreamUsage = usage):
+                gen = adapter.stream(payload, upstream, usage)
+                held: list[dict[str, Any]] = []
+                try:
+                    async for chunk in gen:
+                        held.append(chunk)
+                        if _has_token(chunk):
+                            return gen, held
+                except BaseException:
+                    await gen.aclose()
+                    raise
+                return None, held  # finished without content: a complete (empty) answer
+
+            try:
+                gen, held = await self._call_model(model_id, open_, attempts)
+            except UpstreamError as exc:
+                last = exc
+                continue
+            return StreamHandle(model_id, self._rest(model_id, gen, held, usage, attempts, t0), usage, gen)
+        assert last is not None, "empty fallback order"
+        raise AllUpstreamsFailed(last, list(order))
+
+    async def _rest(
+        self,
+        model_id: str,
+        gen: AsyncIterator[dict[str, Any]] | None,
+        held: list[dict[str, Any]],
+        usage: StreamUsage,
+        attempts: list[Attempt],
+        t0: float,
+    ) -> AsyncIterator[dict[str, Any]]:
+        entry = self.catalog.model(model_id)
+        for chunk in held:
+            yield chunk
+        if gen is not None:
+            try:
+                async for chunk in gen:
+                    yield chunk
+            except UpstreamError as exc:
+                self.breaker(model_id).record_failure()
+                attempts.append(
+                    Attempt(
+                        model=model_id,
+                        provider=entry.provider,
+                        status="error",
+                        latency_ms=(time.perf_counter() - t0) * 1000,
+                        error=f"mid-stream: {exc.message}"[:300],
+                        cost_usd=self.cost(model_id, usage.prompt_tokens, len(usage.text)),
+                    )
+                )
+                raise MidStreamError(
+                    f"upstream {exc.upstream} failed mid-stream: {exc.message}",
+                    upstream=exc.upstream,
+                    retryable=False,
+                ) from exc
+            finally:
+                await gen.aclose()  # type: ignore[attr-defined]
+        attempts.append(
+            Attempt(
+                model=model_id,
+                provider=entry.provider,
+                status="ok",
+                latency_ms=(time.perf_counter() - t0) * 1000,
+                cost_usd=self.cost(model_id, usage.prompt_tokens, usage.completion_tokens),
+            )
+        )
+
+    def breaker_states(self) -> dict[str, BreakerState]:
+        """State of every breaker created so far, by upstream key."""
+        return {k: b.state for k, b in self.breakers.items()}
+
+    async def aclose(self) -> None:
+        """Close every adapter's pooled client."""
+        for adapter in self.adapters.values():
+            await adapter.aclose()
+
+
+def _has_token(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or choice.get("finish_reason"):
+            return True
+    return False

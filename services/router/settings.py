@@ -1,0 +1,23 @@
+"""Serving-side router settings (``SWITCHYARD_ROUTER_*``), built in entrypoints."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RouterSettings(BaseSettings):
+    """Which router artefact to serve and where to run it."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_ROUTER_", env_file=None, extra="ignore")
+
+    model_ref: str = Field(
+        default="models:/switchyard-router@champion",
+        description="A local artefact directory or an MLflow URI (models:/name@alias, models:/name/N).",
+    )
+    device: str | None = Field(default=None, description="cuda/cpu; default: cuda when available.")
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    quantize_int8: bool | None = Field(
+        default=None,
+        description="Override the artefact's encoder: int8 dynamic quantisation on CPU (see docs/router.md).",
+    )

@@ -1,0 +1,529 @@
+"""The Faust app: ``create_app(settings, kafka)`` wires topics, tables, agents, timers and views.
+
+Agents, by domain:
+
+* **join** (``switchyard.calls.v1`` + ``switchyard.feedback.v1``, keyed by request_id): the
+  call/feedback join table, outcomes to ``switchyard.outcomes.v1``, hard-query mining of calls,
+  router features per task to an internal topic;
+* **metrics + drift** (outcomes, keyed by task): per-task tumbling-window and all-time tables,
+  quality/calibration detectors, alerts and retrain requests, negative-feedback mining;
+* **input drift** (the internal features topic, keyed by task): evidently data-drift checks;
+* **alerts** (``switchyard.alerts.v1``): delivery to the on-call webhook, de-duplicated.
+
+Values are consumed as raw bytes and validated with the pydantic contracts; a record that fails
+goes to the dead-letter topic, is counted, and the agent goes on. Nothing runs at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # see _bind()
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from services.catalog import Catalog, load_catalog
+from services.contracts import (
+    AlertEvent,
+    CallEvent,
+    ContractError,
+    DeadLetter,
+    Event,
+    FeedbackEvent,
+    OutcomeEvent,
+)
+from services.contracts.settings import KafkaSettings
+from services.contracts.topics import (
+    ALERTS,
+    CALLS,
+    DEADLETTER,
+    FEEDBACK,
+    HARD_QUERIES,
+    OUTCOMES,
+    RETRAIN,
+    topic_name,
+)
+
+from . import windows
+from .alerts import DeliveryLog, WebhookError, WebhookNotifier
+from .drift import MonitorResult, TaskMonitor, call_features
+from .join import CallFeedbackJoin
+from .mining import mine_call, mine_outcome
+from .settings import StreamsSettings
+
+log = logging.getLogger(__name__)
+
+
+_DELETED = object()
+
+
+class BatchWrites:
+    """A write-back overlay on a table for one batch: the join reads its own writes at once, and
+    each key reaches the changelog once per batch (a call and its feedback in the same batch
+    cost one changelog record, not two). :meth:`flush` writes every touched key under the event
+    that last touched it, so the record lands in that key's partition."""
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.event: Any = None
+        self._local: dict[str, Any] = {}
+        self._owner: dict[str, Any] = {}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key in self._local:
+            v = self._local[key]
+            return default if v is _DELETED else v
+        v = self.table.get(key)
+        return default if v is None else v
+
+    def __getitem__(self, key: str) -> Any:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._local[key] = value
+        self._owner[key] = self.event
+
+    def __delitem__(self, key: str) -> None:
+        self._local[key] = _DELETED
+        self._owner[key] = self.event
+
+    def keys(self) -> list[str]:
+        return list({*self.table.keys(), *(k for k, v in self._local.items() if v is not _DELETED)})
+
+    def flush(self) -> None:
+        """Write the batch's changes to the table (and its changelog)."""
+        for key, value in self._local.items():
+            _bind(self._owner[key])
+            if value is _DELETED:
+                self.table.pop(key, None)
+            else:
+                self.table[key] = value
+        self._local.clear()
+        self._owner.clear()
+
+
+class StreamMetrics:
+    """The worker's Prometheus metrics, in their own registry (one per app)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        p = "switchyard_streams_"
+        self.events = Counter(p + "events_total", "Records consumed, by topic.", ["topic"], registry=r)
+        self.dead_letters = Counter(
+            p + "dead_letters_total", "Records sent to the dead-letter topic.", ["topic"], registry=r
+        )
+        self.outcomes = Counter(p + "outcomes_total", "Outcomes emitted by the join.", registry=r)
+        self.duplicates = Counter(
+            p + "join_duplicates_total", "Redelivered calls and duplicate feedback.", registry=r
+        )
+        self.expired = Counter(
+            p + "join_expired_total", "Calls whose feedback never came within the TTL.", registry=r
+        )
+        self.alerts = Counter(p + "alerts_total", "Alerts emitted.", ["detector", "status"], registry=r)
+        self.webhook_sent = Counter(
+            p + "webhook_deliveries_total", "Alerts delivered to on-call.", registry=r
+        )
+        self.webhook_failures = Counter(p + "webhook_failures_total", "Alerts on-call never got.", registry=r)
+        self.hard_queries = Counter(p + "hard_queries_total", "Hard queries mined.", ["reason"], registry=r)
+        self.errors = Counter(
+            p + "processing_errors_total", "Batches a stage failed on.", ["stage"], registry=r
+        )
+        self.retrain = Counter(p + "retrain_requests_total", "Retrain requests emitted.", registry=r)
+        self.lag = Gauge(
+            p + "consumer_lag", "Records behind the high-water mark.", ["topic", "partition"], registry=r
+        )
+        self.rate = Gauge(p + "events_per_second", "Records consumed per second (last interval).", registry=r)
+        self.join_entries = Gauge(p + "join_entries", "Entries in the local join table.", registry=r)
+        self._last = (time.monotonic(), 0.0)
+        self._children: dict[str, Any] = {}
+
+    def consumed(self, topic: str) -> None:
+        """Count one consumed record (label children cached: this runs for every record)."""
+        child = self._children.get(topic)
+        if child is None:
+            child = self._children[topic] = self.events.labels(topic=topic)
+        child.inc()
+
+    def total_events(self) -> float:
+        return sum(s.value for m in self.events.collect() for s in m.samples if s.name.endswith("_total"))
+
+    def tick(self) -> float:
+        """Update the events/s gauge from the counter; return the rate."""
+        now, total = time.monotonic(), self.total_events()
+        t0, n0 = self._last
+        rate = (total - n0) / (now - t0) if now > t0 else 0.0
+        self._last = (now, total)
+        self.rate.set(rate)
+        return rate
+
+
+@dataclass
+class Wiring:
+    """Handles on what ``create_app`` built (for views, tests and the benchmark)."""
+
+    settings: StreamsSettings
+    prefix: str
+    catalog: Catalog
+    metrics: StreamMetrics
+    joiner: CallFeedbackJoin
+    monitor: TaskMonitor
+    tables: dict[str, Any] = field(default_factory=dict)
+    topics: dict[str, Any] = field(default_factory=dict)
+    notifier: WebhookNotifier | None = None
+
+
+def _wall_clock(event: Any = None) -> float:
+    return time.time()
+
+
+def _bind(event: Any) -> None:
+    """Make ``event`` the current event, so table writes go to its partition's changelog.
+
+    Batches from ``take_events`` leave the last event current; each table write must instead be
+    attributed to the event of its own key (hence the partition), as per-event iteration would.
+    """
+    _current_event.set(weakref.ref(event))
+
+
+def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog | None = None) -> faust.App:
+    """Build the Faust app (not started). ``app.switchyard`` holds the :class:`Wiring`."""
+    catalog = catalog or load_catalog(settings.catalog_path)
+    tiers = {m.id: m.tier for m in catalog.models}
+    cheap_tier = catalog.tiers[0] if catalog.tiers else None
+    prefix = kafka.topic_prefix
+    settings.faust_dir.mkdir(parents=True, exist_ok=True)
+    brokers = [f"kafka://{h.strip()}" for h in kafka.bootstrap.split(",") if h.strip()]
+    app = faust.App(
+        settings.app_id,
+        broker=brokers,
+        broker_client_id=kafka.client_id,
+        datadir=str(settings.faust_dir),
+        store="memory://",
+        autodiscover=False,
+        web_enabled=settings.web_enabled,
+        web_host=settings.web_host,
+        web_bind=settings.web_host,
+        web_port=settings.web_port,
+        topic_partitions=OUTCOMES.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset="earliest",
+        stream_wait_empty=False,
+        producer_linger=settings.producer_linger_s,
+        producer_max_batch_size=1_048_576,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=3.0,
+    )
+    metrics = StreamMetrics()
+
+    def raw_topic(spec: Any, **kw: Any) -> faust.TopicT:
+        return app.topic(
+            topic_name(spec, prefix),
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=spec.partitions,
+            **kw,
+        )
+
+    calls_name, feedback_name = topic_name(CALLS, prefix), topic_name(FEEDBACK, prefix)
+    calls_and_feedback = app.topic(calls_name, feedback_name, key_serializer="raw", value_serializer="raw")
+    outcomes_t = raw_topic(OUTCOMES)
+    alerts_t = raw_topic(ALERTS)
+    hard_t = raw_topic(HARD_QUERIES)
+    retrain_t = raw_topic(RETRAIN)
+    dlq_t = raw_topic(DEADLETTER)
+    features_t = app.topic(
+        f"{prefix}{settings.app_id}-call-features",
+        internal=True,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partitions=OUTCOMES.partitions,
+    )
+
+    table_schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
+    join_table = app.Table("join", default=None, partitions=CALLS.partitions, schema=table_schema)
+    window_table = app.Table(
+        "task-window",
+        default=dict,
+        partitions=OUTCOMES.partitions,
+        schema=table_schema,
+    ).tumbling(settings.window_s, expires=settings.window_expires_s)
+    # Windows follow the worker's wall clock (the same in agents and in the /stats/ view).
+    window_table = window_table.relative_to(_wall_clock)
+    totals_table = app.Table(
+        "task-totals",
+        default=None,
+        partitions=OUTCOMES.partitions,
+        schema=table_schema,
+    )
+    detector_table = app.Table(
+        "detectors",
+        default=None,
+        partitions=OUTCOMES.partitions,
+        schema=table_schema,
+    )
+    alert_table = app.Table(
+        "alert-state",
+        default=None,
+        partitions=OUTCOMES.partitions,
+        schema=table_schema,
+    )
+    delivery_table = app.Table(
+        "alert-deliveries",
+        default=None,
+        partitions=ALERTS.partitions,
+        schema=table_schema,
+    )
+
+    def _delete_join_entry(key: str, entry: dict[str, Any]) -> None:
+        # Called from a timer (no current event): tombstone the key in its own changelog partition.
+        join_table.data.pop(key, None)
+        if entry.get("p") is not None:
+            join_table.send_changelog(entry["p"], key, None, value_serializer="raw")
+
+    join_writes = BatchWrites(join_table)
+    joiner = CallFeedbackJoin(
+        join_writes,
+        settings.join_ttl_s,
+        tiers,
+        settings.accept_threshold,
+        on_delete=_delete_join_entry,
+    )
+    monitor = TaskMonitor(
+        settings, detector_table, alert_table, settings.load_reference(), defer_reports=True
+    )
+    delivery = DeliveryLog(delivery_table)
+    notifier = None
+    if settings.webhook_url:
+        notifier = WebhookNotifier(
+            settings.webhook_url,
+            settings.webhook_kind,
+            routing_key=settings.pagerduty_routing_key,
+            timeout_s=settings.webhook_timeout_s,
+            attempts=settings.webhook_attempts,
+        )
+    wiring = Wiring(
+        settings,
+        prefix,
+        catalog,
+        metrics,
+        joiner,
+        monitor,
+        tables={
+            "join": join_table,
+            "window": window_table,
+            "totals": totals_table,
+            "detectors": detector_table,
+            "alerts": alert_table,
+            "deliveries": delivery_table,
+        },
+        topics={
+            "outcomes": outcomes_t,
+            "alerts": alerts_t,
+            "hard_queries": hard_t,
+            "retrain": retrain_t,
+            "deadletter": dlq_t,
+            "features": features_t,
+        },
+        notifier=notifier,
+    )
+    app.switchyard = wiring  # type: ignore[attr-defined]
+
+    async def dead_letter(event: Any, error: Exception, consumer: str) -> None:
+        msg = event.message
+        raw = msg.value if isinstance(msg.value, bytes | bytearray) else str(msg.value).encode()
+        key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes | bytearray) else msg.key
+        record = DeadLetter(
+            source_topic=msg.topic,
+            partition=msg.partition,
+            offset=msg.offset,
+            key=key,
+            value=raw.decode("utf-8", "replace")[:100_000],
+            error=str(error)[:2000],
+            consumer=consumer,
+        )
+        await dlq_t.send(value=record.to_bytes())
+        metrics.dead_letters.labels(topic=msg.topic).inc()
+        log.warning("dead-lettered %s[%s]@%s: %s", msg.topic, msg.partition, msg.offset, error)
+
+    async def publish(res: MonitorResult) -> None:
+        if res.reports:  # evidently is CPU-bound: keep the event loop free while reports are written
+            await asyncio.to_thread(res.write_reports)
+        for alert in res.alerts:
+            await alerts_t.send(key=alert.task.encode(), value=alert.to_bytes())
+            metrics.alerts.labels(detector=alert.detector, status=alert.status.value).inc()
+            log.warning("alert %s %s: %s", alert.status.value, alert.alert_id, alert.summary)
+        for req in res.retrain:
+            await retrain_t.send(value=req.to_bytes())
+            metrics.retrain.inc()
+
+    async def send_keyed(topic: Any, key: str, event: Event) -> None:
+        await topic.send(key=key.encode(), value=event.to_bytes())
+
+    @app.agent(calls_and_feedback, name="join")
+    async def join_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+            now = time.time()
+            outcomes: list[OutcomeEvent] = []
+            hard: list[Any] = []
+            features: dict[str, list[dict[str, float]]] = {}
+            for ev in events:
+                topic = ev.message.topic
+                metrics.consumed(topic)
+                join_writes.event = ev
+                dup_before = joiner.stats.duplicates
+                try:
+                    if topic == calls_name:
+                        call = CallEvent.from_bytes(ev.value)
+                        out = joiner.on_call(call, now, ev.message.partition)
+                        if joiner.stats.duplicates == dup_before:
+                            hq = mine_call(call, settings.low_margin)
+                            if hq is not None:
+                                hard.append(hq)
+                            features.setdefault(call.task, []).append(
+                                call_features(
+                                    call.scores, call.chosen_model, call.prompt, call.usage.prompt_tokens
+                                )
+                            )
+                    else:
+                        out = joiner.on_feedback(
+                            FeedbackEvent.from_bytes(ev.value), now, ev.message.partition
+                        )
+                except ContractError as exc:
+                    await dead_letter(ev, exc, "join")
+                    continue
+                if joiner.stats.duplicates != dup_before:
+                    metrics.duplicates.inc()
+                if out is not None:
+                    outcomes.append(out)
+                    hq = mine_outcome(out, cheap_tier)
+                    if hq is not None:
+                        hard.append(hq)
+            join_writes.flush()
+            for o in outcomes:
+                await send_keyed(outcomes_t, o.task, o)
+            metrics.outcomes.inc(len(outcomes))
+            for hq in hard:
+                await send_keyed(hard_t, hq.task, hq)
+                metrics.hard_queries.labels(reason=hq.reason.value).inc()
+            for task, rows in features.items():
+                await features_t.send(key=task, value=rows)
+
+    @app.agent(outcomes_t, name="monitor")
+    async def monitor_agent(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+            by_task: dict[str, tuple[list[OutcomeEvent], Any]] = {}
+            for ev in events:
+                metrics.consumed(ev.message.topic)
+                try:
+                    o = OutcomeEvent.from_bytes(ev.value)
+                except ContractError as exc:
+                    await dead_letter(ev, exc, "monitor")
+                    continue
+                batch = by_task.setdefault(o.task, ([], ev))
+                batch[0].append(o)
+                by_task[o.task] = (batch[0], ev)
+            for task, (outs, ev) in by_task.items():
+                _bind(ev)  # the last event of this task: its partition owns the task's table entries
+                window_table[task] = windows.add_outcomes(window_table[task].value(), outs, cheap_tier)
+                totals_table[task] = windows.add_outcomes(totals_table.get(task), outs, cheap_tier)
+                try:
+                    result = monitor.on_outcomes(task, outs)
+                except Exception:  # a detector bug must not stop the other tasks or the worker
+                    metrics.errors.labels(stage="monitor").inc()
+                    log.exception("monitor failed on a batch of task %s (%d outcomes)", task, len(outs))
+                    continue
+                await publish(result)
+
+    @app.agent(features_t, name="input-drift")
+    async def input_drift_agent(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            if not settings.input_drift_enabled:
+                continue
+            task = ev.key.decode() if isinstance(ev.key, bytes) else str(ev.key)
+            if monitor.add_features(task, ev.value):
+                result = await asyncio.to_thread(monitor.run_input_check, task)
+                _bind(ev)
+                await publish(monitor.apply_input_check(task, result))
+
+    @app.agent(alerts_t, name="oncall")
+    async def oncall_agent(stream: faust.StreamT) -> None:
+        async for ev in stream.events():
+            metrics.consumed(ev.message.topic)
+            try:
+                alert = AlertEvent.from_bytes(ev.value)
+            except ContractError as exc:
+                await dead_letter(ev, exc, "oncall")
+                continue
+            if delivery.seen(alert):
+                continue
+            if notifier is not None:
+                try:
+                    await notifier.send(alert)
+                    metrics.webhook_sent.inc()
+                except WebhookError as exc:
+                    metrics.webhook_failures.inc()
+                    log.error("%s", exc)
+            delivery.mark(alert)
+
+    @app.task
+    async def warm_up() -> None:
+        # evidently takes seconds to import: do it off the loop at start, not at the first alert.
+        await asyncio.to_thread(importlib.import_module, "evidently.presets")
+
+    @app.timer(settings.join_sweep_s)
+    async def sweep_join() -> None:
+        n0 = joiner.stats.expired
+        dropped = joiner.sweep(time.time())
+        metrics.expired.inc(joiner.stats.expired - n0)
+        metrics.join_entries.set(len(join_table))
+        if dropped:
+            log.info("join: swept %d expired entries", dropped)
+
+    @app.timer(5.0)
+    async def observe() -> None:
+        metrics.tick()
+        consumer = app.consumer
+        read = getattr(consumer, "_read_offset", {})
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            pos = read.get(tp)
+            if high is not None:
+                metrics.lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(high - (pos + 1 if pos is not None else 0), 0)
+                )
+
+    @app.page("/metrics")
+    async def metrics_view(self: Any, request: Any) -> Any:
+        return self.bytes(generate_latest(metrics.registry), content_type="text/plain; version=0.0.4")
+
+    @app.page("/stats/")
+    async def stats_view(self: Any, request: Any) -> Any:
+        return self.json(stats_snapshot(wiring))
+
+    return app
+
+
+def stats_snapshot(wiring: Wiring) -> dict[str, Any]:
+    """Per-task numbers (current window and all-time), firing alerts and join counters."""
+    out: dict[str, Any] = {"tasks": {}, "firing": wiring.monitor.firing(), "join": vars(wiring.joiner.stats)}
+    window, totals = wiring.tables["window"], wiring.tables["totals"]
+    for task in list(totals.keys()):
+        out["tasks"][task] = {
+            "window": windows.summarise(window[task].value()),
+            "total": windows.summarise(totals.get(task)),
+        }
+    return out

@@ -1,0 +1,367 @@
+"""Drift detectors: pure, serialisable components with no I/O (the Faust agents feed them).
+
+* :class:`QualityCusum` — Bernoulli CUSUM on the acceptance of routed answers of one
+  (task, model) against a reference acceptance; a reverse CUSUM resolves the alert.
+* :class:`CalibrationDrift` — the gap between the router's predicted and the observed acceptance
+  over a sliding window, with a significance test.
+* :class:`InputDrift` — evidently data-drift between a reference window and the current window
+  of router features (scores, margin, prompt length, ...).
+
+Each ``update`` returns the transitions it caused (``"fire"`` / ``"resolve"``), so alerting and
+de-duplication stay outside the detectors.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from .settings import CalibrationDetectorConfig, InputDriftConfig, QualityDetectorConfig
+
+Transition = Literal["fire", "resolve"]
+_EPS = 1e-3
+
+
+@dataclass(frozen=True)
+class Change:
+    """A detector state change and the evidence behind it."""
+
+    kind: Transition
+    index: int = 0  # position in the batch that caused it
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class QualityCusum:
+    """Bernoulli CUSUM for a drop of ``cfg.drop`` in acceptance below reference ``p0``.
+
+    Each observation adds the log-likelihood ratio ``log P(x | p0 - drop) / P(x | p0)``; the
+    statistic is clipped at 0 and fires at ``cfg.threshold``. While firing, the reverse ratio is
+    accumulated and the alert resolves when it reaches ``cfg.resolve_threshold``. Until a reference
+    is set, the first ``cfg.reference_events`` observations are used to learn it.
+    """
+
+    def __init__(self, cfg: QualityDetectorConfig, p0: float | None = None) -> None:
+        self.cfg = cfg
+        self.p0: float | None = None
+        self.stat = 0.0
+        self.recover = 0.0
+        self.firing = False
+        self.n = 0
+        self.run_n = 0
+        self.run_accepted = 0
+        self._ref_n = 0
+        self._ref_sum = 0.0
+        if p0 is not None:
+            self.set_reference(p0)
+
+    def set_reference(self, p0: float) -> None:
+        """Fix the reference acceptance (clipped away from 0 and 1)."""
+        self.p0 = float(min(max(p0, self.cfg.min_reference, _EPS), 1 - _EPS))
+        p1 = max(self.p0 - self.cfg.drop, _EPS)
+        self._llr1 = math.log(p1 / self.p0)  # accepted: evidence against a drop
+        self._llr0 = math.log((1 - p1) / (1 - self.p0))  # rejected: evidence for a drop
+
+    @property
+    def p1(self) -> float | None:
+        return None if self.p0 is None else max(self.p0 - self.cfg.drop, _EPS)
+
+    def update(self, accepted: Sequence[bool] | np.ndarray) -> list[Change]:
+        """Feed observations in order; return the fire/resolve changes they caused."""
+        x = np.asarray(accepted, dtype=bool)
+        changes: list[Change] = []
+        start = 0
+        if self.p0 is None:
+            need = self.cfg.reference_events - self._ref_n
+            take = x[:need]
+            self._ref_n += len(take)
+            self._ref_sum += float(take.sum())
+            self.n += len(take)
+            start = len(take)
+            if self._ref_n >= self.cfg.reference_events:
+                self.set_reference(self._ref_sum / self._ref_n)
+            else:
+                return changes
+        while start < len(x):
+            rest = x[start:]
+            llr = np.where(rest, self._llr1, self._llr0)
+            if not self.firing:
+                series = _lindley(self.stat, llr)
+                hit = np.flatnonzero(series >= self.cfg.threshold)
+            else:
+                series = _lindley(self.recover, -llr)
+                hit = np.flatnonzero(series >= self.cfg.resolve_threshold)
+            if len(hit) == 0:
+                self._advance(rest, series)
+                break
+            i = int(hit[0])
+            self._advance(rest[: i + 1], series[: i + 1])
+            evidence = self.evidence()
+            self._flip()
+            changes.append(Change("fire" if self.firing else "resolve", start + i, evidence))
+            start += i + 1
+        return changes
+
+    def _advance(self, x: np.ndarray, series: np.ndarray) -> None:
+        self.n += len(x)
+        zeros = np.flatnonzero(series <= 0)
+        if len(zeros):  # the statistic restarted: the run (estimated change point) begins after it
+            self.run_n = len(x) - int(zeros[-1]) - 1
+            self.run_accepted = int(x[int(zeros[-1]) + 1 :].sum())
+        else:
+            self.run_n += len(x)
+            self.run_accepted += int(x.sum())
+        if self.firing:
+            self.recover = float(series[-1])
+        else:
+            self.stat = float(series[-1])
+
+    def _flip(self) -> None:
+        self.firing = not self.firing
+        self.stat = 0.0
+        self.recover = 0.0
+        self.run_n = 0
+        self.run_accepted = 0
+
+    def evidence(self) -> dict[str, Any]:
+        """What an alert shows: the reference, the tuned drop, the statistic and the rate since the
+        estimated change point (the last time the statistic was at zero)."""
+        return {
+            "reference_acceptance": self.p0,
+            "alternative_acceptance": self.p1,
+            "statistic": self.recover if self.firing else self.stat,
+            "threshold": self.cfg.resolve_threshold if self.firing else self.cfg.threshold,
+            "events_since_change_point": self.run_n,
+            "observed_acceptance": (self.run_accepted / self.run_n) if self.run_n else None,
+            "events_total": self.n,
+        }
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON-serialisable state (kept in a changelog-backed table)."""
+        return {
+            "p0": self.p0,
+            "stat": self.stat,
+            "recover": self.recover,
+            "firing": self.firing,
+            "n": self.n,
+            "run_n": self.run_n,
+            "run_acc": self.run_accepted,
+            "ref_n": self._ref_n,
+            "ref_sum": self._ref_sum,
+        }
+
+    @classmethod
+    def from_state(cls, cfg: QualityDetectorConfig, state: dict[str, Any] | None) -> QualityCusum:
+        """Rebuild a detector from :meth:`to_state` output (or a fresh one from ``None``)."""
+        det = cls(cfg)
+        if not state:
+            return det
+        if state.get("p0") is not None:
+            det.set_reference(state["p0"])
+        det.stat = float(state.get("stat", 0.0))
+        det.recover = float(state.get("recover", 0.0))
+        det.firing = bool(state.get("firing", False))
+        det.n = int(state.get("n", 0))
+        det.run_n = int(state.get("run_n", 0))
+        det.run_accepted = int(state.get("run_acc", 0))
+        det._ref_n = int(state.get("ref_n", 0))
+        det._ref_sum = float(state.get("ref_sum", 0.0))
+        return det
+
+
+def _lindley(s0: float, increments: np.ndarray) -> np.ndarray:
+    """``S_n = max(0, S_{n-1} + x_n)`` from ``S_0 = s0``, vectorised: ``C_n - min(-s0, min C_k)``."""
+    c = np.cumsum(increments)
+    return c - np.minimum(np.minimum.accumulate(c), -s0)
+
+
+class CalibrationDrift:
+    """Predicted vs observed acceptance over (about) the last ``cfg.window`` labelled events of a task.
+
+    Fires when the absolute gap reaches ``cfg.max_gap`` and is significant (``|gap| / se >= z``,
+    with ``se`` from the predicted Bernoulli variances); resolves when the gap falls below half of
+    ``cfg.max_gap``. The window is kept as ten block sums, so the state stays a few numbers.
+    """
+
+    BLOCKS = 10
+
+    def __init__(self, cfg: CalibrationDetectorConfig) -> None:
+        self.cfg = cfg
+        self.block_size = max(1, cfg.window // self.BLOCKS)
+        self.blocks: deque[list[float]] = deque(maxlen=self.BLOCKS)
+        self.cur = [0.0, 0.0, 0.0, 0.0]  # n, sum predicted, sum observed, sum p(1-p)
+        self.firing = False
+
+    def gap(self) -> tuple[float, float, int]:
+        """(mean predicted - mean observed, z-score, n) over the window."""
+        n, sp, so, sv = (sum(col) for col in zip(*self.blocks, self.cur, strict=False))
+        if n == 0:
+            return 0.0, 0.0, 0
+        gap = (sp - so) / n
+        se = math.sqrt(max(sv, 1e-9)) / n
+        return gap, gap / se, int(n)
+
+    def _add(self, p: np.ndarray, o: np.ndarray) -> None:
+        start = 0
+        while start < len(p):
+            take = min(self.block_size - int(self.cur[0]), len(p) - start)
+            pp, oo = p[start : start + take], o[start : start + take]
+            self.cur = [
+                self.cur[0] + take,
+                self.cur[1] + float(pp.sum()),
+                self.cur[2] + float(oo.sum()),
+                self.cur[3] + float((pp * (1 - pp)).sum()),
+            ]
+            start += take
+            if self.cur[0] >= self.block_size:
+                # the oldest block drops out once ten full blocks and the current one overflow the window
+                self.blocks.append(self.cur)
+                self.cur = [0.0, 0.0, 0.0, 0.0]
+
+    def update(self, predicted: Sequence[float], observed: Sequence[float]) -> list[Change]:
+        """Feed (predicted, observed) pairs; checks once per call (once per batch)."""
+        self._add(np.asarray(predicted, float), np.asarray(observed, float))
+        gap, z, n = self.gap()
+        if n < self.cfg.min_events:
+            return []
+        ev = {"predicted_minus_observed": gap, "z": z, "events": n, "max_gap": self.cfg.max_gap}
+        if not self.firing and abs(gap) >= self.cfg.max_gap and abs(z) >= self.cfg.z:
+            self.firing = True
+            return [Change("fire", len(predicted) - 1, ev)]
+        if self.firing and abs(gap) < self.cfg.max_gap / 2:
+            self.firing = False
+            return [Change("resolve", len(predicted) - 1, ev)]
+        return []
+
+    def to_state(self) -> dict[str, Any]:
+        return {"blocks": list(self.blocks), "cur": self.cur, "firing": self.firing}
+
+    @classmethod
+    def from_state(cls, cfg: CalibrationDetectorConfig, state: dict[str, Any] | None) -> CalibrationDrift:
+        det = cls(cfg)
+        if state:
+            det.blocks.extend([list(b) for b in state.get("blocks", [])])
+            det.cur = list(state.get("cur", det.cur))
+            det.firing = bool(state.get("firing", False))
+        return det
+
+
+@dataclass
+class InputDriftResult:
+    """Outcome of one evidently data-drift check."""
+
+    drifted: bool
+    share: float
+    columns: dict[str, float]
+    snapshot: Any = None
+
+
+class InputDrift:
+    """evidently ``DataDriftPreset`` between a reference window and the current window of a task.
+
+    The first ``reference_size`` rows form the reference; the last ``current_size`` rows the
+    current window. :meth:`due` says when enough new rows arrived for another check.
+    """
+
+    def __init__(self, cfg: InputDriftConfig, columns: Sequence[str]) -> None:
+        self.cfg = cfg
+        self.columns = list(columns)
+        self.reference: list[dict[str, float]] = []
+        self.current: deque[dict[str, float]] = deque(maxlen=cfg.current_size)
+        self.since_check = 0
+        self.firing = False
+
+    def add(self, rows: Sequence[dict[str, float]]) -> None:
+        """Append feature rows (missing columns become NaN)."""
+        for row in rows:
+            r = {c: _num(row.get(c)) for c in self.columns}
+            if len(self.reference) < self.cfg.reference_size:
+                self.reference.append(r)
+            else:
+                self.current.append(r)
+                self.since_check += 1
+
+    def due(self) -> bool:
+        return len(self.current) >= self.cfg.current_size and self.since_check >= self.cfg.check_every
+
+    def check(self) -> InputDriftResult:
+        """Run evidently on the two windows (CPU-bound: call it off the event loop)."""
+        import pandas as pd
+        from evidently import DataDefinition, Dataset, Report
+        from evidently.presets import DataDriftPreset
+
+        self.since_check = 0
+        ref = pd.DataFrame(self.reference, columns=self.columns)
+        cur = pd.DataFrame(list(self.current), columns=self.columns)
+        cols = [c for c in self.columns if ref[c].notna().any() and cur[c].notna().any()]
+        dd = DataDefinition(numerical_columns=cols)
+        report = Report(
+            [DataDriftPreset(columns=cols, drift_share=self.cfg.drift_share, threshold=self.cfg.p_threshold)]
+        )
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant columns in a window
+            snap = report.run(
+                Dataset.from_pandas(cur[cols], data_definition=dd),
+                Dataset.from_pandas(ref[cols], data_definition=dd),
+            )
+        share, per_col = 0.0, {}
+        for m in snap.dict()["metrics"]:
+            name = m.get("metric_name", "")
+            if name.startswith("DriftedColumnsCount"):
+                share = float(m["value"]["share"])
+            elif name.startswith("ValueDrift("):
+                col = m["config"]["column"]
+                per_col[col] = float(m["value"])
+        return InputDriftResult(share >= self.cfg.drift_share, share, per_col, snap)
+
+    def transition(self, result: InputDriftResult) -> Change | None:
+        """Turn a check result into a fire/resolve change against the current state."""
+        ev = {"drifted_share": result.share, "p_values": result.columns, "drift_share": self.cfg.drift_share}
+        if result.drifted and not self.firing:
+            self.firing = True
+            return Change("fire", 0, ev)
+        if not result.drifted and self.firing:
+            self.firing = False
+            return Change("resolve", 0, ev)
+        return None
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def write_report(snapshot: Any, path: Path) -> Path:
+    """Save an evidently snapshot as HTML at ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    return path
+
+
+def drift_report(
+    reference: Sequence[dict[str, float]],
+    current: Sequence[dict[str, float]],
+    columns: Sequence[str],
+    path: Path,
+) -> Path:
+    """An evidently data-drift HTML report of two windows of a task (for a quality alert)."""
+    import pandas as pd
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.presets import DataDriftPreset
+
+    ref = pd.DataFrame(list(reference), columns=list(columns))
+    cur = pd.DataFrame(list(current), columns=list(columns))
+    cols = [c for c in columns if ref[c].notna().any() and cur[c].notna().any()]
+    dd = DataDefinition(numerical_columns=cols)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # constant columns (e.g. 0/1 labels) in a window
+        snap = Report([DataDriftPreset(columns=cols)]).run(
+            Dataset.from_pandas(cur[cols], data_definition=dd),
+            Dataset.from_pandas(ref[cols], data_definition=dd),
+        )
+    return write_report(snap, path)

@@ -1,0 +1,155 @@
+"""The call <-> feedback join by ``request_id``: pure logic over any mutable mapping.
+
+The Faust agent passes a changelog-backed table as the store; unit tests pass a dict. An entry
+is one of: a pending call (waiting for feedback), pending feedback (it arrived before its call),
+or a "joined" tombstone that makes redelivered calls and duplicate feedback no-ops until it
+expires. Entries older than the TTL are swept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.contracts import CallEvent, CallStatus, FeedbackEvent, OutcomeEvent
+
+log = logging.getLogger(__name__)
+
+# Fields of a call the outcome needs; the rest (attempts, usage, ...) is not kept in the table.
+_CALL_FIELDS = (
+    "request_id",
+    "ts",
+    "task",
+    "tenant",
+    "prompt_hash",
+    "prompt",
+    "chosen_model",
+    "mode",
+    "router_version",
+    "scores",
+    "escalated",
+    "cost_usd",
+    "latency_ms",
+    "status",
+)
+
+
+@dataclass
+class JoinStats:
+    """Counters of what the join did (exported as Prometheus metrics by the worker)."""
+
+    outcomes: int = 0
+    pending_calls: int = 0
+    early_feedback: int = 0
+    duplicates: int = 0
+    unjoinable: int = 0
+    expired: int = 0
+
+
+class CallFeedbackJoin:
+    """Join calls with their feedback; emit one :class:`OutcomeEvent` per request.
+
+    ``tiers`` maps a model id to its catalog tier; ``accept_threshold`` turns a feedback value
+    into accepted/rejected. The first feedback of a request wins; later ones are duplicates.
+    """
+
+    def __init__(
+        self,
+        store: MutableMapping[str, Any],
+        ttl_s: float,
+        tiers: dict[str, str] | None = None,
+        accept_threshold: float = 0.5,
+        on_delete: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self.tiers = tiers or {}
+        self.accept_threshold = accept_threshold
+        self._on_delete = on_delete
+        self.stats = JoinStats()
+
+    def on_call(self, call: CallEvent, now: float, partition: int | None = None) -> OutcomeEvent | None:
+        """Record a call; return its outcome when its feedback was already waiting."""
+        entry = self.store.get(call.request_id)
+        if entry is not None and ("done" in entry or "call" in entry):
+            self.stats.duplicates += 1
+            return None
+        compact = call.model_dump(mode="json", include=set(_CALL_FIELDS))
+        if entry is not None and "fb" in entry:
+            outcome = self._outcome(compact, entry["fb"])
+            self._finish(call.request_id, now, partition, entry["fb"].get("feedback_id"), outcome is not None)
+            return outcome
+        self.store[call.request_id] = {"call": compact, "ts": now, "p": partition}
+        self.stats.pending_calls += 1
+        return None
+
+    def on_feedback(self, fb: FeedbackEvent, now: float, partition: int | None = None) -> OutcomeEvent | None:
+        """Record feedback; return the outcome when its call is known. Duplicates return None."""
+        entry = self.store.get(fb.request_id)
+        compact = fb.model_dump(mode="json")
+        if entry is None:
+            self.store[fb.request_id] = {"fb": compact, "ts": now, "p": partition}
+            self.stats.early_feedback += 1
+            return None
+        if "done" in entry or "fb" in entry:
+            self.stats.duplicates += 1
+            return None
+        outcome = self._outcome(entry["call"], compact)
+        self._finish(fb.request_id, now, partition, fb.feedback_id, outcome is not None)
+        return outcome
+
+    def _finish(
+        self, request_id: str, now: float, partition: int | None, feedback_id: str | None, joined: bool
+    ) -> None:
+        self.store[request_id] = {"done": True, "ts": now, "p": partition, "fid": feedback_id}
+        if joined:
+            self.stats.outcomes += 1
+        else:
+            self.stats.unjoinable += 1
+
+    def _outcome(self, call: dict[str, Any], fb: dict[str, Any]) -> OutcomeEvent | None:
+        chosen = call.get("chosen_model")
+        if not chosen or call.get("status") != CallStatus.OK.value:
+            log.debug("request %s: no answered model, no outcome", call.get("request_id"))
+            return None
+        value = fb["score"] if fb.get("score") is not None else (1.0 if fb.get("label") == "good" else 0.0)
+        scores = call.get("scores") or {}
+        return OutcomeEvent(
+            request_id=call["request_id"],
+            ts=call["ts"],
+            task=call["task"],
+            tenant=call.get("tenant", "default"),
+            prompt_hash=call["prompt_hash"],
+            prompt=call.get("prompt"),
+            chosen_model=chosen,
+            tier=self.tiers.get(chosen),
+            mode=call["mode"],
+            router_version=call.get("router_version"),
+            predicted=scores.get(chosen),
+            score=value,
+            accepted=value >= self.accept_threshold,
+            escalated=bool(call.get("escalated")),
+            cost_usd=call.get("cost_usd", 0.0),
+            latency_ms=call.get("latency_ms", 0.0),
+            feedback_source=fb.get("source", "user"),
+        )
+
+    def sweep(self, now: float, keys: Iterable[str] | None = None) -> int:
+        """Drop entries older than the TTL; return how many were dropped."""
+        cutoff = now - self.ttl_s
+        expired = [
+            k
+            for k in (list(keys) if keys is not None else list(self.store.keys()))
+            if (e := self.store.get(k)) is not None and e.get("ts", now) < cutoff
+        ]
+        for key in expired:
+            entry = self.store[key]
+            if self._on_delete is not None:
+                self._on_delete(key, entry)
+            else:
+                del self.store[key]
+            if "call" in entry:
+                self.stats.expired += 1
+        return len(expired)

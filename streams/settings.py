@@ -1,0 +1,131 @@
+"""Settings of the streams worker (``SWITCHYARD_STREAMS_*``), built in entrypoints only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class QualityDetectorConfig(BaseModel):
+    """Bernoulli CUSUM on the acceptance of routed answers, per (task, model).
+
+    ``drop`` is the shift (in acceptance points, 0..1) the detector is tuned to catch fastest;
+    ``threshold`` is the log-likelihood-ratio level that fires (higher: fewer false alarms, later
+    detection); ``resolve_threshold`` is the level of the reverse test that resolves.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drop: float = Field(default=0.15, gt=0, lt=1)
+    threshold: float = Field(default=10.0, gt=0)
+    resolve_threshold: float = Field(default=6.0, gt=0)
+    reference_events: int = Field(
+        default=300, ge=10, description="Events used to learn a reference when none is configured."
+    )
+    min_reference: float = Field(default=0.05, ge=0, le=1)
+
+
+class CalibrationDetectorConfig(BaseModel):
+    """Gap between the router's predicted and the observed acceptance, per task."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(default=500, ge=20)
+    min_events: int = Field(default=200, ge=10)
+    max_gap: float = Field(default=0.15, gt=0, lt=1)
+    z: float = Field(default=5.0, gt=0, description="Significance (z-score) the gap needs to fire.")
+
+
+class InputDriftConfig(BaseModel):
+    """evidently data-drift between a task's reference window and its current window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reference_size: int = Field(default=300, ge=30)
+    current_size: int = Field(default=300, ge=30)
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that fires.")
+    p_threshold: float = Field(
+        default=0.001, gt=0, lt=1, description="Per-column test p-value that counts as drift."
+    )
+    check_every: int = Field(default=300, ge=10, description="New events of a task between checks.")
+
+
+class StreamsSettings(BaseSettings):
+    """Everything the Faust worker needs: ids, state, ports, detector tuning, on-call sinks."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_STREAMS_", env_file=None, extra="ignore", env_nested_delimiter="__"
+    )
+
+    app_id: str = Field(default="switchyard-streams", min_length=1)
+    state_dir: Path = Field(default=Path(".state"), description="Faust data and reports go below it.")
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=6066, ge=1, le=65535)
+    web_enabled: bool = True
+    replication: int = Field(default=1, ge=1, le=5, description="Replication of Faust's own topics.")
+    catalog_path: Path | None = None
+    reference_path: Path | None = Field(
+        default=None, description='JSON {"task": {"model": acceptance}}: quality reference per task/model.'
+    )
+    accept_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Feedback value counted as accepted."
+    )
+    join_ttl_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0, description="How long a call waits for feedback."
+    )
+    join_sweep_s: float = Field(default=60.0, gt=0)
+    window_s: float = Field(default=300.0, gt=0, description="Tumbling window of the per-task tables.")
+    window_expires_s: float = Field(default=24 * 3600.0, gt=0)
+    batch_size: int = Field(default=1000, ge=1)
+    producer_linger_s: float = Field(
+        default=0.05, ge=0, le=1, description="Producer batching delay: fewer, larger produce requests."
+    )
+    batch_within_s: float = Field(default=0.2, gt=0)
+    low_margin: float = Field(default=0.05, ge=0, le=1, description="Top-2 score gap counted as unsure.")
+    quality: QualityDetectorConfig = Field(default_factory=QualityDetectorConfig)
+    calibration: CalibrationDetectorConfig = Field(default_factory=CalibrationDetectorConfig)
+    input_drift: InputDriftConfig = Field(default_factory=InputDriftConfig)
+    input_drift_enabled: bool = True
+    webhook_url: str | None = Field(
+        default=None, description="Alertmanager /api/v2/alerts or PagerDuty enqueue URL."
+    )
+    webhook_kind: Literal["alertmanager", "pagerduty"] = "alertmanager"
+    pagerduty_routing_key: SecretStr | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    report_base_url: str | None = Field(
+        default=None, description="Prefix for report links; default file:// URLs under the state dir."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("SWITCHYARD_STREAMS_WEBHOOK_URL must be an http(s) URL")
+        return v
+
+    @property
+    def faust_dir(self) -> Path:
+        return self.state_dir / "faust" / self.app_id
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.state_dir / "reports"
+
+    def load_reference(self) -> dict[str, dict[str, float]]:
+        """The configured quality reference, or an empty one (then it is learned per task)."""
+        if self.reference_path is None:
+            return {}
+        try:
+            raw = json.loads(self.reference_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read reference file {self.reference_path}: {exc}") from exc
+        return _Reference.model_validate(raw).root
+
+
+class _Reference(RootModel[dict[str, dict[str, float]]]):
+    """Validated shape of the reference file."""

@@ -1,0 +1,91 @@
+"""Shared set-up of the gateway integration tests: a catalog pointed at an emulator, test
+routers, and consuming a topic (imported by the gateway test modules)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from services.catalog import load_catalog
+from services.contracts.topics import topic_name
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def emulator_catalog(tmp: Path, emulator_base: str, first_token_s: float = 3.0) -> Path:
+    """The built-in catalog with every provider pointed at the emulator and short timeouts."""
+    raw = yaml.safe_load((ROOT / "services" / "catalog.yaml").read_text())
+    for p in raw["providers"]:
+        p["base_url"] = emulator_base + ("/v1" if p.get("kind", "openai") == "openai" else "")
+        p["timeout_first_token_s"] = first_token_s
+        p["timeout_total_s"] = first_token_s * 3
+        p["max_retries"] = 2
+    path = tmp / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    load_catalog(path)
+    return path
+
+
+def make_router(kind: str, out: Path, max_rows: int = 60) -> Path:
+    """A router artefact for tests: ``SWITCHYARD_TEST_ROUTER_<KIND>`` if set, else trained small
+    with the real training command (cached in the state dir between runs)."""
+    env = os.environ.get(f"SWITCHYARD_TEST_ROUTER_{kind.upper()}")
+    if env:
+        return Path(env)
+    if (out / "manifest.json").exists():
+        return out
+    cmd = [
+        sys.executable,
+        "-m",
+        "switchyard.cli",
+        "router",
+        "train",
+        "--kind",
+        kind,
+        "--max-rows",
+        str(max_rows),
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: S603
+    if res.returncode != 0:
+        raise RuntimeError(f"training a test router failed:\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}")
+    return out
+
+
+def consume_all(bootstrap: str, spec, prefix: str, expect: int, timeout_s: float = 30.0) -> list[bytes]:
+    """Every record value of a prefixed topic, read from the beginning until ``expect`` are seen
+    (or the timeout)."""
+    from aiokafka import AIOKafkaConsumer
+
+    async def run() -> list[bytes]:
+        consumer = AIOKafkaConsumer(
+            topic_name(spec, prefix),
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        out: list[bytes] = []
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout_s
+            while loop.time() < deadline and len(out) < expect:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    out.extend(r.value for r in records)
+            # a little longer, to catch duplicates
+            batches = await consumer.getmany(timeout_ms=1000)
+            for records in batches.values():
+                out.extend(r.value for r in records)
+        finally:
+            await consumer.stop()
+        return out
+
+    return asyncio.run(run())

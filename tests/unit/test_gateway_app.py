@@ -1,0 +1,268 @@
+"""The gateway's HTTP surface in-process (no Ray, no network): OpenAI shapes and errors, auth,
+limits, knobs, router fallback, cascade accounting, streaming, events and metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from test_emitter import Broker, FakeProducer
+from test_providers import chunk, completion, sse
+
+from services.catalog import load_catalog
+from services.contracts.events import CallEvent, FeedbackEvent
+from services.gateway.app import create_app
+from services.gateway.bootstrap import build_gateway
+from services.gateway.emitter import EmitterConfig, EventEmitter
+from services.gateway.routing import RouteRequest, RouteResult
+from services.gateway.settings import GatewaySettings, hash_key
+from services.providers.anthropic import AnthropicAdapter
+from services.providers.openai import OpenAIAdapter
+from services.providers.pool import ProviderPool, RetryPolicy
+
+CATALOG = load_catalog()
+STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+KEY = "sk-test-123"
+
+
+class Upstream:
+    def __init__(self) -> None:
+        self.fail: set[str] = set()
+        self.calls: list[str] = []
+        self.judge_grade = "1"
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        model = body["model"]
+        self.calls.append(model)
+        if model == "switchyard/judge":
+            return httpx.Response(200, json=completion(model, f"GRADE: {self.judge_grade}"))
+        if model in self.fail:
+            return httpx.Response(500, json={"error": {"message": "down"}})
+        if body.get("stream"):
+            return httpx.Response(
+                200,
+                content=sse([chunk(model, "Hel"), chunk(model, "lo", "stop")]),
+                headers={"content-type": "text/event-stream"},
+            )
+        return httpx.Response(200, json=completion(model, f"answer from {model}"))
+
+
+class FakeRouter:
+    def __init__(self) -> None:
+        self.broken = False
+        self.seen: list[RouteRequest] = []
+
+    async def route(self, req: RouteRequest) -> RouteResult:
+        if self.broken:
+            raise RuntimeError("router replica died")
+        self.seen.append(req)
+        scores = {WEAK: 0.9, STRONG: 0.95}
+        return RouteResult(scores, "v-test", WEAK, [STRONG, WEAK], 0.1, 0.05, low_margin=False)
+
+    async def status(self) -> dict:
+        return {"loaded": not self.broken, "version": "v-test"}
+
+
+@pytest.fixture
+def stack(tmp_path: Path):
+    upstream, router, broker = Upstream(), FakeRouter(), Broker()
+    transport = httpx.MockTransport(upstream)
+    adapters = {
+        p.name: (
+            AnthropicAdapter(p, transport=transport)
+            if p.kind == "anthropic"
+            else OpenAIAdapter(p, transport=transport)
+        )
+        for p in CATALOG.providers
+    }
+    pool = ProviderPool(
+        CATALOG, retry=RetryPolicy(initial_s=0.001, max_s=0.001, jitter_s=0), adapters=adapters
+    )
+    emitter = EventEmitter(
+        EmitterConfig(bootstrap="x:1", spool_dir=tmp_path / "spool"), lambda: FakeProducer(broker)
+    )
+    settings = GatewaySettings(
+        api_key_hashes=[hash_key(KEY)], rate_limit_rps=50, rate_limit_burst=50, max_body_bytes=20_000
+    )
+    gw = build_gateway(settings, router.route, router.status, catalog=CATALOG, pool=pool, emitter=emitter)
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(gw)),
+        base_url="http://gw",
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    return client, upstream, router, broker, gw
+
+
+def body(**kw) -> dict:
+    return {"model": "switchyard/auto", "messages": [{"role": "user", "content": "What is 2+2?"}], **kw}
+
+
+async def events(gw, broker) -> list:
+    assert await gw.service.emitter.flush(5)
+    return [json.loads(v) for _, _, v in broker.log]
+
+
+async def test_routed_call_answers_in_openai_shape_and_emits_one_event(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post(
+        "/v1/chat/completions", json=body(switchyard={"task": "gsm8k", "quality_target": 0.9})
+    )
+    assert r.status_code == 200, r.text
+    data = r.json()
+    assert data["model"] == WEAK and data["choices"][0]["message"]["content"] == f"answer from {WEAK}"
+    rid = r.headers["x-switchyard-request-id"]
+    assert r.headers["x-switchyard-route"] == "route"
+    cost = float(r.headers["x-switchyard-cost-usd"])
+    assert cost == pytest.approx(CATALOG.model(WEAK).price.cost(10, 2))
+    assert router.seen[0].task == "gsm8k" and router.seen[0].quality_target == 0.9
+    [ev] = await events(gw, broker)
+    call = CallEvent.model_validate(ev)
+    assert call.request_id == rid and call.chosen_model == WEAK and call.task == "gsm8k"
+    assert (
+        call.router_version == "v-test" and call.scores[WEAK] == 0.9 and call.cost_usd == pytest.approx(cost)
+    )
+    assert call.prompt == "What is 2+2?" and call.status == "ok"
+
+
+async def test_header_knobs_and_passthrough(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/chat/completions", json=body(), headers={"x-switchyard-task": "mmlu"})
+    assert r.status_code == 200 and router.seen[-1].task == "mmlu"
+    r = await client.post("/v1/chat/completions", json=body(model=STRONG))
+    assert r.status_code == 200 and r.json()["model"] == STRONG
+    assert r.headers["x-switchyard-route"] == "passthrough" and len(router.seen) == 1
+
+
+async def test_fallback_follows_ranking_when_the_chosen_model_fails(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    upstream.fail.add(WEAK)
+    r = await client.post("/v1/chat/completions", json=body())
+    assert r.status_code == 200 and r.json()["model"] == STRONG
+    [ev] = await events(gw, broker)
+    assert [a["model"] for a in ev["attempts"]][-1] == STRONG and ev["attempts"][0]["status"] == "error"
+
+
+async def test_router_failure_uses_catalog_default_and_flags_the_event(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    router.broken = True
+    r = await client.post("/v1/chat/completions", json=body())
+    assert r.status_code == 200 and r.json()["model"] == CATALOG.default_model
+    assert r.headers["x-switchyard-route"] == "default"
+    [ev] = await events(gw, broker)
+    assert ev["router_fallback"] is True
+
+
+async def test_all_upstreams_down_is_502_naming_the_upstream(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    upstream.fail.update({WEAK, STRONG})
+    r = await client.post("/v1/chat/completions", json=body())
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["type"] == "upstream_error" and "emulator-openai" in err["message"]
+    [ev] = await events(gw, broker)
+    assert ev["status"] == "error"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"headers": {"authorization": "Bearer wrong"}}, 401, "invalid_api_key"),
+        ({"headers": {"authorization": ""}}, 401, "invalid_api_key"),
+        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_request"),
+        ({"json": {"model": "switchyard/auto", "messages": []}}, 422, "validation_error"),
+        (
+            {
+                "json": {
+                    "model": "switchyard/auto",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "switchyard": {"quality_target": 2},
+                }
+            },
+            422,
+            "validation_error",
+        ),
+        ({"json": body(model="no-such-model")}, 400, "model_not_found"),
+        ({"json": body(), "headers": {"x-switchyard-mode": "yolo"}}, 400, "bad_request"),
+        ({"json": body(pad="x" * 30_000)}, 413, "request_too_large"),
+    ],
+)
+async def test_bad_requests_get_openai_error_bodies(stack, kwargs, status, code) -> None:
+    client, *_ = stack
+    r = await client.post("/v1/chat/completions", **kwargs)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+
+
+async def test_rate_limit_is_429_with_retry_after(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    gw.limiter.rate, gw.limiter.burst = 1.0, 2.0
+    codes = [(await client.get("/v1/models")).status_code for _ in range(4)]
+    assert codes[:2] == [200, 200] and codes[-1] == 429
+    r = await client.get("/v1/models")
+    assert r.json()["error"]["type"] == "rate_limit_error" and float(r.headers["retry-after"]) > 0
+
+
+async def test_cascade_escalates_on_a_rejected_answer_and_counts_every_attempt(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    upstream.judge_grade = "0"
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"mode": "cascade"}))
+    assert r.status_code == 200 and r.json()["model"] == STRONG
+    [ev] = await events(gw, broker)
+    assert ev["escalated"] is True
+    assert [(a["model"], a["status"]) for a in ev["attempts"]] == [(WEAK, "rejected"), (STRONG, "ok")]
+    assert ev["cost_usd"] == pytest.approx(sum(a["cost_usd"] for a in ev["attempts"]))
+    assert float(r.headers["x-switchyard-cost-usd"]) == pytest.approx(ev["cost_usd"])
+
+
+async def test_cascade_accepts_a_good_cheap_answer(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"mode": "cascade"}))
+    assert r.json()["model"] == WEAK
+    [ev] = await events(gw, broker)
+    assert ev["escalated"] is False and ev["attempts"][0]["accepted_score"] == 1.0
+
+
+async def test_stream_sends_sse_and_done(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    async with client.stream(
+        "POST", "/v1/chat/completions", json=body(stream=True, stream_options={"include_usage": True})
+    ) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line async for line in r.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(x[6:]) for x in lines[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Hello"
+    assert chunks[-1]["usage"]["completion_tokens"] > 0 and all(c["model"] == WEAK for c in chunks)
+    [ev] = await events(gw, broker)
+    assert ev["stream"] is True and ev["status"] == "ok"
+
+
+async def test_feedback_models_health_and_metrics(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/feedback", json={"request_id": "req_1", "score": 0.2, "source": "judge"})
+    assert r.status_code == 202
+    r = await client.post("/v1/feedback", json={"request_id": "req_1"})
+    assert r.status_code == 422
+    [ev] = await events(gw, broker)
+    assert FeedbackEvent.model_validate(ev).score == 0.2
+    ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert ids[0] == "switchyard/auto" and STRONG in ids
+    assert (await client.get("/healthz")).status_code == 200
+    assert (await client.get("/readyz")).json()["ready"] is True
+    await client.post("/v1/chat/completions", json=body())
+    text = (await client.get("/metrics")).text
+    assert 'switchyard_routes_total{mode="route",model="mistralai/Mixtral-8x7B-Instruct-v0.1"' in text
+    assert "switchyard_emitter_queue_depth" in text and "switchyard_request_latency_seconds_bucket" in text
+    assert (await client.get("/nope")).json()["error"]["code"] == "not_found"
+
+
+async def test_redaction_keeps_only_the_hash(stack, tmp_path) -> None:
+    client, upstream, router, broker, gw = stack
+    gw.service.redact_prompts = True
+    await client.post("/v1/chat/completions", json=body())
+    [ev] = await events(gw, broker)
+    assert ev["prompt"] is None and len(ev["prompt_hash"]) == 64

@@ -1,0 +1,83 @@
+"""The Serve config YAML is valid for Serve and for the typed app builder; settings parse."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from services.errors import RateLimited, Unauthorized
+from services.gateway.auth import KeyStore, RateLimiter
+from services.gateway.deployments import GatewayArgs
+from services.gateway.routing import RouterConfig
+from services.gateway.settings import GatewaySettings, hash_key
+
+CONFIG = Path(__file__).resolve().parents[2] / "services" / "gateway" / "serve_config.yaml"
+
+
+def test_serve_config_matches_serve_schema_and_builder_args() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(CONFIG.read_text())
+    schema = (
+        ServeDeploySchema.model_validate(raw)
+        if hasattr(ServeDeploySchema, "model_validate")
+        else ServeDeploySchema.parse_obj(raw)
+    )
+    app = schema.applications[0]
+    module, _, attr = app.import_path.partition(":")
+    assert module == "services.gateway.deployments" and attr == "build_app"
+    args = GatewayArgs.model_validate(app.args)
+    assert args.gateway_settings().router_ref == args.router_ref
+    names = {d["name"] if isinstance(d, dict) else d.name for d in app.deployments}
+    assert names == {"RouterDeployment", "ChatIngress"}
+    router = next(d for d in raw["applications"][0]["deployments"] if d["name"] == "RouterDeployment")
+    RouterConfig.model_validate(router["user_config"])
+
+
+def test_invalid_user_config_is_rejected_loudly() -> None:
+    with pytest.raises(ValidationError):
+        RouterConfig.model_validate({"router_ref": ""})
+    with pytest.raises(ValidationError):
+        RouterConfig.model_validate({"model": "x"})
+
+
+def test_settings_hash_keys_and_never_show_them(monkeypatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_API_KEYS", '["sk-a"]')
+    monkeypatch.setenv("SWITCHYARD_GATEWAY_API_KEY_HASHES", f'["{hash_key("sk-b")}"]')
+    s = GatewaySettings()
+    assert "sk-a" not in repr(s) and "sk-a" not in s.model_dump_json()
+    store = KeyStore(s.key_hashes())
+    assert store.authenticate("Bearer sk-a").key_id == store.authenticate("Bearer sk-a").key_id
+    store.authenticate("Bearer sk-b")
+    with pytest.raises(Unauthorized):
+        store.authenticate("Bearer sk-c")
+    with pytest.raises(ValidationError):
+        GatewaySettings(api_key_hashes=["not-a-hash"])
+
+
+def test_rate_limiter_refills() -> None:
+    now = [0.0]
+    rl = RateLimiter(rate=2, burst=2, clock=lambda: now[0])
+    rl.check("k")
+    rl.check("k")
+    with pytest.raises(RateLimited) as info:
+        rl.check("k")
+    assert float(info.value.headers["retry-after"]) == pytest.approx(0.5)
+    rl.check("other")  # per key
+    now[0] = 0.5
+    rl.check("k")
+
+
+def test_config_validate_command(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from services.gateway.cli import config_app
+
+    runner = CliRunner()
+    ok = runner.invoke(config_app, ["validate"])
+    assert ok.exit_code == 0 and "models" in ok.output
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text("providers: []\ntiers: [a]\nmodels: []\nstrong_model: x\ndefault_model: x\n")
+    res = runner.invoke(config_app, ["validate", str(bad)])
+    assert res.exit_code == 1 and "strong_model" in res.output

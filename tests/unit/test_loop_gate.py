@@ -1,0 +1,103 @@
+"""The promotion gate: rejects a worse challenger with reasons, accepts a better one, per-task margins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.gate import Evaluation, GateConfig, TaskMetrics, gate, metrics_of
+
+
+def tm(q: float, cost: float = 0.3, n: int = 100) -> TaskMetrics:
+    return TaskMetrics(
+        n=n, quality=q * 0.8, strong_quality=0.8, quality_ratio=q, cost_ratio=cost, strong_share=cost
+    )
+
+
+def ev(version: str, tasks: dict[str, TaskMetrics], apgr: float = 0.6, ece: float = 0.05) -> Evaluation:
+    n = sum(t.n for t in tasks.values())
+    q = sum(t.quality_ratio * t.n for t in tasks.values()) / n
+    c = sum(t.cost_ratio * t.n for t in tasks.values()) / n
+    return Evaluation(
+        router_version=version, quality_target=0.95, overall=tm(q, c, n), per_task=tasks, apgr=apgr, ece=ece
+    )
+
+
+CHAMPION = ev("champ", {"gsm8k": tm(0.96), "mbpp": tm(0.97), "law": tm(0.70, cost=0.05)})
+
+
+def test_rejects_worse_challenger_with_reasons() -> None:
+    worse = ev("worse", {"gsm8k": tm(0.85), "mbpp": tm(0.97), "law": tm(0.95, cost=0.6)}, apgr=0.4)
+    v = gate(worse, CHAMPION, GateConfig(), ["law"])
+    assert not v.passed
+    text = " ".join(v.reasons)
+    assert "task gsm8k" in text and "0.850" in text and "0.960" in text
+    assert "APGR" in text
+    assert not any("law" in r for r in v.reasons)  # the drifting task itself was repaired
+    assert v.summary().startswith("FAIL")
+
+
+def test_accepts_better_challenger() -> None:
+    better = ev("better", {"gsm8k": tm(0.96), "mbpp": tm(0.96), "law": tm(0.94, cost=0.5)}, apgr=0.62)
+    v = gate(better, CHAMPION, GateConfig(), ["law"])
+    assert v.passed, v.reasons
+    assert {c.name for c in v.checks} >= {
+        "task:gsm8k",
+        "task:mbpp",
+        "repair:law",
+        "overall:quality",
+        "overall:cost",
+    }
+    assert v.summary().startswith("PASS")
+
+
+def test_drifting_task_must_be_repaired() -> None:
+    same = ev("same", {"gsm8k": tm(0.96), "mbpp": tm(0.97), "law": tm(0.72, cost=0.05)})
+    v = gate(same, CHAMPION, GateConfig(), ["law"])
+    assert not v.passed
+    assert any("drifting task law" in r and "0.720" in r for r in v.reasons)
+
+
+def test_missing_heldout_rows_for_drifting_task_fail() -> None:
+    v = gate(CHAMPION, None, GateConfig(), ["brand_new"])
+    assert not v.passed and any("no held-out rows" in r for r in v.reasons)
+
+
+@pytest.mark.parametrize(("margin", "passes"), [(0.02, False), (0.06, True)])
+def test_per_task_margin(margin: float, passes: bool) -> None:
+    ch = ev("c", {"gsm8k": tm(0.92), "mbpp": tm(0.97), "law": tm(0.95, cost=0.3)})
+    cfg = GateConfig(task_margin=0.02, task_margins={"gsm8k": margin}, overall_margin=0.05)
+    v = gate(ch, CHAMPION, cfg, ["law"])
+    check = next(c for c in v.checks if c.name == "task:gsm8k")
+    assert check.passed is passes
+    assert v.passed is passes
+
+
+def test_small_tasks_are_not_gated_alone() -> None:
+    ch = ev("c", {"gsm8k": tm(0.96), "mbpp": tm(0.97), "law": tm(0.95), "tiny": tm(0.2, n=5)})
+    champ = ev("champ", {**CHAMPION.per_task, "tiny": tm(1.0, n=5)})
+    v = gate(ch, champ, GateConfig(min_task_rows=20, overall_margin=0.2), ["law"])
+    assert "task:tiny" not in {c.name for c in v.checks}
+
+
+def test_cost_rise_on_stable_tasks_fails() -> None:
+    pricey = ev("p", {"gsm8k": tm(0.96, cost=0.9), "mbpp": tm(0.97, cost=0.9), "law": tm(0.95)})
+    v = gate(pricey, CHAMPION, GateConfig(cost_margin=0.25), ["law"])
+    assert not v.passed and any("cost ratio on stable tasks" in r for r in v.reasons)
+
+
+def test_calibration_worse_fails() -> None:
+    ch = ev("c", {"gsm8k": tm(0.96), "mbpp": tm(0.97), "law": tm(0.95)}, ece=0.2)
+    v = gate(ch, CHAMPION, GateConfig(ece_margin=0.03), ["law"])
+    assert not v.passed and any(r.startswith("ECE") for r in v.reasons)
+
+
+def test_first_model_needs_absolute_quality() -> None:
+    assert gate(ev("a", {"x": tm(0.95)}), None, GateConfig()).passed
+    assert not gate(ev("b", {"x": tm(0.5)}), None, GateConfig()).passed
+
+
+def test_metrics_are_flat_and_finite() -> None:
+    m = metrics_of("challenger", ev("a", {"x": tm(0.95)}, apgr=float("nan")))
+    assert "challenger.task.x.quality_ratio" in m and "challenger.apgr" not in m
+    assert all(np.isfinite(v) for v in m.values())

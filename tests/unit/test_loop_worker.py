@@ -1,0 +1,161 @@
+"""Retrain worker: coalescing of concurrent requests, idempotency on retrain_id, resumable runs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from services.contracts import RetrainRequest
+from services.contracts.settings import MLflowSettings
+from training.loop_settings import LoopSettings
+from training.worker import LoopContext, RunExecutor, RunStatus, RunStore, plan, run_requests
+
+
+def req(tasks: list[str], reason: str = "drift", ts: datetime | None = None) -> RetrainRequest:
+    return RetrainRequest(reason=reason, tasks=tasks, source="streams", **({"ts": ts} if ts else {}))
+
+
+def test_concurrent_requests_coalesce_into_one_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    a, b, c = req(["law"]), req(["law"], "again"), req(["gsm8k"])
+    runs, decisions = plan(store, [a, b, c])
+    assert len(runs) == 1
+    run = runs[0]
+    assert sorted(run.tasks) == ["gsm8k", "law"]
+    assert set(run.request_ids) == {a.retrain_id, b.retrain_id, c.retrain_id}
+    assert set(decisions.values()) == {"new"}
+    # a request for the same task while the run is pending joins it
+    d = req(["law"])
+    runs2, dec2 = plan(store, [d])
+    assert [r.run_id for r in runs2] == [run.run_id] and dec2[d.retrain_id] == "joined"
+    assert d.retrain_id in store.load(run.run_id).request_ids
+
+
+def test_redelivered_request_is_a_duplicate(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    a = req(["law"])
+    runs, _ = plan(store, [a])
+    runs2, dec = plan(RunStore(tmp_path), [a, a])  # e.g. Kafka redelivery after a crash
+    assert runs2 == [] and dec == {a.retrain_id: "duplicate"}
+    assert len(store.all()) == 1
+
+
+def test_finished_run_covers_older_requests_only(tmp_path: Path) -> None:
+    store = RunStore(tmp_path)
+    old = req(["law"], ts=datetime.now(UTC) - timedelta(minutes=5))
+    (run,), _ = plan(store, [req(["law"])])
+    run.status, run.collected_at = RunStatus.DONE, datetime.now(UTC) - timedelta(minutes=1)
+    store.save(run)
+    runs, dec = plan(store, [old])
+    assert runs == [] and dec[old.retrain_id] == "covered"
+    newer = req(["law"])
+    runs, dec = plan(store, [newer])
+    assert dec[newer.retrain_id] == "new" and runs[0].run_id != run.run_id
+
+
+class FakeExecutor(RunExecutor):
+    """Stages that record calls; ``fail_at`` raises once in that stage (a crash)."""
+
+    def __init__(self, ctx: LoopContext, fail_at: str | None = None) -> None:
+        super().__init__(ctx)
+        self.calls: list[str] = []
+        self.fail_at = fail_at
+
+    def _stage(self, name: str, state, status: RunStatus) -> None:  # noqa: ANN001
+        self.calls.append(name)
+        if self.fail_at == name:
+            self.fail_at = None
+            raise RuntimeError("crash")
+        state.status = status
+
+    def collect(self, state) -> None:  # noqa: ANN001
+        state.collected_at = datetime.now(UTC)
+        self._stage("collect", state, RunStatus.COLLECTED)
+
+    def distil(self, state) -> None:  # noqa: ANN001
+        self._stage("distil", state, RunStatus.DISTILLED)
+
+    def train(self, state) -> None:  # noqa: ANN001
+        self._stage("train", state, RunStatus.TRAINED)
+
+    def evaluate_and_register(self, state) -> None:  # noqa: ANN001
+        state.verdict = {"passed": True, "reasons": []}
+        self._stage("gate", state, RunStatus.GATED)
+
+    def promote(self, state) -> None:  # noqa: ANN001
+        self._stage("promote", state, RunStatus.DONE)
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> LoopContext:
+    return LoopContext(
+        loop=LoopSettings(),
+        mlflow=MLflowSettings(tracking_uri="http://127.0.0.1:1"),
+        kafka=None,
+        data_dir=tmp_path,
+        state_dir=tmp_path,
+    )
+
+
+def test_run_resumes_after_a_crash_without_redoing_stages(ctx: LoopContext) -> None:
+    ex = FakeExecutor(ctx, fail_at="train")
+    a = req(["law"])
+    with pytest.raises(RuntimeError):
+        run_requests(ctx, [a], ex)
+    state = ctx.store().all()[0]
+    assert state.status == RunStatus.DISTILLED and "crash" in (state.error or "")
+    # the same request redelivered: no new run; resuming continues at train
+    runs, dec = plan(ctx.store(), [a])
+    assert runs == [] and dec[a.retrain_id] == "duplicate"
+    ex2 = FakeExecutor(ctx)
+    done = ex2.execute(ctx.store().load(state.run_id))
+    assert ex2.calls == ["train", "gate", "promote"]
+    assert done.status == RunStatus.DONE and done.error is None and done.attempts == 2
+    # running a finished run again does nothing
+    ex3 = FakeExecutor(ctx)
+    ex3.execute(ctx.store().load(state.run_id))
+    assert ex3.calls == []
+
+
+def test_repeated_failures_mark_the_run_failed(ctx: LoopContext) -> None:
+    (state,), _ = plan(ctx.store(), [req(["law"])])
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            FakeExecutor(ctx, fail_at="collect").execute(state)
+    assert ctx.store().load(state.run_id).status == RunStatus.FAILED
+
+
+def test_warm_start_reindexes_task_weights(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from training.worker import warm_start_params
+
+    rng = np.random.default_rng(0)
+    d, h, m = 384, 8, 2
+    old_vocab = ["a", "b"]
+    w1 = rng.normal(size=(d + len(old_vocab), h)).astype(np.float32)
+    params = {
+        "w1": w1,
+        "b1": np.ones(h, np.float32),
+        "w2": np.ones((h, m), np.float32),
+        "b2": np.zeros(m, np.float32),
+    }
+    save_file(params, str(tmp_path / "head.safetensors"))
+
+    class Champion:
+        path = tmp_path
+        models = ["s", "w"]
+
+        class manifest:  # noqa: N801
+            kind = "mlp"
+            task_vocab = old_vocab
+
+    init = warm_start_params(Champion, ["b", "new"], ["s", "w"])
+    assert init is not None and init["w1"].shape == (d + 2, h)
+    np.testing.assert_array_equal(init["w1"][:d], w1[:d])
+    np.testing.assert_array_equal(init["w1"][d], w1[d + 1])  # task "b" keeps its row
+    assert not init["w1"][d + 1].any()  # a new task starts from zero
+    assert warm_start_params(Champion, ["a"], ["s", "other"]) is None  # different models: cold start

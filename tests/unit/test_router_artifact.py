@@ -1,0 +1,109 @@
+"""Router artefacts: round trip, and every way a load can fail gives RouterLoadError."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.router.artifact import (
+    CALIBRATION_FILE,
+    HEAD_FILE,
+    MANIFEST,
+    RouterLoadError,
+    load_router,
+    save_router,
+    smoke_check,
+)
+from services.router.calibration import Calibration, ThresholdTable
+from services.router.encoder import EncoderConfig
+
+MODELS = ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
+VOCAB = ["gsm8k", "high_school_mathematics"]
+
+
+def _save(path: Path, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    d = 384 + len(VOCAB)
+    params = {
+        "w1": rng.normal(size=(d, 8)) * 0.1,
+        "b1": np.zeros(8),
+        "w2": rng.normal(size=(8, 2)),
+        "b2": np.zeros(2),
+    }
+    table = ThresholdTable(targets=[0.5, 1.0], thresholds=[0.3, 0.0], candidates=MODELS, n=10)
+    cal = Calibration(models=MODELS, strong_model=MODELS[0], global_table=table)
+    return save_router(
+        path,
+        kind="mlp",
+        models=MODELS,
+        task_vocab=VOCAB,
+        head_params=params,
+        calibration=cal,
+        encoder=EncoderConfig(max_length=64),
+    ).version
+
+
+def test_round_trip_and_version_follows_content(tmp_path: Path) -> None:
+    v1 = _save(tmp_path / "a")
+    r = load_router(str(tmp_path / "a"))
+    assert r.version == v1 and r.models == MODELS
+    emb = np.random.default_rng(3).normal(size=(3, 384)).astype(np.float32)
+    p = r.scores_from_embeddings(emb, ["gsm8k", None, "unseen-task"])
+    assert p.shape == (3, 2) and ((p > 0) & (p < 1)).all()
+    assert _save(tmp_path / "b", seed=1) != v1  # other weights, other version
+
+
+def test_bad_refs(tmp_path: Path) -> None:
+    with pytest.raises(RouterLoadError, match="neither an existing directory"):
+        load_router(str(tmp_path / "nope"))
+    with pytest.raises(RouterLoadError, match="empty"):
+        load_router("  ")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RouterLoadError, match="no manifest.json"):
+        load_router(str(tmp_path / "empty"))
+
+
+def test_corrupt_or_tampered_files(tmp_path: Path) -> None:
+    _save(tmp_path / "r")
+    head = tmp_path / "r" / HEAD_FILE
+    data = bytearray(head.read_bytes())
+    data[-5] ^= 0xFF
+    head.write_bytes(bytes(data))
+    with pytest.raises(RouterLoadError, match="corrupt or was modified"):
+        load_router(str(tmp_path / "r"))
+
+    _save(tmp_path / "m")
+    (tmp_path / "m" / CALIBRATION_FILE).unlink()
+    with pytest.raises(RouterLoadError, match="missing calibration.json"):
+        load_router(str(tmp_path / "m"))
+
+    _save(tmp_path / "j")
+    (tmp_path / "j" / MANIFEST).write_text("{not json")
+    with pytest.raises(RouterLoadError, match="invalid"):
+        load_router(str(tmp_path / "j"))
+
+    # a consistent checksum over garbage weights still fails cleanly
+    _save(tmp_path / "g")
+    from services.router.encoder import file_sha256
+
+    (tmp_path / "g" / HEAD_FILE).write_bytes(b"garbage")
+    man = json.loads((tmp_path / "g" / MANIFEST).read_text())
+    man["files"][HEAD_FILE] = file_sha256(tmp_path / "g" / HEAD_FILE)
+    (tmp_path / "g" / MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(RouterLoadError, match="cannot read weights"):
+        load_router(str(tmp_path / "g"))
+
+
+@pytest.mark.slow
+def test_smoke_check_scores_real_text(tmp_path: Path) -> None:
+    _save(tmp_path / "s")
+    router = load_router(str(tmp_path / "s"), device="cpu")
+    out = smoke_check(router)
+    assert len(out) == 4 and all(set(row) == set(MODELS) for row in out)
+    with pytest.raises(ValueError):
+        from services.router.base import Query
+
+        router.scores([Query("   ", None)])

@@ -1,0 +1,113 @@
+"""Calibration (Platt, threshold tables) and the routing policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.catalog import load_catalog
+from services.router.calibration import Calibration, ThresholdTable, fit_platt, fit_table
+from services.router.heads import logit, sigmoid
+from services.router.policy import PolicyError, RoutingPolicy, choose
+
+GPT4 = "gpt-4-1106-preview"
+MIX = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+GPT35 = "gpt-3.5-turbo-1106"
+
+
+def test_platt_recovers_a_known_distortion() -> None:
+    rng = np.random.default_rng(0)
+    true = rng.uniform(-3, 3, 20000)
+    y = (rng.random(20000) < sigmoid(true)).astype(float)
+    raw = true / 2.0 - 0.5  # an overconfident-shrunk, shifted score
+    p = fit_platt(raw, y, l2=0.0)
+    assert p.a == pytest.approx(2.0, rel=0.08)
+    assert p.b == pytest.approx(1.0, abs=0.1)
+
+
+def test_choose_gap_and_absolute_rules() -> None:
+    scores = np.array([[0.70, 0.80, 0.90], [0.20, 0.85, 0.90], [np.nan, 0.10, 0.90]])
+    prices = np.array([0.2, 1.0, 25.0])
+    assert choose(scores, prices, 0.25).tolist() == [0, 1, 2]
+    assert choose(scores, prices, 0.10).tolist() == [1, 1, 2]
+    assert choose(scores, prices, -0.01, strong=2).tolist() == [2, 2, 2]  # nobody qualifies -> strong
+    assert choose(scores, prices, 0.5, rule="absolute").tolist() == [0, 1, 2]
+
+
+def test_fit_table_keeps_the_quality_target_on_its_data() -> None:
+    rng = np.random.default_rng(1)
+    n = 4000
+    ys = (rng.random(n) < 0.85).astype(float)
+    yw = (rng.random(n) < 0.65).astype(float)
+    labels = np.stack([ys, yw], axis=1)
+    noisy = np.stack(
+        [0.5 + 0.3 * ys + 0.1 * rng.normal(size=n), 0.5 + 0.3 * yw + 0.1 * rng.normal(size=n)], 1
+    )
+    prices = np.array([24.7, 0.24])
+    table = fit_table(noisy, labels, prices, [GPT4, MIX], 0)
+    for target in (0.9, 0.95, 0.99):
+        t = table.threshold(target)
+        idx = choose(noisy, prices, t, strong=0)
+        q = labels[np.arange(n), idx].mean() / ys.mean()
+        assert q >= target - 0.005
+        assert (idx == 1).mean() > 0.05  # and it does route some traffic to the cheap model
+    assert table.threshold(0.9) >= table.threshold(0.99)  # higher target, stricter threshold
+
+
+def _calibration(models: list[str]) -> Calibration:
+    table = ThresholdTable(targets=[0.5, 1.0], thresholds=[0.4, 0.0], candidates=models, n=100)
+    return Calibration(
+        models=models,
+        strong_model=GPT4,
+        global_table=table,
+        task_tables={"math": table.model_copy(update={"thresholds": [0.2, -0.01]})},
+    )
+
+
+def test_policy_picks_cheapest_clearing_candidate() -> None:
+    cat = load_catalog(None)
+    pol = RoutingPolicy(cat, _calibration([GPT4, MIX, GPT35]))
+    scores = {GPT4: 0.9, MIX: 0.7, GPT35: 0.8}
+    d = pol.decide(scores, task=None, quality_target=0.5)  # threshold 0.4 -> everything qualifies
+    assert d.model == MIX and not d.task_calibrated
+    assert d.ranking == [GPT4, GPT35, MIX]
+    assert d.expected_cost_usd == pytest.approx(cat.model(MIX).price.cost(512, 256))
+    d = pol.decide(scores, task=None, quality_target=0.875)  # threshold 0.1 -> gpt-3.5 is the cheapest within
+    assert d.model == GPT35 and d.margin == pytest.approx(0.0, abs=1e-9) and d.low_margin
+    d = pol.decide(scores, task="math", quality_target=1.0)  # per-task table, nobody clears -> strong
+    assert d.model == GPT4 and d.task_calibrated
+    d = pol.decide(scores, task=None, quality_target=0.5, candidates=[GPT4, GPT35])
+    assert d.model == GPT35
+
+
+def test_policy_respects_budget_and_only_picks_scored_models() -> None:
+    cat = load_catalog(None)
+    pol = RoutingPolicy(cat, _calibration([GPT4, MIX, GPT35]))
+    d = pol.decide({GPT4: 0.9, MIX: 0.2, GPT35: 0.3}, None, 1.0, max_cost_usd=0.001)
+    assert d.model != GPT4 and "max_cost_usd" in d.reason
+    d = pol.decide({GPT4: 0.9, GPT35: 0.89}, None, 0.5)  # MIX not scored -> never chosen
+    assert d.model == GPT35
+    with pytest.raises(PolicyError):
+        pol.decide({}, None, 0.9)
+    with pytest.raises(PolicyError):
+        pol.decide({GPT4: 0.9}, None, 1.5)
+    with pytest.raises(PolicyError):
+        pol.decide({GPT4: 0.9}, None, 0.9, candidates=["no-such-model"])
+
+
+def test_calibration_apply_uses_task_fit_when_present() -> None:
+    cal = _calibration([GPT4, MIX])
+    cal = Calibration.model_validate(
+        {
+            **cal.model_dump(),
+            "platt": {GPT4: {"a": 1.0, "b": 0.0}, MIX: {"a": 1.0, "b": 0.0}},
+            "task_platt": {"math": {GPT4: {"a": 1.0, "b": -2.0}}},
+        }
+    )
+    z = logit(np.array([[0.5, 0.5], [0.5, 0.5]]))
+    p = cal.apply(z, ["math", "other"])
+    assert (
+        p[0, 0] == pytest.approx(sigmoid(-2.0))
+        and p[1, 0] == pytest.approx(0.5)
+        and p[0, 1] == pytest.approx(0.5)
+    )

@@ -1,0 +1,134 @@
+"""Per-task aggregates, hard-query mining and the per-task monitor (detectors -> alerts)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from services.contracts import AlertStatus, CallEvent, OutcomeEvent, prompt_hash
+from streams import windows
+from streams.drift import TaskMonitor
+from streams.mining import mine_call, mine_outcome, top2_margin
+from streams.settings import QualityDetectorConfig, StreamsSettings
+
+CHEAP, STRONG = "mistralai/Mixtral-8x7B-Instruct-v0.1", "gpt-4-1106-preview"
+
+
+def outcome(i: int, accepted: bool, model: str = CHEAP, task: str = "gsm8k", **kw) -> OutcomeEvent:
+    tier = "budget" if model == CHEAP else "frontier"
+    base = dict(
+        request_id=f"r{i}",
+        task=task,
+        prompt_hash=prompt_hash(str(i)),
+        chosen_model=model,
+        tier=tier,
+        mode="route",
+        predicted=0.7,
+        score=float(accepted),
+        accepted=accepted,
+        cost_usd=0.01,
+        latency_ms=100 + i % 10 * 100,
+    )
+    return OutcomeEvent(**{**base, **kw})
+
+
+def test_window_aggregates_and_summary() -> None:
+    outs = [outcome(i, i % 4 != 0) for i in range(80)] + [
+        outcome(100 + i, True, STRONG, escalated=True) for i in range(20)
+    ]
+    agg = windows.add_outcomes(None, outs[:50], "budget")
+    agg = windows.add_outcomes(agg, outs[50:], "budget")
+    s = windows.summarise(agg)
+    assert s["events"] == 100
+    assert s["acceptance_by_model"][CHEAP] == {"events": 80, "acceptance": 0.75}
+    assert s["acceptance_by_tier"]["frontier"]["acceptance"] == 1.0
+    assert s["cheap_tier_share"] == 0.8 and s["escalation_rate"] == 0.2
+    assert s["cost_per_request_usd"] == pytest.approx(0.01)
+    assert s["latency_ms"]["p50"] in (500, 750) and s["latency_ms"]["p99"] == 1000
+    assert s["calibration"]["predicted"] == pytest.approx(0.7) and s["calibration"]["observed"] == 0.8
+    assert windows.summarise(None)["acceptance"] is None
+
+
+def test_mining() -> None:
+    base = dict(
+        request_id="r",
+        task="t",
+        prompt_hash=prompt_hash("p"),
+        requested_model="switchyard/auto",
+        mode="route",
+    )
+    assert mine_call(CallEvent(**base, scores={CHEAP: 0.9, STRONG: 0.5}, chosen_model=CHEAP), 0.05) is None
+    close = mine_call(CallEvent(**base, scores={CHEAP: 0.81, STRONG: 0.8}, chosen_model=CHEAP), 0.05)
+    assert close is not None and close.reason == "low_margin"
+    esc = mine_call(
+        CallEvent(**base, scores={CHEAP: 0.9, STRONG: 0.5}, chosen_model=STRONG, escalated=True), 0.05
+    )
+    assert esc is not None and esc.reason == "escalated"
+    assert top2_margin({"a": 0.5}) is None
+    neg = mine_outcome(outcome(1, False), "budget")
+    assert neg is not None and neg.reason == "negative_feedback" and neg.feedback_score == 0.0
+    assert mine_outcome(outcome(1, True), "budget") is None
+    assert mine_outcome(outcome(1, False, STRONG), "budget") is None
+
+
+def _settings(tmp_path) -> StreamsSettings:
+    return StreamsSettings(state_dir=tmp_path, quality=QualityDetectorConfig(reference_events=200))
+
+
+def test_monitor_drift_gives_one_alert_one_retrain_and_a_report_then_resolves(tmp_path) -> None:
+    rng = np.random.default_rng(1)
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, reference={"gsm8k": {CHEAP: 0.7}})
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    stable = [outcome(i, bool(a)) for i, a in enumerate(rng.random(1000) < 0.7)]
+    quiet = [mon.on_outcomes("gsm8k", stable[k : k + 100], now) for k in range(0, 1000, 100)]
+    assert all(not r.alerts for r in quiet)
+    drifted = [outcome(2000 + i, bool(a)) for i, a in enumerate(rng.random(600) < 0.55)]
+    results = [mon.on_outcomes("gsm8k", drifted[k : k + 50], now) for k in range(0, 600, 50)]
+    alerts = [a for r in results for a in r.alerts]
+    retrain = [q for r in results for q in r.retrain]
+    assert [(a.status, a.detector) for a in alerts] == [(AlertStatus.FIRING, "quality")]
+    assert alerts[0].evidence["subject"] == CHEAP and alerts[0].severity == "critical"
+    assert alerts[0].suggested_action and "gsm8k" in alerts[0].summary
+    assert len(retrain) == 1 and retrain[0].tasks == ["gsm8k"] and retrain[0].alert_id == alerts[0].alert_id
+    report = alerts[0].report_url
+    assert report and report.startswith("file://")
+    path = report[len("file://") :]
+    assert path.startswith(str(tmp_path)) and "<html" in open(path, encoding="utf-8").read(2000).lower()
+    back = [outcome(5000 + i, bool(a)) for i, a in enumerate(rng.random(800) < 0.72)]
+    res = [mon.on_outcomes("gsm8k", back[k : k + 100], now) for k in range(0, 800, 100)]
+    resolved = [a for r in res for a in r.alerts]
+    assert [(a.status, a.alert_id) for a in resolved] == [(AlertStatus.RESOLVED, alerts[0].alert_id)]
+
+
+def test_monitor_state_survives_a_restart(tmp_path) -> None:
+    rng = np.random.default_rng(2)
+    state, alert_store = {}, {}
+    first = TaskMonitor(_settings(tmp_path), state, alert_store, write_reports=False)
+    first.on_outcomes("t", [outcome(i, bool(a), task="t") for i, a in enumerate(rng.random(400) < 0.8)])
+    assert state["t"]["quality"][CHEAP]["p0"] == pytest.approx(0.8, abs=0.06)
+    second = TaskMonitor(_settings(tmp_path), state, alert_store, write_reports=False)
+    res = second.on_outcomes(
+        "t", [outcome(i, bool(a), task="t") for i, a in enumerate(rng.random(600) < 0.5)]
+    )
+    assert [a.status for a in res.alerts] == [AlertStatus.FIRING]
+    third = TaskMonitor(_settings(tmp_path), state, alert_store, write_reports=False)
+    more = third.on_outcomes(
+        "t", [outcome(i, bool(a), task="t") for i, a in enumerate(rng.random(100) < 0.5)]
+    )
+    assert more.alerts == []  # still firing: not paged twice
+
+
+def test_monitor_alert_window_with_outcomes_out_of_time_order(tmp_path) -> None:
+    # outcomes from several partitions arrive out of timestamp order within a batch
+    rng = np.random.default_rng(6)
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, reference={"gsm8k": {CHEAP: 0.9}}, write_reports=False)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    outs = [
+        outcome(i, bool(a), ts=base.replace(second=59 - i % 60)) for i, a in enumerate(rng.random(300) < 0.5)
+    ]
+    res = mon.on_outcomes("gsm8k", outs)
+    assert [a.status for a in res.alerts] == [AlertStatus.FIRING]
+    [req] = res.retrain
+    assert req.window_start == base.replace(second=0) and req.window_end == base.replace(second=59)

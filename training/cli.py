@@ -1,0 +1,320 @@
+"""``switchyard router ...``: train, eval, score (the outside contract), promote, rollback.
+
+Heavy imports (torch, mlflow, pandas) happen inside the commands so ``switchyard --help`` is fast.
+Errors a user can cause (bad input, bad model ref, unreachable MLflow) print one clear line and
+exit non-zero.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+log = logging.getLogger(__name__)
+
+router_app = typer.Typer(no_args_is_help=True, help="The learned router: train, evaluate, score, register.")
+
+DATASETS = ("mmlu", "gsm8k", "routerbench")
+
+
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    typer.secho(f"error: {msg}", fg="red", err=True)
+    return typer.Exit(code)
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    from services.contracts.settings import DataSettings
+
+    path = data_dir or DataSettings().data_dir
+    if not (path / "routellm").exists() and not (path / "routerbench").exists():
+        sibling = Path.cwd().parent / "shared" / "data"
+        if data_dir is None and (sibling / "routellm").exists():
+            return sibling
+        raise _fail(f"no benchmark data under {path}; set SWITCHYARD_DATA_DIR or pass --data-dir")
+    return path
+
+
+def load_benchmark(data_dir: Path, datasets: list[str], max_rows: int | None = None, seed: int = 0):  # noqa: ANN201
+    """The chosen datasets in one table (optionally a deterministic per-dataset subsample)."""
+    import pandas as pd
+
+    from .data import Benchmark, load_gsm8k, load_mmlu, load_routerbench
+
+    loaders = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "routerbench": load_routerbench}
+    bad = [d for d in datasets if d not in loaders]
+    if bad:
+        raise _fail(f"unknown datasets {bad} (known: {list(loaders)})")
+    frames = [loaders[d](data_dir).frame for d in datasets]
+    if max_rows:
+        frames = [f.sample(n=min(len(f), max_rows), random_state=seed) for f in frames]
+    frame = pd.concat(frames, ignore_index=True)
+    label_cols = [c for c in frame.columns if c.startswith("label:")]
+    frame = frame[[c for c in frame.columns if not c.startswith("label:")] + label_cols]
+    return Benchmark(frame.reset_index(drop=True))
+
+
+@router_app.command("train")
+def train_cmd(
+    kind: str = typer.Option("mlp", help="Router kind: random, knn, mf, mlp."),
+    datasets: str = typer.Option(",".join(DATASETS), help="Comma-separated: mmlu, gsm8k, routerbench."),
+    out: Path = typer.Option(None, help="Artefact directory (default <state>/routers/<version>)."),  # noqa: B008
+    max_rows: int = typer.Option(None, help="Subsample each dataset to at most this many rows (quick runs)."),
+    epochs: int = typer.Option(None, help="Override the head's training epochs."),
+    max_length: int = typer.Option(128, help="Encoder truncation (tokens, head+tail)."),
+    int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
+    register: bool = typer.Option(
+        False, "--register", help="Log to MLflow and register a version (alias challenger)."
+    ),
+    promote_: bool = typer.Option(False, "--promote", help="With --register: also make it champion."),
+    alias: str = typer.Option("challenger", help="Alias set by --register."),
+    catalog: Path = typer.Option(None, help="Catalog YAML (default: the built-in one)."),  # noqa: B008
+    data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Train a router on the bootstrap data; print its model reference."""
+    import shutil
+    import tempfile
+
+    from services.catalog import CatalogError, load_catalog
+    from services.contracts.settings import MLflowSettings
+    from services.router.encoder import EncoderConfig, encoder_dir, file_sha256
+
+    from .registry import RegistryError, log_run, promote
+    from .settings import TrainingSettings
+    from .train import KINDS, TrainConfig, prepare, train_router
+
+    if kind not in KINDS:
+        raise _fail(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
+    try:
+        cat = load_catalog(catalog)
+    except CatalogError as exc:
+        raise _fail(str(exc)) from exc
+    settings = TrainingSettings()
+    bench = load_benchmark(
+        _data_dir(data_dir), [d.strip() for d in datasets.split(",") if d.strip()], max_rows
+    )
+    models = [m for m in bench.models if m in cat.model_ids]
+    cfg = TrainConfig(kind=kind, device=device, **({"epochs": epochs} if epochs else {}))
+    enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8)
+    t0 = time.perf_counter()
+    ts = prepare(bench, settings.cache_dir, enc_cfg, models, device=device)
+    t_embed = time.perf_counter() - t0
+    enc_sha = file_sha256(encoder_dir() / "model.safetensors")
+    tmp = Path(tempfile.mkdtemp(prefix="router-", dir=str(settings.state_dir)))
+    try:
+        manifest, metrics = train_router(
+            ts, cfg, cat, tmp, encoder=enc_cfg, encoder_sha=enc_sha, extra={"embed_seconds": t_embed}
+        )
+        dest = out or settings.routers_dir / manifest.version
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp), dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    metrics["embed_seconds"] = t_embed
+    typer.echo(
+        f"trained {manifest.version} on {len(ts.frame)} rows: embeddings {t_embed:.1f}s, "
+        f"heads+calibration {metrics['train_seconds']:.1f}s -> {dest}"
+    )
+    ref = str(dest.resolve())
+    if register:
+        ms = MLflowSettings()
+        try:
+            reg = log_run(
+                ms,
+                dest,
+                manifest,
+                {
+                    "train": cfg.model_dump(),
+                    "encoder": enc_cfg.to_dict(),
+                    "datasets": datasets,
+                    "max_rows": max_rows,
+                },
+                metrics,
+                register=True,
+                alias=alias,
+            )
+            ref = reg.ref
+            if promote_:
+                promote(ms, version=reg.version)
+                ref = f"models:/{ms.registered_model}@champion"
+                typer.echo(f"version {reg.version} is now champion")
+        except RegistryError as exc:
+            raise _fail(str(exc), 1) from exc
+    elif promote_:
+        raise _fail("--promote needs --register")
+    typer.echo(ref)
+
+
+@router_app.command("score")
+def score_cmd(
+    model: str = typer.Option(
+        ..., "--model", help="Router: a local artefact dir or models:/name@alias, models:/name/N."
+    ),
+    input_: Path = typer.Option(  # noqa: B008
+        ..., "--input", help='JSONL, one {"id": str, "prompt": str, "task": str|null} per line.'
+    ),
+    output: Path = typer.Option(  # noqa: B008
+        ..., "--output", help='JSONL, one {"id", "scores": {model: P}, "router_version"} per line.'
+    ),
+    batch_size: int = typer.Option(64, min=1, help="Queries per encoder batch."),
+    tracking_uri: str = typer.Option(
+        None, help="MLflow tracking URI (default SWITCHYARD_MLFLOW_TRACKING_URI)."
+    ),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Score prompts with a router (the scoring contract used by outside evaluation)."""
+    from pydantic import ValidationError
+
+    from services.contracts.settings import MLflowSettings
+    from services.router.artifact import RouterLoadError, load_router
+    from services.router.base import Query
+    from services.router.contract import ScoreInput
+
+    if not input_.is_file():
+        raise _fail(f"input file {input_} does not exist")
+    rows: list[ScoreInput] = []
+    with input_.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(ScoreInput.model_validate_json(line))
+            except ValidationError as exc:
+                errs = "; ".join(
+                    f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()
+                )
+                raise _fail(f"{input_}:{n}: invalid input line ({errs})") from exc
+    uri = tracking_uri or MLflowSettings().tracking_uri
+    try:
+        router = load_router(model, tracking_uri=uri, device=device)
+    except RouterLoadError as exc:
+        raise _fail(f"cannot load router {model!r}: {exc}", 1) from exc
+    t0 = time.perf_counter()
+    tmp = output.with_name(output.name + ".part")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            for start in range(0, len(rows), batch_size):
+                part = rows[start : start + batch_size]
+                scores = router.scores([Query(r.prompt, r.task) for r in part])
+                for r, s in zip(part, scores, strict=True):
+                    out.write(json.dumps({"id": r.id, "scores": s, "router_version": router.version}) + "\n")
+        os.replace(tmp, output)
+    except RouterLoadError as exc:
+        raise _fail(f"router {model!r} cannot score: {exc}", 1) from exc
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    dt = time.perf_counter() - t0
+    typer.echo(f"scored {len(rows)} prompts with {router.version} in {dt:.1f}s -> {output}", err=True)
+
+
+@router_app.command("eval")
+def eval_cmd(
+    out: Path = typer.Option(None, help="Report directory (default reports/router)."),  # noqa: B008
+    kinds: str = typer.Option("random,knn,mf,mlp", help="Routers to evaluate."),
+    folds: int = typer.Option(5, min=2, help="Out-of-fold folds."),
+    bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for intervals."),
+    groups: int = typer.Option(5, min=2, help="Leave-subjects-out groups."),
+    max_length: int = typer.Option(128, help="Encoder truncation (tokens)."),
+    int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
+    data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
+    log_mlflow: bool = typer.Option(False, "--mlflow", help="Also log the report to MLflow."),
+) -> None:
+    """Evaluate every router: out-of-fold curves, share@95, APGR, leave-subjects-out, cascade."""
+    from services.catalog import load_catalog
+    from services.router.encoder import EncoderConfig
+
+    from .evaluate import EvalConfig, run_evaluation
+    from .settings import TrainingSettings
+
+    settings = TrainingSettings()
+    cfg = EvalConfig(
+        kinds=[k.strip() for k in kinds.split(",") if k.strip()],
+        folds=folds,
+        bootstrap=bootstrap,
+        groups=groups,
+    )
+    bench = load_benchmark(_data_dir(data_dir), list(DATASETS))
+    report = run_evaluation(
+        bench,
+        cfg,
+        load_catalog(None),
+        settings.cache_dir,
+        EncoderConfig(max_length=max_length, quantize_int8=int8),
+        out or settings.reports_dir,
+    )
+    typer.echo(report.markdown_path.read_text(encoding="utf-8"))
+    if log_mlflow:
+        from services.contracts.settings import MLflowSettings
+
+        from .registry import RegistryError, log_report
+
+        try:
+            log_report(MLflowSettings(), report)
+        except RegistryError as exc:
+            raise _fail(str(exc), 1) from exc
+
+
+@router_app.command("promote")
+def promote_cmd(
+    version: str = typer.Option(None, help="Version to promote (default: the one behind --from-alias)."),
+    from_alias: str = typer.Option("challenger", help="Alias whose version is promoted."),
+    to_alias: str = typer.Option("champion", help="Alias to move."),
+) -> None:
+    """Move the ``champion`` alias (to the challenger by default)."""
+    from services.contracts.settings import MLflowSettings
+
+    from .registry import RegistryError, promote
+
+    ms = MLflowSettings()
+    try:
+        v = promote(ms, version=version, from_alias=from_alias, to_alias=to_alias)
+    except RegistryError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(f"models:/{ms.registered_model}@{to_alias} -> version {v}")
+
+
+@router_app.command("rollback")
+def rollback_cmd(alias: str = typer.Option("champion", help="Alias to move back.")) -> None:
+    """Move ``champion`` back to the version it had before the last promotion."""
+    from services.contracts.settings import MLflowSettings
+
+    from .registry import RegistryError, rollback
+
+    ms = MLflowSettings()
+    try:
+        v = rollback(ms, alias=alias)
+    except RegistryError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(f"models:/{ms.registered_model}@{alias} -> version {v}")
+
+
+@router_app.command("check")
+def check_cmd(
+    model: str = typer.Option(..., "--model", help="Router ref (dir or MLflow URI)."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI."),
+) -> None:
+    """Load a router, verify its files and run the smoke check."""
+    from services.contracts.settings import MLflowSettings
+    from services.router.artifact import RouterLoadError, load_router, smoke_check
+
+    try:
+        router = load_router(model, tracking_uri=tracking_uri or MLflowSettings().tracking_uri)
+        out = smoke_check(router)
+    except RouterLoadError as exc:
+        raise _fail(str(exc), 1) from exc
+    typer.echo(json.dumps({"version": router.version, "models": router.models, "smoke": out[:1]}, indent=1))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    router_app(sys.argv[1:])

@@ -1,0 +1,305 @@
+"""Collect the data of one retrain run: the bootstrap benchmark data, plus the outcomes and hard
+queries read back from Kafka for the requested window (bounded by count and age).
+
+Splits are by prompt hash (:func:`training.splits.kfold`): fold 0 is the held-out set both the
+champion and the challenger are measured on (it keeps every row of the drifting tasks), the other
+folds train. Fresh labels (live outcomes, distilled labels) override the benchmark's label of the
+model they grade for that prompt, in training and held-out rows alike: they are the current truth.
+Tasks in ``exclude_tasks`` contribute no benchmark labels to training, only fresh ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from services.contracts import HardQueryEvent, OutcomeEvent, prompt_hash
+from services.contracts.events import ContractError, Event
+from services.contracts.topics import HARD_QUERIES, OUTCOMES, TopicSpec, topic_name
+
+from .data import LABEL, DataNotFoundError, load_gsm8k, load_mmlu, load_routerbench
+from .splits import kfold
+
+log = logging.getLogger(__name__)
+
+LOADERS = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "routerbench": load_routerbench}
+WEIGHT = "weight"
+SOURCE = "source"
+FRESH = "fresh"
+
+
+@dataclass
+class KafkaWindow:
+    """What was read from one topic."""
+
+    events: list[Event]
+    read: int = 0
+    invalid: int = 0
+    too_old: int = 0
+
+
+@dataclass
+class Collected:
+    """The inputs of a run, before distillation."""
+
+    frame: pd.DataFrame  # bootstrap rows (+ weight, source); labels NaN where not graded
+    outcomes: list[OutcomeEvent] = field(default_factory=list)
+    hard_queries: list[HardQueryEvent] = field(default_factory=list)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def load_bootstrap(
+    data_dir: Path, datasets: list[str], max_rows: int | None, tasks: list[str], seed: int = 0
+) -> pd.DataFrame:
+    """The benchmark rows used by a run: a deterministic subsample of each dataset (``max_rows``)
+    plus every row of ``tasks`` (the drifting tasks need enough held-out rows to be judged)."""
+    unknown = [d for d in datasets if d not in LOADERS]
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown} (known: {sorted(LOADERS)})")
+    frames = []
+    for d in datasets:
+        try:
+            f = LOADERS[d](data_dir).frame
+        except DataNotFoundError as exc:
+            log.warning("skipping dataset %s: %s", d, exc)
+            continue
+        keep = f["task"].isin(tasks) | (d in tasks)
+        if max_rows and len(f) > max_rows:
+            sample = f.sample(n=max_rows, random_state=seed)
+            f = pd.concat([sample, f[keep.to_numpy()]]).drop_duplicates(subset="id")
+        frames.append(f)
+    if not frames:
+        raise DataNotFoundError(f"no benchmark data under {data_dir}")
+    frame = pd.concat(frames, ignore_index=True)
+    label_cols = [c for c in frame.columns if c.startswith(LABEL)]
+    frame = frame[[c for c in frame.columns if not c.startswith(LABEL)] + label_cols].reset_index(drop=True)
+    frame[WEIGHT] = 1
+    frame[SOURCE] = "bootstrap"
+    return frame
+
+
+def holdout_mask(frame: pd.DataFrame, folds: int) -> np.ndarray:
+    """Held-out rows: fold 0 of ``folds`` by prompt hash (stable across runs and routers)."""
+    return kfold(frame["prompt_hash"], folds, seed=0) == 0
+
+
+async def _partitions(bootstrap: str, topic: str) -> list[int]:
+    """Partition ids of ``topic`` (from the admin API: a group-less consumer has no metadata for it)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        meta = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return sorted(p["partition"] for p in meta[0]["partitions"])
+
+
+async def read_topic(
+    bootstrap: str,
+    spec: TopicSpec,
+    prefix: str,
+    *,
+    since: datetime,
+    until: datetime | None,
+    max_records: int,
+    timeout_s: float = 60.0,
+) -> KafkaWindow:
+    """Every valid record of a topic with ``since <= ts <= until`` (newest ``max_records`` kept),
+    read from the broker's offsets for ``since`` to the current end; invalid records are counted."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    topic = topic_name(spec, prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        client_id="switchyard-train-collect",
+    )
+    await consumer.start()
+    out = KafkaWindow(events=[])
+    kept: deque[Event] = deque(maxlen=max_records)
+    try:
+        if topic not in await consumer.topics():
+            log.warning("topic %s does not exist: nothing to collect", topic)
+            return out
+        tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic)]
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
+        todo = {}
+        for tp in tps:
+            off = starts.get(tp)
+            if off is None or off.offset >= end[tp]:
+                continue
+            consumer.seek(tp, off.offset)
+            todo[tp] = end[tp]
+        async with asyncio.timeout(timeout_s):
+            while todo:
+                batch = await consumer.getmany(*todo.keys(), timeout_ms=1000, max_records=2000)
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.offset >= todo.get(tp, 0):
+                            continue
+                        out.read += 1
+                        try:
+                            ev = spec.model.from_bytes(r.value)
+                        except ContractError:
+                            out.invalid += 1
+                            continue
+                        ts = getattr(ev, "ts", None)
+                        if ts is not None and (ts < since or (until is not None and ts > until)):
+                            out.too_old += 1
+                            continue
+                        kept.append(ev)
+                for tp in list(todo):
+                    if await consumer.position(tp) >= todo[tp]:
+                        del todo[tp]
+    finally:
+        await consumer.stop()
+    out.events = list(kept)
+    return out
+
+
+async def collect_kafka(
+    bootstrap: str,
+    prefix: str,
+    *,
+    since: datetime,
+    until: datetime | None,
+    max_records: int,
+    tasks: list[str] | None = None,
+) -> tuple[list[OutcomeEvent], list[HardQueryEvent], dict]:
+    """Outcomes and hard queries of the window (hard queries restricted to ``tasks`` when given)."""
+    oc = await read_topic(bootstrap, OUTCOMES, prefix, since=since, until=until, max_records=max_records)
+    hq = await read_topic(bootstrap, HARD_QUERIES, prefix, since=since, until=until, max_records=max_records)
+    hard = [h for h in hq.events if not tasks or h.task in tasks]  # type: ignore[attr-defined]
+    stats = {
+        "outcomes_read": oc.read,
+        "outcomes_invalid": oc.invalid,
+        "outcomes_kept": len(oc.events),
+        "hard_read": hq.read,
+        "hard_invalid": hq.invalid,
+        "hard_kept": len(hard),
+        "outside_window": oc.too_old + hq.too_old,
+    }
+    return oc.events, hard, stats  # type: ignore[return-value]
+
+
+def window_bounds(
+    start: datetime | None,
+    end: datetime | None,
+    *,
+    window_s: float,
+    max_age_s: float,
+    now: datetime | None = None,
+) -> tuple[datetime, datetime]:
+    """The window to read: the request's, else the last ``window_s``; never older than ``max_age_s``."""
+    now = now or datetime.now(UTC)
+    end = end or now
+    start = start or end - timedelta(seconds=window_s)
+    return max(start, now - timedelta(seconds=max_age_s)), end
+
+
+def prompt_lookup(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """prompt_hash → (prompt, task) of the bootstrap rows (to restore redacted prompts)."""
+    return {h: (p, t) for h, p, t in zip(frame["prompt_hash"], frame["prompt"], frame["task"], strict=True)}
+
+
+def fresh_labels_from_outcomes(
+    outcomes: list[OutcomeEvent], lookup: dict[str, tuple[str, str]]
+) -> pd.DataFrame:
+    """One row per (prompt, model) graded live: prompt_hash, prompt, task, model, label, weight.
+    The latest signal per (prompt, model) wins; redacted prompts unknown to the bootstrap are dropped."""
+    rows: dict[tuple[str, str], dict] = {}
+    for o in sorted(outcomes, key=lambda o: o.ts):
+        prompt = o.prompt or lookup.get(o.prompt_hash, (None, None))[0]
+        if not prompt:
+            continue
+        rows[(o.prompt_hash, o.chosen_model)] = {
+            "prompt_hash": o.prompt_hash,
+            "prompt": prompt,
+            "task": o.task,
+            "model": o.chosen_model,
+            "label": float(o.score),
+            "weight": 1,
+            "source": "outcome",
+        }
+    return pd.DataFrame(
+        list(rows.values()), columns=["prompt_hash", "prompt", "task", "model", "label", "weight", "source"]
+    )
+
+
+def apply_fresh(
+    frame: pd.DataFrame, fresh: pd.DataFrame, models: list[str], exclude_tasks: list[str]
+) -> pd.DataFrame:
+    """Merge fresh labels into the benchmark rows (they override the label of the model they grade),
+    add rows for prompts the benchmark lacks, and record per row which labels are fresh (``fresh``).
+    Rows of ``exclude_tasks`` without fresh labels get weight 0 (held-out only)."""
+    f = frame.copy()
+    for m in models:
+        if LABEL + m not in f:
+            f[LABEL + m] = np.nan
+    f[FRESH] = ""
+    f.loc[f["task"].isin(exclude_tasks).to_numpy(), WEIGHT] = 0
+    if fresh.empty:
+        return f
+    index = {h: i for i, h in enumerate(f["prompt_hash"])}
+    new_rows: dict[str, dict] = {}
+    for r in fresh.itertuples(index=False):
+        if r.model not in models:
+            continue
+        i = index.get(r.prompt_hash)
+        if i is not None:
+            f.at[i, LABEL + r.model] = r.label
+            f.at[i, WEIGHT] = max(int(f.at[i, WEIGHT]), int(r.weight))
+            f.at[i, FRESH] = f.at[i, FRESH] + "|" + r.model
+            if f.at[i, SOURCE] == "bootstrap" or r.source == "distilled":
+                f.at[i, SOURCE] = r.source
+            continue
+        row = new_rows.setdefault(
+            r.prompt_hash,
+            {
+                "id": f"live-{r.prompt_hash[:16]}",
+                "dataset": "live",
+                "task": r.task,
+                "prompt": r.prompt,
+                "prompt_hash": r.prompt_hash,
+                WEIGHT: int(r.weight),
+                SOURCE: r.source,
+                FRESH: "",
+                **{LABEL + m: np.nan for m in models},
+            },
+        )
+        row[LABEL + r.model] = r.label
+        row[WEIGHT] = max(row[WEIGHT], int(r.weight))
+        row[FRESH] += "|" + r.model
+    if new_rows:
+        f = pd.concat([f, pd.DataFrame(list(new_rows.values()))], ignore_index=True)
+    return f
+
+
+def training_rows(
+    frame: pd.DataFrame, holdout: np.ndarray, models: list[str], exclude_tasks: list[str]
+) -> pd.DataFrame:
+    """Training rows (not held out, weight > 0), each repeated ``weight`` times (label weighting);
+    rows of ``exclude_tasks`` keep only their fresh labels."""
+    keep = ~np.asarray(holdout, bool) & (frame[WEIGHT].to_numpy() > 0)
+    f = frame[keep].copy()
+    excluded = f["task"].isin(exclude_tasks)
+    for m in models:
+        stale = excluded & ~f[FRESH].str.contains("|" + m, regex=False)
+        f.loc[stale, LABEL + m] = np.nan
+    return f.loc[f.index.repeat(f[WEIGHT].astype(int))].reset_index(drop=True)
+
+
+def hash_of(text: str) -> str:
+    return prompt_hash(text)

@@ -1,0 +1,136 @@
+"""Measure a router on held-out data the way it will serve: calibrated scores → the policy at the
+quality target → the chosen model's real graded answer. Feeds :mod:`training.gate`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from services.catalog import Catalog
+from services.router.heads import features
+from services.router.policy import choose
+
+from .data import GPT4, MIXTRAL
+from .gate import Evaluation, TaskMetrics
+from .metrics import ece, two_tier_curve
+from .train import TrainingSet
+
+log = logging.getLogger(__name__)
+
+
+def _task_metrics(labels: np.ndarray, chosen: np.ndarray, prices: np.ndarray, strong: int) -> TaskMetrics:
+    rows = np.arange(len(chosen))
+    got = labels[rows, chosen]
+    ys = labels[:, strong]
+    keep = ~np.isnan(got) & ~np.isnan(ys)
+    n = int(keep.sum())
+    if n == 0:
+        return TaskMetrics(
+            n=0,
+            quality=float("nan"),
+            strong_quality=float("nan"),
+            quality_ratio=float("nan"),
+            cost_ratio=float("nan"),
+            strong_share=float("nan"),
+        )
+    q, qs = float(got[keep].mean()), float(ys[keep].mean())
+    return TaskMetrics(
+        n=n,
+        quality=q,
+        strong_quality=qs,
+        quality_ratio=q / qs if qs > 0 else 1.0,
+        cost_ratio=float(prices[chosen[keep]].mean() / prices[strong]),
+        strong_share=float((chosen[keep] == strong).mean()),
+    )
+
+
+def evaluate_router(
+    router, holdout: TrainingSet, catalog: Catalog, quality_target: float = 0.95
+) -> Evaluation:  # noqa: ANN001
+    """The router's policy on ``holdout`` (embeddings precomputed): overall and per task quality,
+    cost ratio, strong share, two-tier APGR and ECE. Only models graded on a row are candidates."""
+    models = holdout.models
+    r_models = list(router.models)
+    missing = [m for m in models if m not in r_models]
+    if missing:
+        raise ValueError(f"router {router.version} does not score {missing}")
+    x_idx = [r_models.index(m) for m in models]
+    x = features(holdout.embeddings, holdout.tasks, router.manifest.task_vocab)
+    logits = router.head.logits(x)
+    probs = router.calibration.apply(logits, holdout.tasks)[:, x_idx]
+    labels = holdout.labels
+    prices = np.array([catalog.blended_price(m) for m in models])
+    strong = models.index(catalog.strong_model)
+    p = np.where(np.isnan(labels), np.nan, probs)
+    tasks = np.array(holdout.tasks)
+    thr = np.array([router.calibration.table(t)[0].threshold(quality_target) for t in holdout.tasks])
+    # rows with no graded strong answer cannot be measured against the strong model
+    measurable = ~np.isnan(labels[:, strong])
+    chosen = choose(p, prices, thr, strong=strong, rule=router.calibration.rule)
+    overall = _task_metrics(labels[measurable], chosen[measurable], prices, strong)
+    per_task = {}
+    for t in sorted(set(holdout.tasks)):
+        m = (tasks == t) & measurable
+        if m.any():
+            per_task[t] = _task_metrics(labels[m], chosen[m], prices, strong)
+    apgr = float("nan")
+    if MIXTRAL in models and GPT4 in models:
+        si, wi = models.index(GPT4), models.index(MIXTRAL)
+        two = ~np.isnan(labels[:, si]) & ~np.isnan(labels[:, wi])
+        if two.sum() >= 10:
+            apgr = two_tier_curve(probs[two, si] - probs[two, wi], labels[two, si], labels[two, wi]).apgr()
+    return Evaluation(
+        router_version=router.version,
+        quality_target=quality_target,
+        overall=overall,
+        per_task=per_task,
+        apgr=apgr,
+        ece=ece(probs, labels),
+    )
+
+
+def plot_comparison(
+    champion: Evaluation | None, challenger: Evaluation, drift_tasks: list[str], path: Path
+) -> Path:
+    """Bar chart of per-task quality ratio and cost ratio, champion vs challenger (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted(challenger.per_task, key=lambda t: (t not in drift_tasks, -challenger.per_task[t].n))[:25]
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, len(tasks) * 0.5), 8), sharex=True)
+    x = np.arange(len(tasks))
+    for ax, key, title in (
+        (axes[0], "quality_ratio", "quality / strong model"),
+        (axes[1], "cost_ratio", "cost / strong model"),
+    ):
+        if champion is not None:
+            ax.bar(
+                x - 0.2,
+                [
+                    getattr(champion.per_task.get(t), key, np.nan) if t in champion.per_task else np.nan
+                    for t in tasks
+                ],
+                0.4,
+                label=f"champion {champion.router_version}",
+            )
+        ax.bar(
+            x + 0.2,
+            [getattr(challenger.per_task[t], key) for t in tasks],
+            0.4,
+            label=f"challenger {challenger.router_version}",
+        )
+        if key == "quality_ratio":
+            ax.axhline(challenger.quality_target, color="grey", lw=0.8)
+        ax.set_ylabel(title)
+        ax.legend(fontsize=8)
+    axes[1].set_xticks(x, [t + (" *" if t in drift_tasks else "") for t in tasks], rotation=70, fontsize=7)
+    axes[0].set_title("gate: per task at the quality target (* = drifting)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,249 @@
+"""The promotion gate: challenger vs champion on the same held-out data (pure logic, no I/O).
+
+Both routers are measured by :func:`training.compare.evaluate_router` on one held-out split that
+includes the drifting tasks; this module only compares the two :class:`Evaluation` s:
+
+1. per task: the challenger's quality (share of the strong model's quality kept by the policy at
+   the quality target) is not worse than the champion's by more than that task's margin;
+2. each drifting task is repaired: its quality reaches ``quality_target - repair_margin``;
+3. overall not worse: quality within ``overall_margin``, APGR within ``apgr_margin``, cost per
+   request on the tasks that are not drifting within ``cost_margin`` (relative; repairing a task
+   may legitimately cost more on it);
+4. calibration (ECE) not worse by more than ``ece_margin``.
+
+The verdict lists every check with its numbers; ``reasons`` are the failed ones (or a summary of
+a pass). A failing challenger is never promoted.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TaskMetrics(BaseModel):
+    """A router's policy at the quality target on one slice of the held-out data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int = Field(ge=0)
+    quality: float = Field(description="Mean correctness of the chosen models' answers.")
+    strong_quality: float = Field(description="Mean correctness of the strong model on the same rows.")
+    quality_ratio: float = Field(description="quality / strong_quality (1.0 = as good as always-strong).")
+    cost_ratio: float = Field(description="Mean price of the chosen model / the strong model's price.")
+    strong_share: float = Field(description="Share of rows sent to the strong model.")
+
+
+class Evaluation(BaseModel):
+    """Everything the gate needs about one router on the held-out data."""
+
+    model_config = ConfigDict(frozen=True)
+
+    router_version: str
+    quality_target: float
+    overall: TaskMetrics
+    per_task: dict[str, TaskMetrics]
+    apgr: float = Field(
+        description="Two-tier APGR (strong vs cheap) of the router's ranking; NaN if no such rows."
+    )
+    ece: float = Field(description="Expected calibration error of the calibrated scores.")
+
+
+class GateConfig(BaseModel):
+    """Margins of the gate (``SWITCHYARD_TRAIN_*`` settings feed these)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quality_target: float = Field(default=0.95, gt=0, le=1)
+    task_margin: float = Field(default=0.03, ge=0, description="Allowed per-task quality_ratio drop.")
+    task_margins: dict[str, float] = Field(default_factory=dict, description="Per-task overrides.")
+    repair_margin: float = Field(default=0.05, ge=0, description="Drifting task must reach target - this.")
+    overall_margin: float = Field(default=0.01, ge=0, description="Allowed overall quality_ratio drop.")
+    apgr_margin: float = Field(default=0.05, ge=0)
+    cost_margin: float = Field(default=0.25, ge=0, description="Allowed relative cost rise on stable tasks.")
+    ece_margin: float = Field(default=0.03, ge=0)
+    min_task_rows: int = Field(
+        default=20, ge=1, description="Tasks with fewer held-out rows are not gated alone."
+    )
+    first_min_quality: float = Field(
+        default=0.85, ge=0, le=1, description="No champion yet: overall quality needed."
+    )
+
+    def margin(self, task: str) -> float:
+        return self.task_margins.get(task, self.task_margin)
+
+
+class Check(BaseModel):
+    """One gate rule's outcome."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class Verdict(BaseModel):
+    """The gate's decision with its reasons (logged to MLflow; a failed one is never promoted)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    passed: bool
+    reasons: list[str]
+    checks: list[Check]
+    challenger: str
+    champion: str | None
+
+    def summary(self) -> str:
+        head = "PASS" if self.passed else "FAIL"
+        return f"{head}: " + "; ".join(self.reasons)
+
+
+def _nan(x: float) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def gate(
+    challenger: Evaluation,
+    champion: Evaluation | None,
+    cfg: GateConfig,
+    drift_tasks: list[str] | tuple[str, ...] = (),
+) -> Verdict:
+    """Compare ``challenger`` with ``champion`` (None: first model) under ``cfg``; see module doc."""
+    checks: list[Check] = []
+    drift = list(dict.fromkeys(drift_tasks))
+
+    # 1. no task worse than the champion beyond its margin
+    if champion is not None:
+        for task in sorted(set(challenger.per_task) & set(champion.per_task)):
+            new, old = challenger.per_task[task], champion.per_task[task]
+            if min(new.n, old.n) < cfg.min_task_rows:
+                continue
+            m = cfg.margin(task)
+            ok = new.quality_ratio >= old.quality_ratio - m - 1e-12
+            checks.append(
+                Check(
+                    name=f"task:{task}",
+                    passed=ok,
+                    detail=f"task {task}: quality {new.quality_ratio:.3f} "
+                    f"vs champion {old.quality_ratio:.3f} "
+                    f"(margin {m:.3f}, n={new.n})",
+                )
+            )
+
+    # 2. drifting tasks repaired
+    line = cfg.quality_target - cfg.repair_margin
+    for task in drift:
+        new = challenger.per_task.get(task)
+        if new is None or new.n == 0:
+            checks.append(
+                Check(
+                    name=f"repair:{task}",
+                    passed=False,
+                    detail=f"drifting task {task}: no held-out rows to verify the repair",
+                )
+            )
+            continue
+        ok = new.quality_ratio >= line - 1e-12
+        before = champion.per_task.get(task) if champion is not None else None
+        was = f", champion {before.quality_ratio:.3f}" if before is not None else ""
+        checks.append(
+            Check(
+                name=f"repair:{task}",
+                passed=ok,
+                detail=f"drifting task {task}: quality {new.quality_ratio:.3f}{was} "
+                f"(needs >= {line:.3f}, n={new.n})",
+            )
+        )
+
+    # 3. overall not worse
+    if champion is not None:
+        new, old = challenger.overall, champion.overall
+        ok = new.quality_ratio >= old.quality_ratio - cfg.overall_margin - 1e-12
+        checks.append(
+            Check(
+                name="overall:quality",
+                passed=ok,
+                detail=f"overall quality {new.quality_ratio:.3f} vs champion {old.quality_ratio:.3f} "
+                f"(margin {cfg.overall_margin:.3f})",
+            )
+        )
+        if not (_nan(challenger.apgr) or _nan(champion.apgr)):
+            ok = challenger.apgr >= champion.apgr - cfg.apgr_margin - 1e-12
+            checks.append(
+                Check(
+                    name="overall:apgr",
+                    passed=ok,
+                    detail=f"APGR {challenger.apgr:.3f} vs champion {champion.apgr:.3f} "
+                    f"(margin {cfg.apgr_margin:.3f})",
+                )
+            )
+        stable = [t for t in set(challenger.per_task) & set(champion.per_task) if t not in drift]
+        n_new = sum(challenger.per_task[t].n for t in stable)
+        n_old = sum(champion.per_task[t].n for t in stable)
+        if n_new and n_old:
+            c_new = sum(challenger.per_task[t].cost_ratio * challenger.per_task[t].n for t in stable) / n_new
+            c_old = sum(champion.per_task[t].cost_ratio * champion.per_task[t].n for t in stable) / n_old
+            ok = c_new <= c_old * (1 + cfg.cost_margin) + 1e-12
+            checks.append(
+                Check(
+                    name="overall:cost",
+                    passed=ok,
+                    detail=f"cost ratio on stable tasks {c_new:.3f} vs champion {c_old:.3f} "
+                    f"(relative margin {cfg.cost_margin:.2f})",
+                )
+            )
+        if not (_nan(challenger.ece) or _nan(champion.ece)):
+            ok = challenger.ece <= champion.ece + cfg.ece_margin + 1e-12
+            checks.append(
+                Check(
+                    name="calibration",
+                    passed=ok,
+                    detail=f"ECE {challenger.ece:.3f} vs champion {champion.ece:.3f} "
+                    f"(margin {cfg.ece_margin:.3f})",
+                )
+            )
+    else:
+        ok = challenger.overall.quality_ratio >= cfg.first_min_quality - 1e-12
+        checks.append(
+            Check(
+                name="overall:quality",
+                passed=ok,
+                detail=f"no champion: overall quality {challenger.overall.quality_ratio:.3f} "
+                f"(needs >= {cfg.first_min_quality:.3f})",
+            )
+        )
+
+    failed = [c.detail for c in checks if not c.passed]
+    passed = not failed
+    reasons = (
+        failed
+        if failed
+        else [
+            f"all {len(checks)} checks passed; overall quality {challenger.overall.quality_ratio:.3f} "
+            f"at cost ratio "
+            f"{challenger.overall.cost_ratio:.3f}"
+            + (
+                f" (champion {champion.overall.quality_ratio:.3f} at {champion.overall.cost_ratio:.3f})"
+                if champion is not None
+                else ""
+            )
+        ]
+    )
+    return Verdict(
+        passed=passed,
+        reasons=reasons,
+        checks=checks,
+        challenger=challenger.router_version,
+        champion=champion.router_version if champion is not None else None,
+    )
+
+
+def metrics_of(prefix: str, ev: Evaluation) -> dict[str, float]:
+    """Flat MLflow metrics of an evaluation (``<prefix>.overall.quality_ratio``, per task, ...)."""
+    out: dict[str, float] = {f"{prefix}.apgr": ev.apgr, f"{prefix}.ece": ev.ece}
+    for name, tm in [("overall", ev.overall), *((f"task.{t}", m) for t, m in ev.per_task.items())]:
+        for k in ("quality_ratio", "cost_ratio", "strong_share", "quality"):
+            out[f"{prefix}.{name}.{k}"] = float(getattr(tm, k))
+    return {k: v for k, v in out.items() if not _nan(v)}

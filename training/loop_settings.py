@@ -1,0 +1,100 @@
+"""Settings of the closed loop (``SWITCHYARD_TRAIN_*``): budget, margins, window, schedule.
+
+Built in entrypoints (``switchyard train ...``), never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .gate import GateConfig
+
+
+class LoopSettings(BaseSettings):
+    """Everything the retrain worker needs besides Kafka/MLflow/data settings."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_TRAIN_", env_file=None, extra="ignore")
+
+    # collect
+    datasets: list[str] = Field(default_factory=lambda: ["mmlu", "gsm8k", "routerbench"])
+    max_rows: int | None = Field(default=400, ge=1, description="Bootstrap rows per dataset (None: all).")
+    exclude_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks left out of the bootstrap training rows (e.g. a task that appears later).",
+    )
+    window_s: float = Field(default=3600.0, gt=0, description="Default look-back for outcomes/hard queries.")
+    max_age_s: float = Field(
+        default=7 * 86400.0, gt=0, description="Never use Kafka records older than this."
+    )
+    max_records: int = Field(
+        default=20000, ge=1, description="At most this many records per topic (newest kept)."
+    )
+    holdout_folds: int = Field(
+        default=5, ge=2, description="Held-out split = fold 0 of this many (by prompt hash)."
+    )
+    # distillation
+    budget_usd: float = Field(default=1.0, ge=0, description="Distillation spend cap per run (USD).")
+    budget_calls: int = Field(default=200, ge=0, description="Distillation upstream-call cap per run.")
+    clusters: int = Field(default=8, ge=1)
+    max_queries: int = Field(default=60, ge=0, description="Hard queries to label per run at most.")
+    label_models: list[str] = Field(
+        default_factory=lambda: ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"],
+        description="Models whose answers are obtained and judged per distilled query.",
+    )
+    cheap_model: str = Field(
+        default="mistralai/Mixtral-8x7B-Instruct-v0.1", description="Fine-tuning export target."
+    )
+    catalog: Path | None = Field(
+        default=None, description="Catalog YAML for the providers (default: built-in)."
+    )
+    judge_model: str = "switchyard/judge"
+    judge_provider: str = "emulator-openai"
+    judge_price_per_m: float = Field(
+        default=24.7, ge=0, description="USD per 1M judge tokens (for the budget)."
+    )
+    max_tokens: int = Field(default=512, ge=1, description="Completion cap per distillation call.")
+    distill_weight: float = Field(default=3.0, ge=0, description="Base weight of a distilled label.")
+    max_weight: int = Field(default=8, ge=1)
+    # training
+    kind: str = "mlp"
+    epochs: int = Field(default=15, ge=1)
+    warm_start: bool = True
+    calibration_folds: int = Field(default=3, ge=2)
+    # gate
+    quality_target: float = Field(default=0.95, gt=0, le=1)
+    task_margin: float = Field(default=0.03, ge=0)
+    task_margins: dict[str, float] = Field(default_factory=dict)
+    repair_margin: float = Field(default=0.05, ge=0)
+    overall_margin: float = Field(default=0.01, ge=0)
+    apgr_margin: float = Field(default=0.05, ge=0)
+    cost_margin: float = Field(default=0.25, ge=0)
+    ece_margin: float = Field(default=0.03, ge=0)
+    min_task_rows: int = Field(default=20, ge=1)
+    first_min_quality: float = Field(
+        default=0.85, ge=0, le=1, description="Gate for the first model (no champion)."
+    )
+    # promotion and worker
+    auto_promote: bool = Field(default=True, description="Move champion when the gate passes.")
+    redeploy: bool = Field(default=True, description="Hot-swap a running local gateway after promotion.")
+    coalesce_s: float = Field(
+        default=5.0, ge=0, description="Wait this long after a request for more to merge."
+    )
+    schedule_s: float | None = Field(default=None, gt=0, description="Also retrain every this many seconds.")
+    group_id: str = "switchyard-retrain"
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig(
+            quality_target=self.quality_target,
+            task_margin=self.task_margin,
+            task_margins=self.task_margins,
+            repair_margin=self.repair_margin,
+            overall_margin=self.overall_margin,
+            apgr_margin=self.apgr_margin,
+            cost_margin=self.cost_margin,
+            ece_margin=self.ece_margin,
+            min_task_rows=self.min_task_rows,
+            first_min_quality=self.first_min_quality,
+        )

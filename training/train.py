@@ -1,0 +1,406 @@
+"""Training: frozen-encoder embeddings (cached) → router heads → calibration → an artefact.
+
+``train_router`` is what ``switchyard router train`` and ``make router`` run: out-of-fold
+predictions on the training data fit the calibration (Platt per model and task, threshold tables
+per task), then the head is refitted on all rows and saved with the cascade answer scorer.
+Labels missing for a model (a dataset that did not grade it) are masked out of the loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.catalog import Catalog
+from services.router.artifact import CascadeSpec, Manifest, save_router
+from services.router.calibration import (
+    MIN_TASK_ROWS,
+    Calibration,
+    ThresholdTable,
+    fit_platt,
+    fit_table,
+)
+from services.router.cascade import FEATURE_NAMES, answer_feature_matrix
+from services.router.encoder import Encoder, EncoderConfig, pick_device
+from services.router.heads import HEADS, features, make_head, sigmoid
+
+from .data import MIXTRAL, Benchmark
+from .embeddings import EmbeddingCache
+from .splits import kfold
+
+log = logging.getLogger(__name__)
+
+KINDS = ("random", "knn", "mf", "mlp")
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one router training run (logged to MLflow as params)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field(default="mlp", description=f"one of {KINDS}")
+    hidden: int = Field(default=128, ge=1)
+    rank: int = Field(default=64, ge=1, description="mf: factor dimension")
+    epochs: int = Field(default=12, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    batch_size: int = Field(default=512, ge=1)
+    k: int = Field(default=64, ge=1, description="knn: neighbours")
+    knn_temperature: float = Field(default=0.05, gt=0)
+    calibration_folds: int = Field(default=5, ge=2)
+    seed: int = 0
+    device: str | None = None
+    cascade_model: str | None = MIXTRAL
+    rule: str = "gap"
+
+
+@dataclass
+class TrainingSet:
+    """Features of a benchmark: embeddings, tasks, labels (n, M; NaN = not graded), prices."""
+
+    frame: pd.DataFrame
+    embeddings: np.ndarray
+    tasks: list[str]
+    labels: np.ndarray
+    models: list[str]
+
+    def subset(self, mask: np.ndarray) -> TrainingSet:
+        mask = np.asarray(mask, dtype=bool)
+        return TrainingSet(
+            self.frame[mask].reset_index(drop=True),
+            self.embeddings[mask],
+            [t for t, k in zip(self.tasks, mask, strict=True) if k],
+            self.labels[mask],
+            self.models,
+        )
+
+
+def prepare(
+    bench: Benchmark,
+    cache_dir: Path,
+    encoder: EncoderConfig | None = None,
+    models: list[str] | None = None,
+    *,
+    device: str | None = None,
+) -> TrainingSet:
+    """Embed (through the cache) and tabulate a benchmark for training."""
+    enc = Encoder(encoder or EncoderConfig(), device=device)
+    cache = EmbeddingCache(cache_dir, enc)
+    f = bench.frame
+    emb = cache.embed(f["prompt"].tolist(), f["prompt_hash"].tolist())
+    models = models or bench.models
+    labels = bench.labels(models).to_numpy(dtype=np.float64)
+    return TrainingSet(f, emb, f["task"].tolist(), labels, list(models))
+
+
+def _prior(y: np.ndarray) -> np.ndarray:
+    """Mean label per model (NaN where a model has no label in ``y``)."""
+    have = (~np.isnan(y)).sum(axis=0)
+    total = np.nansum(y, axis=0)
+    return np.where(have > 0, total / np.maximum(have, 1), np.nan)
+
+
+def _torch_fit(
+    kind: str, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, init: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
+    import torch
+
+    device = pick_device(cfg.device)
+    threads = torch.get_num_threads()
+    if device == "cpu":
+        # the head's matrices are small: one thread avoids OpenMP spin contention on shared cores
+        torch.set_num_threads(1)
+    try:
+        return _torch_fit_on(kind, x, y, cfg, device, init)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _torch_fit_on(
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    device: str,
+    init: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    d, m = x.shape[1], y.shape[1]
+    prior = _prior(y)
+    prior = np.where(np.isnan(prior), 0.5, prior)
+    b0 = torch.tensor(
+        np.log(np.clip(prior, 1e-3, 1 - 1e-3) / (1 - np.clip(prior, 1e-3, 1 - 1e-3))), dtype=torch.float32
+    )
+    if kind == "mlp":
+        net = torch.nn.Sequential(
+            torch.nn.Linear(d, cfg.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(cfg.dropout),
+            torch.nn.Linear(cfg.hidden, m),
+        )
+        with torch.no_grad():
+            net[3].bias.copy_(b0)
+            shapes_fit = init is not None and init["w1"].shape == (d, cfg.hidden)
+            if shapes_fit and init["w2"].shape == (cfg.hidden, m):
+                # warm start (the closed loop): continue from the champion's weights
+                net[0].weight.copy_(torch.tensor(init["w1"].T))
+                net[0].bias.copy_(torch.tensor(init["b1"]))
+                net[3].weight.copy_(torch.tensor(init["w2"].T))
+                net[3].bias.copy_(torch.tensor(init["b2"]))
+    elif kind == "mf":
+
+        class MF(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.proj = torch.nn.Linear(d, cfg.rank, bias=False)
+                self.model_emb = torch.nn.Parameter(torch.randn(m, cfg.rank) * 0.1 + 1.0)
+                self.w = torch.nn.Parameter(torch.randn(cfg.rank) * 0.1)
+                self.bias = torch.nn.Parameter(b0.clone())
+                self.drop = torch.nn.Dropout(cfg.dropout)
+
+            def forward(self, xb: torch.Tensor) -> torch.Tensor:
+                q = self.drop(self.proj(xb))
+                return (q[:, None, :] * self.model_emb[None]) @ self.w + self.bias
+
+        net = MF()
+    else:  # pragma: no cover - guarded by fit_head
+        raise ValueError(kind)
+    net = net.to(device)
+    xt = torch.tensor(x, dtype=torch.float32, device=device)
+    mask = ~np.isnan(y)
+    yt = torch.tensor(np.nan_to_num(y), dtype=torch.float32, device=device)
+    mt = torch.tensor(mask, dtype=torch.float32, device=device)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n = len(x)
+    steps = cfg.epochs * max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    net.train()
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, cfg.batch_size):
+            idx = perm[start : start + cfg.batch_size]
+            logits = net(xt[idx])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, yt[idx], weight=mt[idx], reduction="sum"
+            )
+            loss = loss / mt[idx].sum().clamp(min=1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    net.eval()
+    if kind == "mlp":
+        return {
+            "w1": net[0].weight.detach().cpu().numpy().T,
+            "b1": net[0].bias.detach().cpu().numpy(),
+            "w2": net[3].weight.detach().cpu().numpy().T,
+            "b2": net[3].bias.detach().cpu().numpy(),
+        }
+    return {
+        "proj": net.proj.weight.detach().cpu().numpy().T,
+        "model_emb": net.model_emb.detach().cpu().numpy(),
+        "w": net.w.detach().cpu().numpy(),
+        "bias": net.bias.detach().cpu().numpy(),
+    }
+
+
+def fit_head(
+    kind: str,
+    emb: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    init: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Fit one head; returns (weights, options)."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown router kind {kind!r} (known: {sorted(HEADS)})")
+    if kind == "random":
+        return {"n_models": np.array([y.shape[1]], dtype=np.float32)}, {"seed": cfg.seed}
+    if kind == "knn":
+        prior = _prior(y)
+        return (
+            {
+                "vectors": emb.astype(np.float32),
+                "labels": y.astype(np.float32),
+                "prior": np.where(np.isnan(prior), 0.5, prior).astype(np.float32),
+            },
+            {"k": cfg.k, "temperature": cfg.knn_temperature},
+        )
+    return _torch_fit(kind, x, y, cfg, init), {}
+
+
+def head_logits(
+    kind: str, params: dict[str, np.ndarray], options: dict[str, Any], x: np.ndarray, chunk: int = 2048
+) -> np.ndarray:
+    """Raw logits of a fitted head (chunked so kNN stays in memory)."""
+    head = make_head(kind, params, options)
+    return np.concatenate([head.logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
+
+
+def task_vocab(tasks: list[str]) -> list[str]:
+    return sorted(set(tasks))
+
+
+def oof_logits(
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    folds: np.ndarray,
+    vocab: list[str] | None = None,
+    init: dict[str, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Out-of-fold raw logits for every row (each fold predicted by a head that never saw it)."""
+    vocab = vocab if vocab is not None else task_vocab(ts.tasks)
+    x = features(ts.embeddings, ts.tasks, vocab)
+    out = np.zeros(ts.labels.shape, dtype=np.float64)
+    for f in np.unique(folds):
+        test = folds == f
+        train = ~test & ~ts.frame["prompt_hash"].isin(set(ts.frame["prompt_hash"][test])).to_numpy()
+        params, opts = fit_head(cfg.kind, ts.embeddings[train], x[train], ts.labels[train], cfg, init)
+        out[test] = head_logits(cfg.kind, params, opts, x[test])
+    return out
+
+
+def fit_calibration(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    tasks: list[str],
+    models: list[str],
+    prices: np.ndarray,
+    strong_model: str,
+    *,
+    rule: str = "gap",
+) -> Calibration:
+    """Platt per model (and per task where it has rows), then threshold tables on the result."""
+    platt = {m: fit_platt(logits[:, j], labels[:, j]) for j, m in enumerate(models)}
+    tasks_arr = np.array(tasks)
+    task_platt: dict[str, dict] = {}
+    for t in sorted(set(tasks)):
+        rows = tasks_arr == t
+        if rows.sum() < MIN_TASK_ROWS:
+            continue
+        task_platt[t] = {
+            m: fit_platt(logits[rows, j], labels[rows, j])
+            for j, m in enumerate(models)
+            if (~np.isnan(labels[rows, j])).sum() >= MIN_TASK_ROWS
+        }
+    placeholder = ThresholdTable(targets=[1.0], thresholds=[0.0], candidates=list(models), n=0)
+    cal = Calibration(
+        models=models,
+        strong_model=strong_model,
+        rule=rule,
+        platt=platt,
+        task_platt=task_platt,
+        global_table=placeholder,
+    )
+    probs = cal.apply(logits, tasks)
+    strong = models.index(strong_model)
+    global_table = fit_table(probs, labels, prices, models, strong, rule=rule)
+    # Candidates for unknown tasks: models graded on at least half of the rows.
+    graded = (~np.isnan(labels)).mean(axis=0) >= 0.5
+    global_table = global_table.model_copy(
+        update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]}
+    )
+    task_tables = {}
+    for t in sorted(set(tasks)):
+        rows = tasks_arr == t
+        if rows.sum() >= MIN_TASK_ROWS:
+            task_tables[t] = fit_table(probs[rows], labels[rows], prices, models, strong, rule=rule)
+    return cal.model_copy(update={"global_table": global_table, "task_tables": task_tables})
+
+
+def fit_cascade(
+    ts: TrainingSet, model: str, *, seed: int = 0
+) -> tuple[CascadeSpec, dict[str, np.ndarray]] | None:
+    """Logistic answer scorer for ``model`` on the rows that recorded its answer and grade."""
+    from sklearn.linear_model import LogisticRegression
+
+    col = "response:" + model
+    if col not in ts.frame or model not in ts.models:
+        return None
+    y = ts.labels[:, ts.models.index(model)]
+    rows = ts.frame[col].notna().to_numpy() & ~np.isnan(y)
+    if rows.sum() < 50:
+        return None
+    x = cascade_design(ts, rows, model)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    clf = LogisticRegression(C=0.05, max_iter=2000, random_state=seed)
+    clf.fit((x - mean) / std, (y[rows] >= 0.5).astype(int))
+    spec = CascadeSpec(model=model, use_embedding=True, feature_names=[*FEATURE_NAMES, "embedding[384]"])
+    return spec, {"coef": clf.coef_[0], "intercept": clf.intercept_, "mean": mean, "std": std}
+
+
+def cascade_design(ts: TrainingSet, rows: np.ndarray, model: str) -> np.ndarray:
+    f = ts.frame[rows]
+    feats = answer_feature_matrix(f["prompt"].tolist(), f["response:" + model].tolist())
+    return np.concatenate([feats, ts.embeddings[rows]], axis=1)
+
+
+def train_router(
+    ts: TrainingSet,
+    cfg: TrainConfig,
+    catalog: Catalog,
+    out_dir: Path,
+    *,
+    encoder: EncoderConfig,
+    encoder_sha: str | None,
+    extra: dict[str, Any] | None = None,
+    init: dict[str, np.ndarray] | None = None,
+) -> tuple[Manifest, dict[str, float]]:
+    """Fit calibration on out-of-fold predictions, refit on all rows, save the artefact.
+    ``init``: head weights to start from (warm start; mlp, shapes must match the task vocabulary)."""
+    t0 = time.perf_counter()
+    unknown = [m for m in ts.models if m not in catalog.model_ids]
+    if unknown:
+        raise ValueError(f"models {unknown} are not in the catalog")
+    vocab = task_vocab(ts.tasks)
+    prices = np.array([catalog.blended_price(m) for m in ts.models])
+    folds = kfold(ts.frame["prompt_hash"], cfg.calibration_folds, cfg.seed)
+    oof = oof_logits(ts, cfg, folds, vocab, init)
+    t_oof = time.perf_counter() - t0
+    calibration = fit_calibration(
+        oof, ts.labels, ts.tasks, ts.models, prices, catalog.strong_model, rule=cfg.rule
+    )
+    x = features(ts.embeddings, ts.tasks, vocab)
+    params, opts = fit_head(cfg.kind, ts.embeddings, x, ts.labels, cfg, init)
+    cascade = fit_cascade(ts, cfg.cascade_model, seed=cfg.seed) if cfg.cascade_model else None
+    elapsed = time.perf_counter() - t0
+    metrics = {
+        "train_seconds": elapsed,
+        "oof_seconds": t_oof,
+        "rows": float(len(ts.frame)),
+        "oof_brier": float(np.nanmean((sigmoid(oof) - ts.labels) ** 2)),
+    }
+    training = {
+        "config": cfg.model_dump(),
+        "rows": len(ts.frame),
+        "datasets": sorted(ts.frame["dataset"].unique()),
+        "metrics": metrics,
+        **(extra or {}),
+    }
+    manifest = save_router(
+        out_dir,
+        kind=cfg.kind,
+        models=ts.models,
+        task_vocab=vocab,
+        head_params=params,
+        calibration=calibration,
+        encoder=encoder,
+        encoder_weights_sha256=encoder_sha,
+        head_options=opts,
+        cascade=cascade,
+        training=training,
+    )
+    log.info("trained %s on %d rows in %.1fs", manifest.version, len(ts.frame), elapsed)
+    return manifest, metrics
