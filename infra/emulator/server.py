@@ -2,7 +2,7 @@
 
 One process on purpose: faults, drift and counters are process state that the admin endpoints
 change, and one uvloop/httptools process already serves thousands of requests per second here
-(see docs/emulator.md for the measurement).
+(see the README, emulator "Measured").
 """
 
 from __future__ import annotations

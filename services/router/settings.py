@@ -19,5 +19,5 @@ class RouterSettings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, le=4096)
     quantize_int8: bool | None = Field(
         default=None,
-        description="Override the artefact's encoder: int8 dynamic quantisation on CPU (see docs/router.md).",
+        description="Override the artefact's encoder: int8 dynamic quantisation on CPU (see the README, "Scoring speed").",
     )
