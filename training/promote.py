@@ -11,6 +11,7 @@ and reports ``last_error`` in ``/readyz`` — which :func:`redeploy` reads back 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -89,6 +90,8 @@ def redeploy(ref: str, expect_version: str | None, *, timeout_s: float = 120.0) 
             requested=ref, swapped=False, error=f"gateway at {state['url']} unreachable: {exc}"
         )
     failed_before = int(before.get("failed_swaps") or 0)
+    # The local Ray that `switchyard serve` starts uses token auth; Ray reads the mode at import.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     ray.init(address=state["address"], logging_level=logging.WARNING, ignore_reinit_error=True)

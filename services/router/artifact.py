@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -31,6 +30,8 @@ from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.contracts.settings import MLflowSettings
 
 from .base import Query
 from .calibration import Calibration
@@ -370,7 +371,7 @@ def load_router(
     ref = ref.strip()
     if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         t0 = time.perf_counter()
-        path = _download(ref, tracking_uri or os.environ.get("SWITCHYARD_MLFLOW_TRACKING_URI"))
+        path = _download(ref, tracking_uri or MLflowSettings().tracking_uri)
         router = load_local(path, source=ref, device=device, quantize_int8=quantize_int8)
         log.info("loaded router %s from %s in %.1fs", router.version, ref, time.perf_counter() - t0)
         return router
