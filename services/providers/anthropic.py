@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
@@ -13,10 +12,10 @@ from typing import Any
 import httpx
 
 from services.catalog import Provider
-from services.errors import UpstreamError, UpstreamTimeout
+from services.errors import UpstreamError
 
 from .base import Completion, StreamUsage, Timeouts, estimate_tokens, prompt_text
-from .http import make_client, mapped_errors, post_json, sse_events, status_error
+from .http import decode_event, make_client, mapped_errors, post_json, status_error, timed_sse_events
 
 log = logging.getLogger(__name__)
 
@@ -148,25 +147,9 @@ class AnthropicAdapter:
             async with self._client.stream("POST", "/v1/messages", json=body) as resp:
                 if resp.status_code >= 400:
                     raise status_error(self.name, resp.status_code, await resp.aread(), resp.headers)
-                events = sse_events(resp)
                 stopped = False
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise UpstreamTimeout(
-                            f"upstream {self.name} stream exceeded total timeout", upstream=self.name
-                        )
-                    try:
-                        async with asyncio.timeout(remaining):
-                            data = await anext(events)
-                    except StopAsyncIteration:
-                        break
-                    try:
-                        ev = json.loads(data)
-                    except ValueError as exc:
-                        raise UpstreamError(
-                            f"upstream {self.name} sent a malformed event", upstream=self.name
-                        ) from exc
+                async for data in timed_sse_events(resp, self.name, deadline):
+                    ev = decode_event(self.name, data)
                     kind = ev.get("type")
                     if kind == "error":
                         raise UpstreamError(
@@ -196,10 +179,7 @@ class AnthropicAdapter:
                     raise UpstreamError(
                         f"upstream {self.name} stream ended before message_stop", upstream=self.name
                     )
-        if not usage.prompt_tokens:
-            usage.prompt_tokens = estimate_tokens(prompt_text(payload.get("messages", [])))
-        if not usage.completion_tokens:
-            usage.completion_tokens = estimate_tokens("".join(usage.text))
+        usage.fill_estimates(payload.get("messages", []))
 
     async def aclose(self) -> None:
         """Close the pooled client."""

@@ -46,6 +46,13 @@ class StreamUsage:
     completion_tokens: int = 0
     text: list[str] = field(default_factory=list)
 
+    def fill_estimates(self, messages: list[dict[str, Any]]) -> None:
+        """Estimate whatever token counts the upstream did not report."""
+        if not self.prompt_tokens:
+            self.prompt_tokens = estimate_tokens(prompt_text(messages))
+        if not self.completion_tokens:
+            self.completion_tokens = estimate_tokens("".join(self.text))
+
 
 class ChatAdapter(Protocol):
     """An upstream API: one pooled HTTP client, OpenAI-shaped requests in and answers out."""

@@ -122,3 +122,27 @@ async def sse_events(resp: httpx.Response) -> AsyncIterator[str]:
     async for line in resp.aiter_lines():
         if line.startswith("data:"):
             yield line[5:].strip()
+
+
+async def timed_sse_events(resp: httpx.Response, upstream: str, deadline: float) -> AsyncIterator[str]:
+    """``sse_events`` bounded by a total deadline (event-loop time): past it, ``UpstreamTimeout``."""
+    loop = asyncio.get_running_loop()
+    events = sse_events(resp)
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise UpstreamTimeout(f"upstream {upstream} stream exceeded total timeout", upstream=upstream)
+        try:
+            async with asyncio.timeout(remaining):
+                data = await anext(events)
+        except StopAsyncIteration:
+            return
+        yield data
+
+
+def decode_event(upstream: str, data: str, what: str = "event") -> dict[str, Any]:
+    """One SSE payload as JSON, or ``UpstreamError`` naming the upstream."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise UpstreamError(f"upstream {upstream} sent a malformed {what}", upstream=upstream) from exc

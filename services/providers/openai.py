@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -12,10 +11,10 @@ from typing import Any
 import httpx
 
 from services.catalog import Provider
-from services.errors import UpstreamError, UpstreamTimeout
+from services.errors import UpstreamError
 
 from .base import Completion, StreamUsage, Timeouts, estimate_tokens, prompt_text
-from .http import make_client, mapped_errors, post_json, sse_events, status_error
+from .http import decode_event, make_client, mapped_errors, post_json, status_error, timed_sse_events
 
 log = logging.getLogger(__name__)
 
@@ -73,28 +72,12 @@ class OpenAIAdapter:
             async with self._client.stream("POST", "/chat/completions", json=body) as resp:
                 if resp.status_code >= 400:
                     raise status_error(self.name, resp.status_code, await resp.aread(), resp.headers)
-                events = sse_events(resp)
                 done = False
-                while True:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise UpstreamTimeout(
-                            f"upstream {self.name} stream exceeded total timeout", upstream=self.name
-                        )
-                    try:
-                        async with asyncio.timeout(remaining):
-                            data = await anext(events)
-                    except StopAsyncIteration:
-                        break
+                async for data in timed_sse_events(resp, self.name, deadline):
                     if data == "[DONE]":
                         done = True
                         break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError as exc:
-                        raise UpstreamError(
-                            f"upstream {self.name} sent a malformed chunk", upstream=self.name
-                        ) from exc
+                    chunk = decode_event(self.name, data, "chunk")
                     if "error" in chunk:
                         msg = (
                             (chunk["error"] or {}).get("message", "error")
@@ -115,10 +98,7 @@ class OpenAIAdapter:
                     raise UpstreamError(
                         f"upstream {self.name} stream ended before [DONE]", upstream=self.name
                     )
-        if not usage.prompt_tokens:
-            usage.prompt_tokens = estimate_tokens(prompt_text(payload.get("messages", [])))
-        if not usage.completion_tokens:
-            usage.completion_tokens = estimate_tokens("".join(usage.text))
+        usage.fill_estimates(payload.get("messages", []))
 
     async def aclose(self) -> None:
         """Close the pooled client."""
