@@ -62,7 +62,7 @@ demo: setup up ## run the main job end to end on the embedded default
 	$(PY) -m infra.demo
 
 router: setup up ## train the production router on all bootstrap data, register it, make it champion
-	$(SY) router train --kind mlp --register --promote
+	$(SY) router train --kind mlp --backend onnx --int8 --register --promote
 
 bench: setup up ## measurements (not tests): router speed, emulator load, streams, gateway; JSON under bench/results
 	@mkdir -p bench/results

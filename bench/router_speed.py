@@ -1,13 +1,19 @@
 """Router scoring speed on this machine, and the accuracy cost of each speed-up.
 
-Variants: encoder truncation (tokens kept, head + tail), int8 dynamic quantisation of the
-encoder's linear layers (CPU). For each: one-query latency (p50/p95 over real prompts, one at a
-time) and batched throughput; and the accuracy cost at serving time — the production head (trained
-on fp32 / 128-token embeddings of the other folds) scores one held-out MMLU sample with the
-variant's embeddings: APGR and GPT-4 share @95% on that sample, and how often the routing decision
-at the 95% operating point differs from fp32/128.
+Variants (``[backend:]tokens:dtype``, e.g. ``128:fp32`` or ``onnx:64:int8``): the encoder backend
+(torch or ONNX Runtime), truncation (tokens kept, head + tail), int8 dynamic quantisation (CPU).
+For each: one-query latency (p50/p95 over real prompts, one at a time) and batched throughput;
+and the accuracy cost at serving time: the production head (trained on fp32 / 128-token
+embeddings of the other folds) scores one held-out MMLU sample with the variant's embeddings:
+APGR and GPT-4 share @95% on that sample, and how often the routing decision at the 95%
+operating point differs from fp32/128.
 
     nice -n 10 .venv/bin/python bench/router_speed.py --out reports/router/speed.json
+
+Single-query CPU time is the process's CPU time per call (every thread), the machine-independent
+figure on shared cores. ``--parallel 2`` also runs each variant in 2 worker processes at once (one
+intra-op thread each, the 2-replica layout) and reports the combined wall-clock queries/s;
+ONNX variants are also timed with 2 intra-op threads in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import os
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +49,10 @@ def _single(fn, prompts: list[str]) -> dict[str, float]:  # noqa: ANN001
         fn(prompts[:4])  # warm-up
         wall, cpu = [], []
         for p in prompts[4:]:
-            t0, c0 = time.perf_counter(), time.thread_time()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn([p])
             wall.append((time.perf_counter() - t0) * 1000)
-            cpu.append((time.thread_time() - c0) * 1000)
+            cpu.append((time.process_time() - c0) * 1000)
     finally:
         torch.set_num_threads(threads)
     wall.sort()
@@ -53,7 +60,45 @@ def _single(fn, prompts: list[str]) -> dict[str, float]:  # noqa: ANN001
         "p50_ms": statistics.median(wall),
         "p95_ms": wall[int(0.95 * (len(wall) - 1))],
         "p50_cpu_ms": statistics.median(cpu),
+        "mean_cpu_ms": statistics.fmean(cpu),
     }
+
+
+def parse_variant(spec: str) -> EncoderConfig:
+    """``[backend:]tokens:dtype`` → an encoder config (backend defaults to torch)."""
+    parts = spec.split(":")
+    backend = parts[0] if len(parts) == 3 else "torch"
+    length, dtype = parts[-2], parts[-1]
+    return EncoderConfig(max_length=int(length), quantize_int8=dtype == "int8", backend=backend)
+
+
+_WORKER: dict[str, Encoder] = {}
+
+
+def _worker_init(cfg: EncoderConfig) -> None:
+    torch.set_num_threads(1)
+    _WORKER["enc"] = Encoder(cfg, device="cpu", threads=1)
+    _WORKER["enc"].encode(["warm up"])
+
+
+def _worker_run(args: tuple[list[str], int]) -> tuple[int, float]:
+    prompts, batch = args
+    c0 = time.process_time()
+    for i in range(0, len(prompts), batch):
+        _WORKER["enc"].encode(prompts[i : i + batch])
+    return len(prompts), time.process_time() - c0
+
+
+def parallel(cfg: EncoderConfig, prompts: list[str], batch: int, procs: int) -> dict[str, float]:
+    """``procs`` worker processes (one intra-op thread each) splitting ``prompts``: wall q/s."""
+    with ProcessPoolExecutor(procs, initializer=_worker_init, initargs=(cfg,)) as ex:
+        list(ex.map(_worker_run, [(["warm up"], 1)] * procs))  # every worker is up before timing
+        chunks = [(prompts[i::procs], batch) for i in range(procs)]
+        t0 = time.perf_counter()
+        done = list(ex.map(_worker_run, chunks))
+        wall = time.perf_counter() - t0
+    n, cpu = sum(d[0] for d in done), sum(d[1] for d in done)
+    return {f"parallel{procs}_qps": n / wall, f"parallel{procs}_q_per_cpu_s": n / cpu}
 
 
 def _batched(fn, prompts: list[str], batch: int) -> dict[str, float]:  # noqa: ANN001
@@ -76,13 +121,18 @@ def throughput(enc: Encoder, prompts: list[str], batch: int) -> dict[str, float]
 def full_path(
     ref: str, lat_prompts: list[str], thr_prompts: list[str], args: argparse.Namespace
 ) -> list[dict]:
-    """``LoadedRouter.scores`` end to end (encoder + head + calibration), fp32 and int8 encoder."""
+    """``LoadedRouter.scores`` end to end (encoder + head + calibration), as the artefact's manifest
+    says (``manifest``) and with encoder overrides (``backend:dtype``)."""
     from services.router.artifact import load_router
     from services.router.base import Query
 
     out = []
-    for int8 in (False, True):
-        router = load_router(ref, device="cpu", quantize_int8=int8)
+    for spec in args.router_variants.split(","):
+        kw: dict[str, object] = {}
+        if spec != "manifest":
+            backend, dtype = spec.split(":")
+            kw = {"backend": backend, "quantize_int8": dtype == "int8"}
+        router = load_router(ref, device="cpu", **kw)
         router.cache_size = 0  # measure the model, not the LRU
 
         def fn(ps: list[str], router=router) -> object:  # noqa: ANN001
@@ -90,7 +140,9 @@ def full_path(
 
         row = {
             "router": router.version,
-            "int8": int8,
+            "encoder": spec,
+            "encoder_config": router.encoder_config.to_dict(),
+            "load_avg_1m": os.getloadavg()[0],
             **_single(fn, lat_prompts[: args.latency_n + 4]),
             **_batched(fn, thr_prompts, args.batch),
         }
@@ -109,14 +161,25 @@ def main() -> None:
     ap.add_argument("--throughput-n", type=int, default=512)
     ap.add_argument("--accuracy-n", type=int, default=800)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--variants", default="128:fp32,128:int8,64:int8,256:fp32")
+    ap.add_argument(
+        "--variants",
+        default="128:fp32,onnx:128:fp32,onnx:128:int8,onnx:96:int8,onnx:64:int8",
+        help="Comma-separated [backend:]tokens:dtype, e.g. 128:fp32,onnx:64:int8.",
+    )
+    ap.add_argument("--parallel", type=int, default=2, help="Worker processes for the wall q/s (0: skip).")
     ap.add_argument("--out", type=Path, default=Path("reports/router/speed.json"))
     ap.add_argument(
         "--router", default=None, help="Also time LoadedRouter.scores of this artefact (dir or URI)."
     )
     ap.add_argument("--only-router", action="store_true", help="Skip the encoder variants.")
+    ap.add_argument(
+        "--router-variants",
+        default="manifest,torch:fp32,onnx:int8",
+        help="With --router: 'manifest' (as trained) and/or backend:dtype overrides.",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)  # one intra-op thread per process (per replica), for every backend
 
     bench = load_all(args.data_dir)
     f = bench.frame
@@ -163,14 +226,22 @@ def main() -> None:
         "variants": [],
     }
     for spec in [] if args.only_router else args.variants.split(","):
-        length, dtype = spec.split(":")
-        cfg = EncoderConfig(max_length=int(length), quantize_int8=dtype == "int8")
-        enc = Encoder(cfg, device="cpu")
+        cfg = parse_variant(spec)
+        enc = Encoder(cfg, device="cpu", threads=1)
         row: dict[str, object] = {
             "variant": spec,
+            "load_avg_1m": os.getloadavg()[0],
             **latency(enc, lat_prompts, args.latency_n),
             **throughput(enc, thr_prompts, args.batch),
         }
+        if cfg.backend == "onnx":
+            enc2 = Encoder(cfg, device="cpu", threads=2)
+            two = _batched(enc2.encode, thr_prompts, args.batch)
+            row["threads2_qps"] = two["batched_qps"]
+            row["threads2_q_per_cpu_s"] = two["batched_q_per_cpu_s"]
+            del enc2
+        if args.parallel > 1:
+            row.update(parallel(cfg, thr_prompts, args.batch, args.parallel))
         e = enc.encode(test_prompts)
         m, gain = route_eval(e)
         row.update({f"{k}": v for k, v in m.items()})

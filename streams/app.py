@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import time
 import weakref
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.structs import TopicPartition
 from faust.streams import _current_event  # see _bind()
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 
@@ -50,7 +52,7 @@ from services.contracts.topics import (
     topic_name,
 )
 
-from . import windows
+from . import fastdrain, windows
 from .alerts import DeliveryLog, WebhookError, WebhookNotifier
 from .drift import MonitorResult, TaskMonitor, call_features
 from .join import CallFeedbackJoin
@@ -79,8 +81,13 @@ class BatchWrites:
         if key in self._local:
             v = self._local[key]
             return default if v is _DELETED else v
-        v = self.table.get(key)
+        v = self._read(key)
         return default if v is None else v
+
+    def _read(self, key: str) -> Any:
+        # The table's store directly: ``table.get`` of a missing key costs a KeyError in Faust.
+        data = getattr(self.table, "data", None)
+        return data.get(key) if data is not None else self.table.get(key)
 
     def __getitem__(self, key: str) -> Any:
         v = self.get(key)
@@ -103,7 +110,7 @@ class BatchWrites:
         return list({*self.table.keys(), *(k for k, v in self._local.items() if v is not _DELETED)})
 
     def flush(self) -> None:
-        """Write the batch's changes to the table (and its changelog)."""
+        """Write the batch's changes to the table (and its changelog) through Faust."""
         for key, value in self._local.items():
             _bind(self._owner[key])
             if value is _DELETED:
@@ -112,6 +119,99 @@ class BatchWrites:
                 self.table[key] = value
         self._local.clear()
         self._owner.clear()
+
+    def flush_direct(self, emit: Any) -> int:
+        """Write the batch's changes to the table's store and hand its changelog records to
+        ``emit(topic, key, value, partition)`` (an :class:`Outbox`): the same records (JSON key
+        and value, a tombstone for a delete, the partition of the event that last touched the
+        key) as :meth:`flush`, without Faust's per-record send machinery (the join writes one
+        record per request: the worker's largest producer). The table must use the JSON key and
+        value serializers and a store that needs no offset bookkeeping (memory)."""
+        topic = self.table.changelog_topic.get_topic_name()
+        data = self.table.data
+        for key, value in self._local.items():
+            if value is _DELETED:
+                data.pop(key, None)
+                raw = None
+            else:
+                data[key] = value
+                raw = _dumps(value)
+            emit(topic, _dumps(key), raw, self._owner[key].message.partition)
+        n = len(self._local)
+        self._local.clear()
+        self._owner.clear()
+        return n
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds one per call
+
+
+def _dumps(obj: Any) -> bytes:
+    return _JSON.encode(obj).encode()
+
+
+class Outbox:
+    """Output records of one batch, appended to Faust's producer per topic partition.
+
+    ``Topic.send`` costs, per record, Faust's channel, future-message and sensor machinery, and
+    aiokafka's ``send`` a metadata look-up and partition check (two set copies) per record. Here
+    the metadata is looked up once per topic and batch, a keyed record goes to the partition the
+    producer's own partitioner picks (as ``send`` would: the same partition as before), and each
+    record is appended to the producer's pending batch of its partition (as ``send`` does last,
+    waiting only when that batch is full). The producer is Faust's, so the offset commit still
+    flushes these records first (at-least-once, as with ``Topic.send``); ``on_sent`` gets the
+    future of the last record of each partition (to log and count failures: a failed request
+    fails all the records of its batch)."""
+
+    def __init__(self, on_sent: Any = None) -> None:
+        self.on_sent = on_sent
+        self._groups: dict[tuple[str, int | None], list[tuple[bytes | None, bytes | None]]] = {}
+
+    def add(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        self._groups.setdefault((topic, partition), []).append((key, value))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self._groups.values())
+
+    async def send(self, faust_producer: Any) -> int:
+        """Hand every record to the producer; return how many."""
+        if not self._groups:
+            return 0
+        producer = faust_producer._ensure_producer()  # the aiokafka producer Faust runs
+        groups, self._groups = self._groups, {}
+        txn = getattr(producer, "_txn_manager", None)
+        if txn is not None and txn.transactional_id is not None:  # exactly-once: aiokafka's own path
+            for (topic, partition), records in groups.items():
+                for key, value in records:
+                    await faust_producer.send(topic, key, value, partition, None, None)
+            return sum(len(r) for r in groups.values())
+        by_tp: dict[TopicPartition, list[tuple[bytes | None, bytes | None]]] = {}
+        for (topic, partition), records in groups.items():
+            await producer.client._wait_on_metadata(topic)
+            meta = producer.client.cluster
+            every = list(meta.partitions_for_topic(topic))
+            if partition is not None:
+                if partition not in every:
+                    raise ValueError(f"{topic} has no partition {partition}")
+                by_tp.setdefault(TopicPartition(topic, partition), []).extend(records)
+                continue
+            available = list(meta.available_partitions_for_topic(topic))
+            tps: dict[int, TopicPartition] = {}
+            for key, value in records:
+                p = producer._partitioner(key, every, available)
+                tp = tps.get(p) or tps.setdefault(p, TopicPartition(topic, p))
+                by_tp.setdefault(tp, []).append((key, value))
+        add = producer._message_accumulator.add_message
+        timeout = producer._request_timeout_ms / 1000
+        n = 0
+        for tp, records in by_tp.items():
+            fut = None
+            for key, value in records:
+                fut = await add(tp, key, value, timeout)
+            n += len(records)
+            if fut is not None and self.on_sent is not None:
+                fut.add_done_callback(self.on_sent)
+        return n
 
 
 class StreamMetrics:
@@ -149,12 +249,14 @@ class StreamMetrics:
         self._last = (time.monotonic(), 0.0)
         self._children: dict[str, Any] = {}
 
-    def consumed(self, topic: str) -> None:
-        """Count one consumed record (label children cached: this runs for every record)."""
+    def consumed(self, topic: str, n: int = 1) -> None:
+        """Count ``n`` consumed records (label children cached: this runs for every batch)."""
+        if n <= 0:
+            return
         child = self._children.get(topic)
         if child is None:
             child = self._children[topic] = self.events.labels(topic=topic)
-        child.inc()
+        child.inc(n)
 
     def total_events(self) -> float:
         return sum(s.value for m in self.events.collect() for s in m.samples if s.name.endswith("_total"))
@@ -182,6 +284,8 @@ class Wiring:
     tables: dict[str, Any] = field(default_factory=dict)
     topics: dict[str, Any] = field(default_factory=dict)
     notifier: WebhookNotifier | None = None
+    warm: bool = False  # evidently imported (the worker's warm-up task finished)
+    join_inputs: int = 0  # calls and feedback records the join has processed
 
 
 def _wall_clock(event: Any = None) -> float:
@@ -204,6 +308,8 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
     cheap_tier = catalog.tiers[0] if catalog.tiers else None
     prefix = kafka.topic_prefix
     settings.faust_dir.mkdir(parents=True, exist_ok=True)
+    if settings.fast_drain and fastdrain.install():
+        log.info("fast record delivery on (streams/fastdrain.py)")
     brokers = [f"kafka://{h.strip()}" for h in kafka.bootstrap.split(",") if h.strip()]
     app = faust.App(
         settings.app_id,
@@ -239,6 +345,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
     calls_name, feedback_name = topic_name(CALLS, prefix), topic_name(FEEDBACK, prefix)
     calls_and_feedback = app.topic(calls_name, feedback_name, key_serializer="raw", value_serializer="raw")
     outcomes_t = raw_topic(OUTCOMES)
+    outcomes_name, hard_name = topic_name(OUTCOMES, prefix), topic_name(HARD_QUERIES, prefix)
     alerts_t = raw_topic(ALERTS)
     hard_t = raw_topic(HARD_QUERIES)
     retrain_t = raw_topic(RETRAIN)
@@ -249,6 +356,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
         partitions=OUTCOMES.partitions,
     )
+    features_name = features_t.get_topic_name()
 
     table_schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     join_table = app.Table("join", default=None, partitions=CALLS.partitions, schema=table_schema)
@@ -370,6 +478,13 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
     async def send_keyed(topic: Any, key: str, event: Event) -> None:
         await topic.send(key=key.encode(), value=event.to_bytes())
 
+    def _sent(fut: asyncio.Future) -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            metrics.errors.labels(stage="produce").inc()
+            log.error("a batch of records was not produced: %r", fut.exception())
+
+    outbox = Outbox(_sent)
+
     @app.agent(calls_and_feedback, name="join")
     async def join_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
@@ -377,9 +492,10 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
             outcomes: list[OutcomeEvent] = []
             hard: list[Any] = []
             features: dict[str, list[dict[str, float]]] = {}
+            n_calls = 0
             for ev in events:
                 topic = ev.message.topic
-                metrics.consumed(topic)
+                n_calls += topic == calls_name
                 join_writes.event = ev
                 dup_before = joiner.stats.duplicates
                 try:
@@ -409,22 +525,36 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
                     hq = mine_outcome(out, cheap_tier)
                     if hq is not None:
                         hard.append(hq)
-            join_writes.flush()
-            for o in outcomes:
-                await send_keyed(outcomes_t, o.task, o)
+            metrics.consumed(calls_name, n_calls)
+            metrics.consumed(feedback_name, len(events) - n_calls)
+            if settings.direct_produce:
+                join_writes.flush_direct(outbox.add)
+                for o in outcomes:
+                    outbox.add(outcomes_name, o.task.encode(), o.to_bytes())
+                for hq in hard:
+                    outbox.add(hard_name, hq.task.encode(), hq.to_bytes())
+                for task, rows in features.items():
+                    outbox.add(features_name, task.encode(), _dumps(rows))
+                await outbox.send(app.producer)
+            else:
+                join_writes.flush()
+                for o in outcomes:
+                    await send_keyed(outcomes_t, o.task, o)
+                for hq in hard:
+                    await send_keyed(hard_t, hq.task, hq)
+                for task, rows in features.items():
+                    await features_t.send(key=task, value=rows)
             metrics.outcomes.inc(len(outcomes))
             for hq in hard:
-                await send_keyed(hard_t, hq.task, hq)
                 metrics.hard_queries.labels(reason=hq.reason.value).inc()
-            for task, rows in features.items():
-                await features_t.send(key=task, value=rows)
+            wiring.join_inputs += len(events)
 
     @app.agent(outcomes_t, name="monitor")
     async def monitor_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
             by_task: dict[str, tuple[list[OutcomeEvent], Any]] = {}
+            metrics.consumed(outcomes_name, len(events))
             for ev in events:
-                metrics.consumed(ev.message.topic)
                 try:
                     o = OutcomeEvent.from_bytes(ev.value)
                 except ContractError as exc:
@@ -480,6 +610,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
     async def warm_up() -> None:
         # evidently takes seconds to import: do it off the loop at start, not at the first alert.
         await asyncio.to_thread(importlib.import_module, "evidently.presets")
+        wiring.warm = True
 
     @app.timer(settings.join_sweep_s)
     async def sweep_join() -> None:
@@ -513,6 +644,12 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
     @app.page("/stats/")
     async def stats_view(self: Any, request: Any) -> Any:
         return self.json(stats_snapshot(wiring))
+
+    @app.page("/progress/")
+    async def progress_view(self: Any, request: Any) -> Any:
+        # Cheap to poll (the benchmark does, 4 times a second): outcomes in the all-time tables.
+        events = sum((agg or {}).get("n", 0) for agg in totals_table.values())
+        return self.json({"events": events, "join_inputs": wiring.join_inputs, "warm": wiring.warm})
 
     return app
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from pathlib import Path
 
@@ -54,6 +55,9 @@ def worker(
         from infra.topics import apply_topics
 
         asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix))
+    # evidently (the input-drift detector) takes seconds of CPU to import: do it before the
+    # worker joins the group, so that it does not compete with the first batches it processes.
+    importlib.import_module("evidently.presets")
     app = create_app(settings, kafka)
     log.info(
         "streams worker %s on %s (prefix %r), web %s:%s, webhook %s",

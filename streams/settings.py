@@ -85,6 +85,14 @@ class StreamsSettings(BaseSettings):
         default=0.05, ge=0, le=1, description="Producer batching delay: fewer, larger produce requests."
     )
     batch_within_s: float = Field(default=0.2, gt=0)
+    direct_produce: bool = Field(
+        default=True,
+        description="The join hands its outputs and changelog records to the producer directly.",
+    )
+    fast_drain: bool = Field(
+        default=True,
+        description="Hand fetched records to the streams without Faust's per-record tasks (fastdrain.py).",
+    )
     low_margin: float = Field(default=0.05, ge=0, le=1, description="Top-2 score gap counted as unsure.")
     quality: QualityDetectorConfig = Field(default_factory=QualityDetectorConfig)
     calibration: CalibrationDetectorConfig = Field(default_factory=CalibrationDetectorConfig)

@@ -61,13 +61,16 @@ def load_benchmark(data_dir: Path, datasets: list[str], max_rows: int | None = N
 
 @router_app.command("train")
 def train_cmd(
-    kind: str = typer.Option("mlp", help="Router kind: random, knn, mf, mlp."),
+    kind: str = typer.Option(
+        "mlp", help="Router kind: random, knn, mf, mlp, finetune (fine-tunes the encoder)."
+    ),
     datasets: str = typer.Option(",".join(DATASETS), help="Comma-separated: mmlu, gsm8k, routerbench."),
     out: Path = typer.Option(None, help="Artefact directory (default <state>/routers/<version>)."),  # noqa: B008
     max_rows: int = typer.Option(None, help="Subsample each dataset to at most this many rows (quick runs)."),
     epochs: int = typer.Option(None, help="Override the head's training epochs."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens, head+tail)."),
     int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
+    backend: str = typer.Option("torch", help="Encoder backend: torch or onnx (ONNX Runtime, CPU)."),
     register: bool = typer.Option(
         False, "--register", help="Log to MLflow and register a version (alias challenger)."
     ),
@@ -76,6 +79,7 @@ def train_cmd(
     catalog: Path = typer.Option(None, help="Catalog YAML (default: the built-in one)."),  # noqa: B008
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    top_layers: int = typer.Option(1, min=1, max=6, help="finetune: trainable top encoder layers (6 = all)."),
 ) -> None:
     """Train a router on the bootstrap data; print its model reference."""
     import shutil
@@ -89,7 +93,7 @@ def train_cmd(
     from .settings import TrainingSettings
     from .train import KINDS, TrainConfig, prepare, train_router
 
-    if kind not in KINDS:
+    if kind not in (*KINDS, "finetune"):
         raise _fail(f"unknown kind {kind!r} (known: {', '.join(KINDS)})")
     try:
         cat = load_catalog(catalog)
@@ -101,16 +105,38 @@ def train_cmd(
     )
     models = [m for m in bench.models if m in cat.model_ids]
     cfg = TrainConfig(kind=kind, device=device, **({"epochs": epochs} if epochs else {}))
-    enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8)
+    try:
+        enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8, backend=backend)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     t0 = time.perf_counter()
     ts = prepare(bench, settings.cache_dir, enc_cfg, models, device=device)
     t_embed = time.perf_counter() - t0
     enc_sha = file_sha256(encoder_dir() / "model.safetensors")
     tmp = Path(tempfile.mkdtemp(prefix="router-", dir=str(settings.state_dir)))
     try:
-        manifest, metrics = train_router(
-            ts, cfg, cat, tmp, encoder=enc_cfg, encoder_sha=enc_sha, extra={"embed_seconds": t_embed}
-        )
+        if kind == "finetune":
+            from .finetune import FinetuneConfig, train_finetuned_router
+
+            ft = FinetuneConfig(
+                top_layers=top_layers, device=device, **({"epochs": epochs} if epochs else {})
+            )
+            manifest, metrics = train_finetuned_router(
+                ts,
+                ft,
+                cat,
+                tmp,
+                encoder=enc_cfg,
+                encoder_sha=enc_sha,
+                cache_dir=settings.cache_dir,
+                calibration_folds=cfg.calibration_folds,
+                cascade_model=cfg.cascade_model,
+                extra={"embed_seconds": t_embed},
+            )
+        else:
+            manifest, metrics = train_router(
+                ts, cfg, cat, tmp, encoder=enc_cfg, encoder_sha=enc_sha, extra={"embed_seconds": t_embed}
+            )
         dest = out or settings.routers_dir / manifest.version
         if dest.exists():
             shutil.rmtree(dest)
@@ -227,6 +253,7 @@ def eval_cmd(
     groups: int = typer.Option(5, min=2, help="Leave-subjects-out groups."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens)."),
     int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
+    backend: str = typer.Option("torch", help="Encoder backend: torch or onnx (ONNX Runtime, CPU)."),
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
     log_mlflow: bool = typer.Option(False, "--mlflow", help="Also log the report to MLflow."),
 ) -> None:
@@ -237,6 +264,10 @@ def eval_cmd(
     from .evaluate import EvalConfig, run_evaluation
     from .settings import TrainingSettings
 
+    try:
+        enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8, backend=backend)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
     settings = TrainingSettings()
     cfg = EvalConfig(
         kinds=[k.strip() for k in kinds.split(",") if k.strip()],
@@ -250,7 +281,7 @@ def eval_cmd(
         cfg,
         load_catalog(None),
         settings.cache_dir,
-        EncoderConfig(max_length=max_length, quantize_int8=int8),
+        enc_cfg,
         out or settings.reports_dir,
     )
     typer.echo(report.markdown_path.read_text(encoding="utf-8"))
@@ -263,6 +294,50 @@ def eval_cmd(
             log_report(MLflowSettings(), report)
         except RegistryError as exc:
             raise _fail(str(exc), 1) from exc
+
+
+@router_app.command("finetune-eval")
+def finetune_eval_cmd(
+    out: Path = typer.Option(Path("reports/router-finetune"), help="Report directory."),  # noqa: B008
+    top_layers: int = typer.Option(1, min=1, max=6, help="Trainable top encoder layers (6 = all)."),
+    epochs: int = typer.Option(2, min=1, help="Fine-tuning epochs (early-stopped)."),
+    lr_encoder: float = typer.Option(5e-5, help="AdamW learning rate of the encoder layers."),
+    batch_size: int = typer.Option(None, help="Default 32 on CPU, 128 on CUDA."),
+    folds: int = typer.Option(5, min=2, help="Out-of-fold folds (by prompt hash, as router eval)."),
+    groups: int = typer.Option(5, min=2, help="Leave-subjects-out groups."),
+    parts: str = typer.Option("kfold,lso", help="kfold, lso or both."),
+    only: str = typer.Option(None, help="Comma-separated fold / group numbers to run (default all)."),
+    bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for intervals."),
+    threads: int = typer.Option(None, help="CPU intra-op threads."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+    data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
+) -> None:
+    """Fine-tuned encoder vs the frozen-encoder MLP on MMLU (same folds); resumable per fold."""
+    from .finetune import FinetuneConfig
+    from .finetune_eval import run_finetune_evaluation
+    from .settings import TrainingSettings
+
+    ft = FinetuneConfig(
+        top_layers=top_layers,
+        epochs=epochs,
+        lr_encoder=lr_encoder,
+        batch_size=batch_size,
+        threads=threads,
+        device=device,
+    )
+    bench = load_benchmark(_data_dir(data_dir), ["mmlu"])
+    run_finetune_evaluation(
+        bench,
+        ft,
+        TrainingSettings().cache_dir,
+        out,
+        folds=folds,
+        groups=groups,
+        parts=tuple(p.strip() for p in parts.split(",") if p.strip()),
+        only=[int(x) for x in only.split(",")] if only else None,
+        n_boot=bootstrap,
+    )
+    typer.echo((out / "finetune.md").read_text(encoding="utf-8"))
 
 
 @router_app.command("promote")

@@ -194,7 +194,9 @@ def load_routerbench(data_dir: Path, splits: Iterable[str] = ("train", "test")) 
                     cols[COST + m] = df[f"{m}|total_cost"].astype(float).values
             parts.append(pd.DataFrame(cols))
     if not parts:
-        raise DataNotFoundError(f"no RouterBench files ({{task}}_{{split}}.csv) under {root}; run `make data`")
+        raise DataNotFoundError(
+            f"no RouterBench files ({{task}}_{{split}}.csv) under {root}; run `make data`"
+        )
     frame = pd.concat(parts, ignore_index=True)
     frame = frame.drop_duplicates("id")
     return Benchmark(_finish(frame))
@@ -210,5 +212,7 @@ def load_all(data_dir: Path) -> Benchmark:
         except DataNotFoundError as exc:
             log.warning("skipping: %s", exc)
     if not parts:
-        raise DataNotFoundError(f"no benchmark files under {data_dir}; set SWITCHYARD_DATA_DIR or run `make data`")
+        raise DataNotFoundError(
+            f"no benchmark files under {data_dir}; set SWITCHYARD_DATA_DIR or run `make data`"
+        )
     return Benchmark(_finish(pd.concat(parts, ignore_index=True).drop(columns=["prompt_hash"])))

@@ -24,7 +24,10 @@ class EmbeddingCache:
 
     def __init__(self, cache_dir: Path, encoder: Encoder) -> None:
         self.encoder = encoder
-        self.key = encoder.config.key(encoder.weights_sha256())
+        sha = encoder.weights_sha256()
+        if getattr(encoder, "override_sha256", None):  # fine-tuned layers: their own cache
+            sha += "+" + encoder.override_sha256
+        self.key = encoder.config.key(sha)
         self.path = Path(cache_dir) / f"emb-{self.key}.npz"
         self._index: dict[str, int] = {}
         self._vectors = np.zeros((0, encoder.dim), dtype=np.float32)

@@ -277,10 +277,10 @@ class LazyEncoder:
     """The encoder, loaded only when a prompt is missing from the embedding cache (loading it costs
     a minute on a busy 2-core machine; the loop's prompts are usually all cached)."""
 
-    def __init__(self, max_length: int = 128) -> None:
+    def __init__(self, config=None) -> None:  # noqa: ANN001 - EncoderConfig (import is lazy)
         from services.router.encoder import EncoderConfig
 
-        self.config = EncoderConfig(max_length=max_length)
+        self.config = config or EncoderConfig()
         self._enc = None
 
     @property
@@ -308,13 +308,30 @@ class RunExecutor:
         self.store = ctx.store()
         self.redeploy_fn = redeploy_fn
         self._cache = None
+        self._encoder_config = None
+
+    def encoder_config(self):  # noqa: ANN201 - EncoderConfig
+        """The champion's encoder (a challenger is served and gated on the same embeddings), else
+        the configured one for the first router (``SWITCHYARD_TRAIN_ENCODER_*``)."""
+        if self._encoder_config is None:
+            from services.router.encoder import EncoderConfig
+
+            champion, _ = _load_champion(self.ctx)
+            if champion is not None and champion.encoder_weights is None:
+                self._encoder_config = champion.encoder_config
+            else:  # no champion, or a fine-tuned one (its encoder is not the frozen base model)
+                s = self.ctx.loop
+                self._encoder_config = EncoderConfig(
+                    max_length=s.encoder_max_length, quantize_int8=s.encoder_int8, backend=s.encoder_backend
+                )
+        return self._encoder_config
 
     def embed(self, prompts, hashes):  # noqa: ANN001, ANN201
         """Cached MiniLM embeddings (one cache per executor; the encoder loads lazily)."""
         from .embeddings import EmbeddingCache
 
         if self._cache is None:
-            self._cache = EmbeddingCache(self.ctx.cache_dir, LazyEncoder())
+            self._cache = EmbeddingCache(self.ctx.cache_dir, LazyEncoder(self.encoder_config()))
         return self._cache.embed(list(prompts), list(hashes))
 
     def training_set(self, frame, models):  # noqa: ANN001, ANN201
@@ -437,7 +454,7 @@ class RunExecutor:
         return full, holdout_mask(full, self.ctx.loop.holdout_folds), models, catalog
 
     def train(self, state: RunState) -> None:
-        from services.router.encoder import EncoderConfig, encoder_dir, file_sha256
+        from services.router.encoder import encoder_dir, file_sha256
 
         from .collect import training_rows
         from .train import TrainConfig, train_router
@@ -446,7 +463,7 @@ class RunExecutor:
         s = self.ctx.loop
         full, hold, models, catalog = self._datasets(state)
         rows = training_rows(full, hold, models, list(s.exclude_tasks))
-        enc = EncoderConfig(max_length=128)
+        enc = self.encoder_config()
         ts = self.training_set(rows, models)
         champion, cv = _load_champion(self.ctx) if s.warm_start else (None, None)
         from .train import task_vocab

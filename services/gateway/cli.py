@@ -42,7 +42,7 @@ def serve(
     args = GatewayArgs(router_ref=router_ref, catalog_path=catalog, topic_prefix=topic_prefix).resolved()
     settings = args.gateway_settings()
     host, port = host or settings.host, port or settings.port
-    address = start_ray(settings, num_cpus, log_to_driver=True)
+    address = start_ray(settings, num_cpus, log_to_driver=True, http_port=port)
     url = deploy(args, host=host, port=port)
     save_state(settings, address, args, url)
     typer.echo(f"switchyard gateway ready at {url} (router {settings.router_ref}); Ctrl-C to stop")

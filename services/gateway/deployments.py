@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -40,16 +42,83 @@ def _quiet_logs() -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
+def _set_threads(n: int) -> None:
+    """The encoder's intra-op threads (before any router loads); 0 keeps Ray's default."""
+    if n <= 0:
+        return
+    import os
+    import sys
+
+    os.environ["OMP_NUM_THREADS"] = os.environ["SWITCHYARD_ENCODER_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
+
+
+class RouterAdmission:
+    """Overload control of a router replica (one event loop: no locks).
+
+    A request is refused at once when the requests ahead of it cannot be scored within its
+    budget (the caller then serves the catalog default now, not after waiting the budget out),
+    and one dequeued after its deadline is not scored (its caller has already moved on; scoring
+    it would only take the CPU the requests behind it need).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, smoothing: float = 0.2):
+        self.clock = clock
+        self.smoothing = smoothing
+        self.pending = 0  # admitted, not answered yet
+        self.per_query_s = 0.0  # moving average of scoring seconds per query
+        self.shed = 0
+        self.expired = 0
+
+    def admit(self, budget_s: float | None) -> float | None:
+        """The request's deadline, or ``TimeoutError`` when the queue ahead outlasts its budget."""
+        if budget_s and (self.pending + 1) * self.per_query_s > budget_s:
+            self.shed += 1
+            raise TimeoutError(
+                f"router busy: {self.pending} queued at {1000 * self.per_query_s:.1f} ms a query"
+            )
+        self.pending += 1
+        return self.clock() + budget_s if budget_s else None
+
+    def done(self) -> None:
+        self.pending -= 1
+
+    def live(self, deadlines: list[float | None]) -> list[int]:
+        """Indexes of the batch still worth scoring (deadline not passed)."""
+        now = self.clock()
+        keep = [i for i, d in enumerate(deadlines) if d is None or d > now]
+        self.expired += len(deadlines) - len(keep)
+        return keep
+
+    def scored(self, n: int, seconds: float) -> None:
+        """Record a scored batch (``n`` queries in ``seconds``)."""
+        if n:
+            q = seconds / n
+            a = self.smoothing
+            self.per_query_s = q if not self.per_query_s else (1 - a) * self.per_query_s + a * q
+
+    def stats(self) -> dict[str, float]:
+        return {
+            "pending": self.pending,
+            "per_query_ms": 1000 * self.per_query_s,
+            "shed": self.shed,
+            "expired_unscored": self.expired,
+        }
+
+
 @serve.deployment(name="RouterDeployment", max_ongoing_requests=512)
 class RouterDeployment:
     """Router replicas: batched scoring + the routing policy; hot-swappable via ``user_config``."""
 
     def __init__(self, settings: GatewaySettings):
         _quiet_logs()
+        _set_threads(settings.router_threads)
         self.runtime = RouterRuntime(load_catalog(settings.catalog_path))
         self._route_batch.set_max_batch_size(settings.router_batch_size)
         self._route_batch.set_batch_wait_timeout_s(settings.router_batch_wait_s)
         self._swap_lock = asyncio.Lock()
+        self.admission = RouterAdmission()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Validate the config (invalid → raise), then load + smoke-check + swap the router;
@@ -58,16 +127,34 @@ class RouterDeployment:
         async with self._swap_lock:
             await asyncio.to_thread(self.runtime.swap, cfg.router_ref)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
-    async def _route_batch(self, requests: list[RouteRequest]) -> list[RouteResult | Exception]:
-        try:
-            return await asyncio.to_thread(self.runtime.route, requests)
-        except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
-            return [exc] * len(requests)
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def _route_batch(
+        self, items: list[tuple[RouteRequest, float | None]]
+    ) -> list[RouteResult | Exception]:
+        live = self.admission.live([deadline for _, deadline in items])
+        out: list[RouteResult | Exception] = [
+            TimeoutError("router deadline passed while queued") for _ in items
+        ]
+        if live:
+            t0 = time.perf_counter()
+            try:
+                scored = await asyncio.to_thread(self.runtime.route, [items[i][0] for i in live])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                scored = [exc] * len(live)
+            self.admission.scored(len(live), time.perf_counter() - t0)
+            for i, res in zip(live, scored, strict=True):
+                out[i] = res
+        return out
 
-    async def route(self, request: RouteRequest) -> RouteResult:
-        """Scores and the policy's decision for one request (batched with its neighbours)."""
-        result = await self._route_batch(request)
+    async def route(self, request: RouteRequest, budget_s: float | None = None) -> RouteResult:
+        """Scores and the policy's decision for one request (batched with its neighbours); one
+        still queued ``budget_s`` after it arrived is not scored (its caller stopped waiting),
+        and one that cannot be scored within ``budget_s`` is refused at once."""
+        deadline = self.admission.admit(budget_s)
+        try:
+            result = await self._route_batch((request, deadline))
+        finally:
+            self.admission.done()
         if isinstance(result, Exception):
             raise result
         return result
@@ -82,6 +169,7 @@ class RouterDeployment:
         s = asdict(self.runtime.status)
         s["loaded"] = self.runtime.router is not None
         s["history"] = s["history"][-10:]
+        s["admission"] = self.admission.stats()
         return s
 
 
@@ -94,8 +182,10 @@ class ChatIngress:
         _quiet_logs()
         self._router = router
 
+        budget_s = settings.router_timeout_s
+
         async def route_fn(req: RouteRequest) -> RouteResult:
-            return await router.route.remote(req)
+            return await router.route.remote(req, budget_s)
 
         async def router_status() -> dict[str, Any]:
             return await router.status.remote()

@@ -25,12 +25,47 @@ def state_file(settings: GatewaySettings) -> Path:
     return settings.state_dir.resolve() / "gateway" / "serve.json"
 
 
-def start_ray(settings: GatewaySettings, num_cpus: int | None = 2, log_to_driver: bool = False) -> str:
+# Ray Serve's per-request plumbing, tuned for a few CPU cores (each one overridable from the
+# environment; read by Serve's processes when they start, so only when this starts Ray): run the
+# deployments' code and the handles' request router on the replica's own event loop instead of
+# a thread each (no cross-thread hop per request and per handle call), send handle calls (ingress
+# → router) over gRPC instead of Ray actor calls (measured: ingress 5.1 → 4.0 and router 2.7 →
+# 1.9 CPU ms per cached request), and buffer request-path log lines instead of flushing each one.
+SERVE_ENV_DEFAULTS = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+}
+
+
+def serve_env(log_to_driver: bool = False, direct_ingress_port: int | None = None) -> dict[str, str]:
+    """The Serve knobs this process will start Ray with (env values win over the defaults).
+    With ``direct_ingress_port`` the ingress replica serves HTTP on exactly that port."""
+    env = dict(SERVE_ENV_DEFAULTS)
+    if not log_to_driver:
+        env["RAY_SERVE_LOG_TO_STDERR"] = "0"  # replica logs still go to their files
+    if direct_ingress_port:
+        env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_ingress_port)
+        env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_ingress_port + 1)
+    return {k: os.environ.get(k, v) for k, v in env.items()}
+
+
+def start_ray(
+    settings: GatewaySettings,
+    num_cpus: int | None = 2,
+    log_to_driver: bool = False,
+    http_port: int | None = None,
+) -> str:
     """Start (or join) a local Ray instance with its temp dir in the state dir; its address.
-    Replica logs stay in ``<state_dir>/ray/session_latest/logs`` unless ``log_to_driver``."""
+    Replica logs stay in ``<state_dir>/ray/session_latest/logs`` unless ``log_to_driver``.
+    ``http_port`` (default ``settings.port``) matters with ``settings.direct_ingress`` only."""
     import ray
 
     if not ray.is_initialized():
+        port = (http_port or settings.port) if settings.direct_ingress else None
+        os.environ.update(serve_env(log_to_driver, port))
         # On a loaded 2-core machine Ray's agents can take longer than the default to register.
         os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
         temp = (settings.state_dir / "ray").resolve()
@@ -59,7 +94,16 @@ def deploy(args: GatewayArgs, *, host: str, port: int, wait_ready_s: float = 180
     """Start Serve's HTTP proxy on host:port, deploy the app, wait for ``/readyz``; its base URL."""
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": port}, detached=False)
+    proxy_port = port
+    if args.gateway_settings().direct_ingress:
+        # the ingress replica itself listens on `port` (see serve_env); Serve's proxy, which
+        # still starts, gets a free port of its own
+        import socket
+
+        with socket.socket() as s:
+            s.bind((host, 0))
+            proxy_port = s.getsockname()[1]
+    serve.start(http_options={"host": host, "port": proxy_port}, detached=False)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     wait_ready(url, wait_ready_s)

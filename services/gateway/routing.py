@@ -68,6 +68,16 @@ class SwapStatus:
     history: list[str] = field(default_factory=list)
 
 
+def encoder_overrides() -> dict[str, Any]:
+    """``SWITCHYARD_ROUTER_DEVICE`` / ``_QUANTIZE_INT8`` / ``_BACKEND``: serving-side overrides of
+    the artefact's encoder; unset ones keep what its manifest records (the backend it was trained
+    with)."""
+    from services.router.settings import RouterSettings
+
+    s = RouterSettings()
+    return {"device": s.device, "quantize_int8": s.quantize_int8, "backend": s.backend}
+
+
 def default_loader(ref: str) -> Router:
     """Load a router with the router package's loader (MLflow URI or path) and smoke-check it."""
     try:
@@ -75,7 +85,7 @@ def default_loader(ref: str) -> Router:
     except ImportError as exc:  # pragma: no cover - depends on the router area
         raise RouterLoadFailed(f"router loader unavailable: {exc}") from exc
     try:
-        router = artifact.load_router(ref)
+        router = artifact.load_router(ref, **encoder_overrides())
         if hasattr(artifact, "smoke_check"):
             artifact.smoke_check(router)
     except Exception as exc:  # noqa: BLE001 - any failure keeps the old router

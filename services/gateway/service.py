@@ -55,6 +55,7 @@ class CallContext:
     quality_target: float | None
     started: float = field(default_factory=time.perf_counter)
     route: RouteResult | None = None
+    router_ms: float = 0.0
     router_fallback: bool = False
     attempts: list[Attempt] = field(default_factory=list)
     escalated: bool = False
@@ -69,6 +70,13 @@ class CallContext:
     @property
     def route_label(self) -> str:
         return "default" if self.router_fallback else self.mode.value
+
+    def server_timing(self) -> str:
+        """W3C ``Server-Timing``: router, upstream (every attempt) and total ms inside the gateway,
+        so a client can tell the gateway's own time from the upstream's per request."""
+        upstream = sum(a.latency_ms or 0.0 for a in self.attempts)
+        total = (time.perf_counter() - self.started) * 1000
+        return f"router;dur={self.router_ms:.2f}, upstream;dur={upstream:.2f}, total;dur={total:.2f}"
 
     def headers(self) -> dict[str, str]:
         h = {"x-switchyard-request-id": self.request_id, "x-switchyard-route": self.route_label}
@@ -122,6 +130,7 @@ class ChatService:
         self.router_timeout_s = router_timeout_s
         self.cascade_accept = cascade_accept
         self.hard_query_margin = hard_query_margin
+        self._router_warned_at = -1e9
 
     # -- entry points -----------------------------------------------------------------------------
 
@@ -155,7 +164,14 @@ class ChatService:
         self._finish(ctx)
         body["model"] = ctx.model
         body["id"] = body.get("id") or ctx.request_id
-        return ChatResult(body, {**ctx.headers(), "x-switchyard-cost-usd": f"{ctx.cost_usd:.8f}"})
+        return ChatResult(
+            body,
+            {
+                **ctx.headers(),
+                "x-switchyard-cost-usd": f"{ctx.cost_usd:.8f}",
+                "server-timing": ctx.server_timing(),
+            },
+        )
 
     async def chat_stream(self, ctx: CallContext) -> StreamResult:
         """Open a stream (falling back silently until its first token) and return its SSE events."""
@@ -230,7 +246,13 @@ class ChatService:
         except Exception as exc:  # noqa: BLE001 - a router failure is not a request failure
             ctx.router_fallback, ctx.model, ctx.route = True, self.catalog.default_model, None
             self.metrics.router_fallbacks.inc()
-            log.warning(
+            # one warning a second at most: an overloaded router fails many requests a second
+            now = time.monotonic()
+            loud = now - self._router_warned_at >= 1.0
+            if loud:
+                self._router_warned_at = now
+            log.log(
+                logging.WARNING if loud else logging.DEBUG,
                 "request %s: router failed (%s: %s); using default %s",
                 ctx.request_id,
                 type(exc).__name__,
@@ -238,7 +260,9 @@ class ChatService:
                 ctx.model,
             )
         finally:
-            self.metrics.router_latency.observe(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            ctx.router_ms = elapsed * 1000
+            self.metrics.router_latency.observe(elapsed)
 
     async def _prepare(self, ctx: CallContext) -> dict[str, Any]:
         await self._route(ctx)

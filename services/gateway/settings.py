@@ -50,11 +50,28 @@ class GatewaySettings(BaseSettings):
     router_num_gpus: float = Field(default=0.0, ge=0, description="GPU share per router replica; 0 = CPU.")
     router_num_cpus: float = Field(default=0.5, ge=0)
     router_batch_size: int = Field(default=32, ge=1)
-    router_batch_wait_s: float = Field(default=0.004, ge=0)
+    router_batch_wait_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="Wait for more requests before scoring a batch; 0 = score what is queued now "
+        "(requests that arrive while a batch is scored form the next one).",
+    )
+    router_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Intra-op threads of the router's encoder (torch / ONNX Runtime); 0 = Ray's "
+        "default for the replica (its whole CPUs, at least 1). More than 1 only pays on idle cores.",
+    )
     router_timeout_s: float = Field(default=2.0, gt=0, description="Past this the catalog default is used.")
     ingress_replicas: int = Field(default=1, ge=1)
     ingress_num_cpus: float = Field(default=0.5, ge=0)
     ingress_max_ongoing_requests: int = Field(default=256, ge=1)
+    direct_ingress: bool = Field(
+        default=False,
+        description="Ray Serve direct ingress on a Ray this process starts: the ChatIngress replica "
+        "serves HTTP on the gateway port itself (no proxy actor, no hop through it); one ingress "
+        "replica per node.",
+    )
     # providers
     retry_initial_s: float = Field(default=0.05, gt=0)
     retry_max_s: float = Field(default=2.0, gt=0)

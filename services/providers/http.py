@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -29,7 +30,14 @@ def make_client(
     max_connections: int = 200,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> httpx.AsyncClient:
-    """One pooled client per upstream; the read timeout is the first-token timeout."""
+    """One pooled client per upstream; the read timeout is the first-token timeout.
+
+    The wire is aiohttp (:class:`AiohttpTransport`, far less CPU per call than httpcore) unless a
+    ``transport`` is given or ``SWITCHYARD_PROVIDERS_TRANSPORT=httpx``."""
+    if transport is None and os.environ.get("SWITCHYARD_PROVIDERS_TRANSPORT", "aiohttp") == "aiohttp":
+        from .aiohttp_transport import AiohttpTransport
+
+        transport = AiohttpTransport(max_connections)
     return httpx.AsyncClient(
         base_url=base_url.rstrip("/"),
         headers=headers,

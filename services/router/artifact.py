@@ -7,6 +7,8 @@ Layout of an artefact directory::
     head.safetensors     the head's weights (float32 arrays; no pickle anywhere)
     calibration.json     Platt parameters and quality-target → threshold tables
     cascade.safetensors  optional: the cascade answer scorer
+    encoder.safetensors  optional: fine-tuned encoder layers (kind ``finetune``), loaded over the
+                         base encoder's weights
 
 ``load_router(ref)`` accepts a local directory or an MLflow URI (``models:/name@alias``,
 ``models:/name/3``, ``runs:/<run>/router``). Anything wrong — a bad ref, a missing file, a
@@ -48,6 +50,7 @@ MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 CALIBRATION_FILE = "calibration.json"
 CASCADE_FILE = "cascade.safetensors"
+ENCODER_WEIGHTS_FILE = "encoder.safetensors"
 
 
 class RouterLoadError(RuntimeError):
@@ -80,6 +83,7 @@ class Manifest(BaseModel):
     cascade: CascadeSpec | None = None
     training: dict[str, Any] = Field(default_factory=dict)
     files: dict[str, str]
+    encoder_override: str | None = None  # file of fine-tuned encoder tensors (listed in files)
 
 
 def _save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -110,8 +114,10 @@ def save_router(
     head_options: dict[str, Any] | None = None,
     cascade: tuple[CascadeSpec, dict[str, np.ndarray]] | None = None,
     training: dict[str, Any] | None = None,
+    encoder_weights: dict[str, np.ndarray] | None = None,
 ) -> Manifest:
-    """Write an artefact directory; returns its manifest (the version hashes the contents)."""
+    """Write an artefact directory; returns its manifest (the version hashes the contents).
+    ``encoder_weights``: fine-tuned encoder tensors under the base model's parameter names."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_head(kind, head_params, head_options)  # fails early on an unknown kind or missing weights
@@ -121,6 +127,9 @@ def save_router(
     if cascade is not None:
         _save_arrays(out / CASCADE_FILE, cascade[1])
         files.append(CASCADE_FILE)
+    if encoder_weights:
+        _save_arrays(out / ENCODER_WEIGHTS_FILE, encoder_weights)
+        files.append(ENCODER_WEIGHTS_FILE)
     sums = {f: file_sha256(out / f) for f in files}
     digest = hashlib.sha256(json.dumps([kind, list(models), sums], sort_keys=True).encode()).hexdigest()
     manifest = Manifest(
@@ -135,6 +144,7 @@ def save_router(
         cascade=cascade[0] if cascade is not None else None,
         training=dict(training or {}),
         files=sums,
+        encoder_override=ENCODER_WEIGHTS_FILE if encoder_weights else None,
     )
     (out / MANIFEST).write_text(manifest.model_dump_json(indent=1), encoding="utf-8")
     log.info("saved router %s to %s", manifest.version, out)
@@ -157,6 +167,7 @@ class LoadedRouter:
         device: str | None = None,
         cache_size: int = 4096,
         quantize_int8: bool | None = None,
+        backend: str | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -168,7 +179,13 @@ class LoadedRouter:
         self.encoder_config = EncoderConfig(**manifest.encoder)
         if quantize_int8 is not None:
             self.encoder_config = replace(self.encoder_config, quantize_int8=quantize_int8)
+        if backend is not None:
+            try:
+                self.encoder_config = replace(self.encoder_config, backend=backend)
+            except ValueError as exc:
+                raise RouterLoadError(str(exc)) from exc
         self._device = device
+        self.encoder_weights: Path | None = None  # fine-tuned encoder tensors (set by load_local)
         self._encoder = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -190,9 +207,14 @@ class LoadedRouter:
     @property
     def encoder(self):  # noqa: ANN201 - lazy, avoids importing torch for artefact checks
         if self._encoder is None:
-            from .encoder import Encoder
+            from .encoder import Encoder, EncoderError
 
-            enc = Encoder(self.encoder_config, device=self._device)
+            try:
+                enc = Encoder(self.encoder_config, device=self._device, weights_override=self.encoder_weights)
+            except EncoderError as exc:
+                if self.encoder_weights is None:
+                    raise
+                raise RouterLoadError(f"router {self.version}: {exc}") from exc
             want = self.manifest.encoder_weights_sha256
             if want and enc.weights_sha256() != want:
                 raise RouterLoadError(
@@ -296,6 +318,7 @@ def load_local(
     source: str | None = None,
     device: str | None = None,
     quantize_int8: bool | None = None,
+    backend: str | None = None,
 ) -> LoadedRouter:
     """Load and verify an artefact directory."""
     path = Path(path)
@@ -324,7 +347,7 @@ def load_local(
             )
         except ValueError as exc:
             raise RouterLoadError(f"router artefact {path}: {exc}") from exc
-    return LoadedRouter(
+    router = LoadedRouter(
         path,
         manifest,
         head,
@@ -333,7 +356,18 @@ def load_local(
         source=source or str(path),
         device=device,
         quantize_int8=quantize_int8,
+        backend=backend,
     )
+    if manifest.encoder_override is not None:
+        name = manifest.encoder_override
+        if name not in manifest.files:
+            raise RouterLoadError(f"{path / MANIFEST} declares encoder weights but does not list {name}")
+        tensors = _load_arrays(path / name)  # RouterLoadError when unreadable
+        bad = [k for k in tensors if not k.startswith(("encoder.", "embeddings."))]
+        if not tensors or bad:
+            raise RouterLoadError(f"router artefact {path}: {name} holds no encoder tensors ({bad[:3]})")
+        router.encoder_weights = path / name
+    return router
 
 
 def _download(ref: str, tracking_uri: str | None) -> Path:
@@ -360,11 +394,17 @@ def _download(ref: str, tracking_uri: str | None) -> Path:
 
 
 def load_router(
-    ref: str, *, tracking_uri: str | None = None, device: str | None = None, quantize_int8: bool | None = None
+    ref: str,
+    *,
+    tracking_uri: str | None = None,
+    device: str | None = None,
+    quantize_int8: bool | None = None,
+    backend: str | None = None,
 ) -> LoadedRouter:
     """Load a router from a local directory or an MLflow URI; raises :class:`RouterLoadError`.
 
-    ``quantize_int8`` overrides the artefact's encoder setting (int8 dynamic quantisation, CPU only).
+    ``quantize_int8`` and ``backend`` (``torch``/``onnx``) override the artefact's encoder settings
+    (its manifest's ``encoder``); ``None`` keeps what the router was trained with.
     """
     if not isinstance(ref, str) or not ref.strip():
         raise RouterLoadError("empty router reference")
@@ -372,7 +412,7 @@ def load_router(
     if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         t0 = time.perf_counter()
         path = _download(ref, tracking_uri or MLflowSettings().tracking_uri)
-        router = load_local(path, source=ref, device=device, quantize_int8=quantize_int8)
+        router = load_local(path, source=ref, device=device, quantize_int8=quantize_int8, backend=backend)
         log.info("loaded router %s from %s in %.1fs", router.version, ref, time.perf_counter() - t0)
         return router
     path = Path(ref)
@@ -381,7 +421,7 @@ def load_router(
             f"router reference {ref!r} is neither an existing directory "
             "nor an MLflow URI (models:/..., runs:/...)"
         )
-    return load_local(path, device=device, quantize_int8=quantize_int8)
+    return load_local(path, device=device, quantize_int8=quantize_int8, backend=backend)
 
 
 SMOKE_QUERIES = (

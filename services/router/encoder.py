@@ -4,6 +4,12 @@ Mean pooling + L2 normalisation, as sentence-transformers does. Long prompts kee
 their tail (``head_tokens`` + the rest from the end): few-shot prompts put the real question last,
 and the tail keeps an MMLU question's choices. Runs on CUDA when present, else CPU; optional int8
 dynamic quantisation of the linear layers for CPU serving.
+
+Two backends (``EncoderConfig.backend``): ``torch`` (default) and ``onnx`` — ONNX Runtime on CPU
+(see :mod:`services.router.onnx_backend`; the exported / int8-quantised model is cached under the
+state dir). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
+torch fp32). ``SWITCHYARD_ENCODER_THREADS`` sets ONNX Runtime's intra-op threads (default 1: one
+thread per replica, see the README's "Scoring speed").
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 EMBED_DIM = 384
+BACKENDS = ("torch", "onnx")
 
 
 class EncoderError(RuntimeError):
@@ -35,10 +42,20 @@ class EncoderConfig:
     max_length: int = 128
     head_tokens: int = 32
     quantize_int8: bool = False
+    backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"unknown encoder backend {self.backend!r} (known: {', '.join(BACKENDS)})")
 
     def key(self, weights_sha256: str) -> str:
-        """A content key for embedding caches: the config without serving-only knobs + weights."""
+        """A content key for embedding caches: the config without serving-only knobs + weights.
+
+        The backend is part of the key (so torch and ONNX vectors never mix); ``torch`` keeps the
+        key it had before backends existed, so existing caches stay valid."""
         raw = f"{self.name}|{self.max_length}|{self.head_tokens}|{self.quantize_int8}|{weights_sha256}"
+        if self.backend != "torch":
+            raw += f"|{self.backend}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
@@ -85,7 +102,12 @@ class Encoder:
         model_dir: Path | None = None,
         device: str | None = None,
         batch_size: int | None = None,
+        threads: int | None = None,
+        onnx_cache_dir: Path | None = None,
+        weights_override: Path | None = None,
     ) -> None:
+        """``weights_override``: a safetensors file of fine-tuned tensors (base-model parameter
+        names, e.g. ``encoder.layer.5.…``) loaded over the base weights; every key must exist."""
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -97,6 +119,30 @@ class Encoder:
         if self.config.quantize_int8 and self.device != "cpu":
             log.info("int8 dynamic quantisation is CPU-only; using fp32 on %s", self.device)
         self.batch_size = batch_size or (256 if self.device == "cuda" else 32)
+        self.backend = self.config.backend
+        if self.backend == "onnx" and self.device != "cpu":
+            log.info("the onnx backend is CPU-only; running the torch model on %s", self.device)
+            self.backend = "torch"
+        self.session = None
+        self.onnx_path: Path | None = None
+        self._torch = torch
+        self.weights_override = Path(weights_override) if weights_override else None
+        try:
+            self.override_sha256 = file_sha256(self.weights_override) if self.weights_override else None
+        except OSError as exc:
+            raise EncoderError(f"cannot read encoder weights {self.weights_override}: {exc}") from exc
+        if self.weights_override is not None and self.backend == "onnx":
+            log.info("fine-tuned encoder weights: the onnx export covers base weights only; using torch")
+            self.backend = "torch"
+        if self.backend == "onnx":
+            try:
+                self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise EncoderError(f"cannot load the tokenizer from {self.model_dir}: {exc}") from exc
+            self.tokenizer.model_max_length = 1 << 30
+            self.model = None
+            self._init_onnx(threads, onnx_cache_dir)
+            return
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), local_files_only=True)
             model = AutoModel.from_pretrained(str(self.model_dir), local_files_only=True)
@@ -105,10 +151,55 @@ class Encoder:
         # we truncate ourselves (head + tail) after tokenising the full text
         self.tokenizer.model_max_length = 1 << 30
         model.eval()
+        if self.weights_override is not None:
+            self._apply_override(model)
         if self.config.quantize_int8 and self.device == "cpu":
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model.to(self.device)
         self._torch = torch
+
+    def _apply_override(self, model) -> None:  # noqa: ANN001 - a transformers model
+        """Load the fine-tuned tensors over the base weights (strict on names and shapes)."""
+        from safetensors.torch import load_file
+
+        path = self.weights_override
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types for corrupt files
+            raise EncoderError(f"cannot read encoder weights {path}: {exc}") from exc
+        own = model.state_dict()
+        bad = [k for k, v in tensors.items() if k not in own or tuple(own[k].shape) != tuple(v.shape)]
+        if bad or not tensors:
+            raise EncoderError(f"encoder weights {path} do not fit {self.config.name}: {bad[:3] or 'empty'}")
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+
+    def _init_onnx(self, threads: int | None, cache_dir: Path | None) -> None:
+        from .onnx_backend import OnnxExportError, load_session
+
+        def torch_model():  # noqa: ANN202 - only needed when the cached export is missing
+            from transformers import AutoModel
+
+            try:
+                # eager attention: a plain graph that exports and fuses well
+                m = AutoModel.from_pretrained(
+                    str(self.model_dir), local_files_only=True, attn_implementation="eager"
+                )
+            except (OSError, ValueError) as exc:
+                raise EncoderError(f"cannot load encoder from {self.model_dir}: {exc}") from exc
+            return m.eval()
+
+        n = threads if threads is not None else int(os.environ.get("SWITCHYARD_ENCODER_THREADS", "1"))
+        try:
+            self.session, self.onnx_path = load_session(
+                name=self.config.name,
+                weights_sha256=self.weights_sha256(),
+                int8=self.config.quantize_int8,
+                load_torch_model=torch_model,
+                threads=n,
+                cache_dir=cache_dir,
+            )
+        except OnnxExportError as exc:
+            raise EncoderError(str(exc)) from exc
 
     @property
     def dim(self) -> int:
@@ -136,6 +227,8 @@ class Encoder:
             return np.zeros((0, EMBED_DIM), dtype=np.float32)
         bs = batch_size or self.batch_size
         ids = self._ids(texts)
+        if self.session is not None:
+            return self._encode_onnx(ids, bs)
         # Sort by length so batches pad little; restore the order at the end.
         order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)
@@ -156,4 +249,27 @@ class Encoder:
                 pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
                 pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
                 out[idx] = pooled.float().cpu().numpy()
+        return out
+
+    def _encode_onnx(self, ids: list[list[int]], bs: int) -> np.ndarray:
+        """ONNX Runtime pass: pooling and normalisation are inside the exported graph.
+
+        int8 runs one prompt at a time: dynamic quantisation scales each activation tensor by the
+        range of the whole batch (padding included), so batching would make a prompt's vector
+        depend on its neighbours (cosine ~0.99 between the two); on CPU batching buys little
+        with ONNX Runtime anyway (see the README's "Scoring speed")."""
+        if self.config.quantize_int8:
+            bs = 1
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(ids), bs):
+            idx = order[start : start + bs]
+            width = max(len(ids[i]) for i in idx)
+            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for r, i in enumerate(idx):
+                input_ids[r, : len(ids[i])] = ids[i]
+                mask[r, : len(ids[i])] = 1
+            out[idx] = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
         return out

@@ -136,7 +136,14 @@ class MLPHead(Head):
         return h @ self.params["w2"] + self.params["b2"]
 
 
-HEADS: dict[str, type[Head]] = {h.kind: h for h in (RandomHead, KNNHead, MFHead, MLPHead)}
+class FinetuneHead(MLPHead):
+    """The MLP head of a fine-tuned encoder (its layers travel in the artefact's
+    ``encoder.safetensors``; see :mod:`training.finetune`)."""
+
+    kind = "finetune"
+
+
+HEADS: dict[str, type[Head]] = {h.kind: h for h in (RandomHead, KNNHead, MFHead, MLPHead, FinetuneHead)}
 
 
 def make_head(kind: str, params: dict[str, np.ndarray], options: dict | None = None) -> Head:

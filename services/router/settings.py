@@ -19,5 +19,11 @@ class RouterSettings(BaseSettings):
     batch_size: int = Field(default=64, ge=1, le=4096)
     quantize_int8: bool | None = Field(
         default=None,
-        description="Override the artefact's encoder: int8 dynamic quantisation on CPU (see the README, "Scoring speed").",
+        description="Override the artefact's encoder: int8 dynamic quantisation on CPU "
+        "(see the README, 'Scoring speed'). Default: what the router was trained with.",
+    )
+    backend: str | None = Field(
+        default=None,
+        pattern="^(torch|onnx)$",
+        description="Override the artefact's encoder backend (torch or onnx). Default: its manifest's.",
     )

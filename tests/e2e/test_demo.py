@@ -52,6 +52,13 @@ def test_demo_closes_the_loop(kafka_bootstrap: str, mlflow_uri: str, data_dir: P
     assert summary["after_new_task"]["quality_ratio"] >= 0.9
     assert summary["after_other_tasks"]["savings"] > 0.2
 
+    # the timeline the README reports: onset -> alert -> new champion serving, in that order
+    tl = summary["timeline"]
+    assert 0 < tl["onset_to_alert_s"] < tl["onset_to_serving_s"], tl
+    assert tl["new_task_labelled_before_alert"] > 0, tl
+    md = (reports[0].parent / "README.md").read_text()
+    assert "## Per stage" in md and "## Timeline" in md
+
     for png in ("quality.png", "cost.png", "tiers.png"):
         assert (reports[0].parent / png).stat().st_size > 1000
 
