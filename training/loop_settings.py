@@ -64,11 +64,11 @@ class LoopSettings(BaseSettings):
     warm_start: bool = True
     calibration_folds: int = Field(default=3, ge=2)
     encoder_backend: str = Field(
-        default="onnx",
+        default="torch",
         pattern="^(torch|onnx)$",
         description="Encoder of the first router (no champion yet); later runs reuse the champion's.",
     )
-    encoder_int8: bool = Field(default=True, description="int8 encoder for the first router.")
+    encoder_int8: bool = Field(default=False, description="int8 encoder for the first router.")
     encoder_max_length: int = Field(default=128, ge=8, le=512)
     # gate
     quality_target: float = Field(default=0.95, gt=0, le=1)
