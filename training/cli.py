@@ -87,7 +87,7 @@ def train_cmd(
 
     from services.catalog import CatalogError, load_catalog
     from services.contracts.settings import MLflowSettings
-    from services.router.encoder import EncoderConfig, encoder_dir, file_sha256
+    from services.router.encoder import EncoderConfig, weights_sha256
 
     from .registry import RegistryError, log_run, promote
     from .settings import TrainingSettings
@@ -112,7 +112,7 @@ def train_cmd(
     t0 = time.perf_counter()
     ts = prepare(bench, settings.cache_dir, enc_cfg, models, device=device)
     t_embed = time.perf_counter() - t0
-    enc_sha = file_sha256(encoder_dir() / "model.safetensors")
+    enc_sha = weights_sha256()
     tmp = Path(tempfile.mkdtemp(prefix="router-", dir=str(settings.state_dir)))
     try:
         if kind == "finetune":

@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.contracts import prompt_hash
-from services.router.encoder import EMBED_DIM, Encoder, pick_device
+from services.router.encoder import EMBED_DIM, Encoder, padded_batches, pick_device
 from services.router.heads import features, task_features
 
 log = logging.getLogger(__name__)
@@ -99,25 +99,18 @@ def lower_states(
     model = encoder.model
     full = model.encoder.layer
     ids = encoder._ids(texts)
-    order = np.argsort([len(x) for x in ids], kind="stable")
     out: list[np.ndarray] = [np.zeros((0, EMBED_DIM), np.float16)] * len(ids)
-    pad = encoder.tokenizer.pad_token_id
     model.encoder.layer = torch.nn.ModuleList(list(full)[:layer])
     try:
         with torch.inference_mode():
-            for start in range(0, len(ids), batch_size):
-                idx = order[start : start + batch_size]
-                batch = [ids[i] for i in idx]
-                width = max(len(x) for x in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, x in enumerate(batch):
-                    input_ids[r, : len(x)] = torch.tensor(x)
-                    mask[r, : len(x)] = 1
-                hid = model(input_ids=input_ids.to(encoder.device), attention_mask=mask.to(encoder.device))
+            for idx, input_ids, mask in padded_batches(ids, batch_size, encoder.tokenizer.pad_token_id):
+                hid = model(
+                    input_ids=torch.from_numpy(input_ids).to(encoder.device),
+                    attention_mask=torch.from_numpy(mask).to(encoder.device),
+                )
                 h = hid.last_hidden_state.float().cpu().numpy()
                 for r, i in enumerate(idx):
-                    out[i] = h[r, : len(batch[r])].astype(np.float16)
+                    out[i] = h[r, : len(ids[i])].astype(np.float16)
     finally:
         model.encoder.layer = full
     return out
@@ -448,6 +441,28 @@ def finetune(
         torch.set_num_threads(threads)
 
 
+def finetune_rows(
+    ts: Any,
+    states: Sequence[np.ndarray],
+    rows: np.ndarray,
+    vocab: Sequence[str],
+    base_model: Any,
+    cfg: FinetuneConfig,
+) -> FinetuneResult:
+    """:func:`finetune` on some rows (indices) of a :class:`training.train.TrainingSet`, whose
+    cached lower-layer ``states`` are row-aligned with it."""
+    return finetune(
+        [states[i] for i in rows],
+        ts.embeddings[rows],
+        [ts.tasks[i] for i in rows],
+        vocab,
+        ts.labels[rows],
+        ts.frame["prompt_hash"].iloc[rows].tolist(),
+        base_model,
+        cfg,
+    )
+
+
 def predict(
     res: FinetuneResult,
     states: Sequence[np.ndarray],
@@ -485,7 +500,7 @@ def train_finetuned_router(
     fitted on the fine-tuned embeddings (the ones serving will compute)."""
     from services.router.artifact import save_router
 
-    from .splits import kfold
+    from .splits import kfold, train_mask
     from .train import TrainingSet, fit_calibration, fit_cascade, task_vocab
 
     if encoder.quantize_int8:
@@ -504,18 +519,8 @@ def train_finetuned_router(
     oof = np.zeros(ts.labels.shape)
     for f in np.unique(folds):
         test = folds == f
-        train = ~test & ~ts.frame["prompt_hash"].isin(set(ts.frame["prompt_hash"][test])).to_numpy()
-        tr, te = np.flatnonzero(train), np.flatnonzero(test)
-        res = finetune(
-            [states[i] for i in tr],
-            ts.embeddings[tr],
-            [ts.tasks[i] for i in tr],
-            vocab,
-            ts.labels[tr],
-            [hashes[i] for i in tr],
-            enc.model,
-            ft,
-        )
+        tr, te = np.flatnonzero(train_mask(ts.frame["prompt_hash"], test)), np.flatnonzero(test)
+        res = finetune_rows(ts, states, tr, vocab, enc.model, ft)
         oof[te], _ = predict(res, [states[i] for i in te], [ts.tasks[i] for i in te], vocab)
         log.info("calibration fold %d: fine-tuned in %.0fs", f, res.seconds)
     t_oof = time.perf_counter() - t0

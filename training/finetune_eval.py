@@ -29,7 +29,7 @@ from services.router.heads import features, sigmoid
 
 from .data import GPT4, MIXTRAL, Benchmark
 from .evaluate import HSM
-from .finetune import FinetuneConfig, HiddenStateCache, finetune, predict
+from .finetune import FinetuneConfig, HiddenStateCache, finetune_rows, predict
 from .metrics import bootstrap, oracle_curve, random_curve, two_tier_curve
 from .splits import kfold, leave_tasks_out, train_mask
 from .train import TrainConfig, fit_head, head_logits, prepare, task_vocab
@@ -143,16 +143,7 @@ def run_finetune_evaluation(
         params, opts = fit_head("mlp", ts.embeddings[tr], x[tr], ts.labels[tr], mlp_cfg)
         mlp_s = time.perf_counter() - t
         c1 = time.process_time()
-        res = finetune(
-            [states[i] for i in tr],
-            ts.embeddings[tr],
-            [ts.tasks[i] for i in tr],
-            vocab,
-            ts.labels[tr],
-            hashes.iloc[tr].tolist(),
-            enc.model,
-            ft,
-        )
+        res = finetune_rows(ts, states, tr, vocab, enc.model, ft)
         lg, _ = predict(res, [states[i] for i in te], [ts.tasks[i] for i in te], vocab)
         return {
             "test": te.tolist(),

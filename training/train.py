@@ -33,7 +33,7 @@ from services.router.heads import HEADS, features, make_head, sigmoid
 
 from .data import MIXTRAL, Benchmark
 from .embeddings import EmbeddingCache
-from .splits import kfold
+from .splits import kfold, train_mask
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def oof_logits(
     out = np.zeros(ts.labels.shape, dtype=np.float64)
     for f in np.unique(folds):
         test = folds == f
-        train = ~test & ~ts.frame["prompt_hash"].isin(set(ts.frame["prompt_hash"][test])).to_numpy()
+        train = train_mask(ts.frame["prompt_hash"], test)
         params, opts = fit_head(cfg.kind, ts.embeddings[train], x[train], ts.labels[train], cfg, init)
         out[test] = head_logits(cfg.kind, params, opts, x[test])
     return out

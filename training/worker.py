@@ -288,9 +288,9 @@ class LazyEncoder:
         return 384
 
     def weights_sha256(self) -> str:
-        from services.router.encoder import encoder_dir, file_sha256
+        from services.router.encoder import weights_sha256
 
-        return file_sha256(encoder_dir() / "model.safetensors")
+        return weights_sha256()
 
     def encode(self, texts):  # noqa: ANN001, ANN201
         if self._enc is None:
@@ -454,7 +454,7 @@ class RunExecutor:
         return full, holdout_mask(full, self.ctx.loop.holdout_folds), models, catalog
 
     def train(self, state: RunState) -> None:
-        from services.router.encoder import encoder_dir, file_sha256
+        from services.router.encoder import weights_sha256
 
         from .collect import training_rows
         from .train import TrainConfig, train_router
@@ -479,7 +479,7 @@ class RunExecutor:
             catalog,
             out,
             encoder=enc,
-            encoder_sha=file_sha256(encoder_dir() / "model.safetensors"),
+            encoder_sha=weights_sha256(),
             extra={
                 "run_id": state.run_id,
                 "warm_start": cv if init is not None else None,

@@ -197,13 +197,8 @@ class ProviderPool:
                 except UpstreamError as exc:
                     breaker.record_failure()
                     attempts.append(
-                        Attempt(
-                            model=model_id,
-                            provider=entry.provider,
-                            status="error",
-                            latency_ms=(time.perf_counter() - t0) * 1000,
-                            error=exc.message[:300],
-                            http_status=exc.http_status,
+                        self._attempt(
+                            model_id, t0, "error", error=exc.message[:300], http_status=exc.http_status
                         )
                     )
                     log.info("upstream %s failed for %s: %s", entry.provider, model_id, exc.message)
@@ -218,6 +213,21 @@ class ProviderPool:
         """USD for a call of ``model_id`` with these token counts."""
         return self.catalog.model(model_id).price.cost(prompt_tokens, completion_tokens)
 
+    def _attempt(
+        self, model_id: str, t0: float, status: str, *, tokens: tuple[int, int] | None = None, **extra: Any
+    ) -> Attempt:
+        """An attempt on ``model_id`` that started at ``t0`` (``perf_counter``); ``tokens`` =
+        (prompt, completion) prices it."""
+        cost = self.cost(model_id, *tokens) if tokens is not None else 0.0
+        return Attempt(
+            model=model_id,
+            provider=self.catalog.model(model_id).provider,
+            status=status,
+            latency_ms=(time.perf_counter() - t0) * 1000,
+            cost_usd=cost,
+            **extra,
+        )
+
     async def complete(
         self, order: Sequence[str], payload: dict[str, Any], attempts: list[Attempt]
     ) -> tuple[str, Completion]:
@@ -230,15 +240,8 @@ class ProviderPool:
             except UpstreamError as exc:
                 last = exc
                 continue
-            entry = self.catalog.model(model_id)
             attempts.append(
-                Attempt(
-                    model=model_id,
-                    provider=entry.provider,
-                    status="ok",
-                    latency_ms=(time.perf_counter() - t0) * 1000,
-                    cost_usd=self.cost(model_id, result.prompt_tokens, result.completion_tokens),
-                )
+                self._attempt(model_id, t0, "ok", tokens=(result.prompt_tokens, result.completion_tokens))
             )
             return model_id, result
         assert last is not None, "empty fallback order"
@@ -288,7 +291,6 @@ class ProviderPool:
         attempts: list[Attempt],
         t0: float,
     ) -> AsyncIterator[dict[str, Any]]:
-        entry = self.catalog.model(model_id)
         for chunk in held:
             yield chunk
         if gen is not None:
@@ -298,13 +300,12 @@ class ProviderPool:
             except UpstreamError as exc:
                 self.breaker(model_id).record_failure()
                 attempts.append(
-                    Attempt(
-                        model=model_id,
-                        provider=entry.provider,
-                        status="error",
-                        latency_ms=(time.perf_counter() - t0) * 1000,
+                    self._attempt(
+                        model_id,
+                        t0,
+                        "error",
+                        tokens=(usage.prompt_tokens, len(usage.text)),
                         error=f"mid-stream: {exc.message}"[:300],
-                        cost_usd=self.cost(model_id, usage.prompt_tokens, len(usage.text)),
                     )
                 )
                 raise MidStreamError(
@@ -315,13 +316,7 @@ class ProviderPool:
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
         attempts.append(
-            Attempt(
-                model=model_id,
-                provider=entry.provider,
-                status="ok",
-                latency_ms=(time.perf_counter() - t0) * 1000,
-                cost_usd=self.cost(model_id, usage.prompt_tokens, usage.completion_tokens),
-            )
+            self._attempt(model_id, t0, "ok", tokens=(usage.prompt_tokens, usage.completion_tokens))
         )
 
     def breaker_states(self) -> dict[str, BreakerState]:

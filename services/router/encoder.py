@@ -14,10 +14,11 @@ thread per replica, see the README's "Scoring speed").
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -83,6 +84,13 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=8)
+def weights_sha256(model_dir: Path | None = None) -> str:
+    """Checksum of an encoder's weights (default: the bundled one), hashed once per process: it
+    ties embedding caches, ONNX exports and router artefacts to the weights."""
+    return file_sha256(Path(model_dir or encoder_dir()) / "model.safetensors")
+
+
 def pick_device(device: str | None = None) -> str:
     """``cuda`` when a GPU is visible (and not overridden), else ``cpu``."""
     if device:
@@ -90,6 +98,23 @@ def pick_device(device: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def padded_batches(
+    ids: Sequence[Sequence[int]], batch_size: int, pad: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Token-id lists in batches of similar length (so they pad little): for each batch the row
+    indices into ``ids``, the padded ``input_ids`` and the ``attention_mask`` (int64, (b, width))."""
+    order = np.argsort([len(x) for x in ids], kind="stable")
+    for start in range(0, len(ids), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(ids[i]) for i in idx)
+        input_ids = np.full((len(idx), width), pad, dtype=np.int64)
+        mask = np.zeros((len(idx), width), dtype=np.int64)
+        for r, i in enumerate(idx):
+            input_ids[r, : len(ids[i])] = ids[i]
+            mask[r, : len(ids[i])] = 1
+        yield idx, input_ids, mask
 
 
 class Encoder:
@@ -206,8 +231,8 @@ class Encoder:
         return EMBED_DIM
 
     def weights_sha256(self) -> str:
-        """Checksum of the bundled encoder weights (ties caches and artefacts to them)."""
-        return file_sha256(self.model_dir / "model.safetensors")
+        """Checksum of the base encoder weights (ties caches and artefacts to them)."""
+        return weights_sha256(self.model_dir)
 
     def _ids(self, texts: Sequence[str]) -> list[list[int]]:
         tok = self.tokenizer
@@ -229,21 +254,11 @@ class Encoder:
         ids = self._ids(texts)
         if self.session is not None:
             return self._encode_onnx(ids, bs)
-        # Sort by length so batches pad little; restore the order at the end.
-        order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
         with torch.inference_mode():
-            for start in range(0, len(ids), bs):
-                idx = order[start : start + bs]
-                batch = [ids[i] for i in idx]
-                width = max(len(x) for x in batch)
-                input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for r, x in enumerate(batch):
-                    input_ids[r, : len(x)] = torch.tensor(x)
-                    mask[r, : len(x)] = 1
-                input_ids, mask = input_ids.to(self.device), mask.to(self.device)
+            for idx, ids_np, mask_np in padded_batches(ids, bs, self.tokenizer.pad_token_id):
+                input_ids = torch.from_numpy(ids_np).to(self.device)
+                mask = torch.from_numpy(mask_np).to(self.device)
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
                 m = mask.unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -260,16 +275,7 @@ class Encoder:
         with ONNX Runtime anyway (see the README's "Scoring speed")."""
         if self.config.quantize_int8:
             bs = 1
-        order = np.argsort([len(x) for x in ids], kind="stable")
         out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)
-        pad = self.tokenizer.pad_token_id
-        for start in range(0, len(ids), bs):
-            idx = order[start : start + bs]
-            width = max(len(ids[i]) for i in idx)
-            input_ids = np.full((len(idx), width), pad, dtype=np.int64)
-            mask = np.zeros((len(idx), width), dtype=np.int64)
-            for r, i in enumerate(idx):
-                input_ids[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1
+        for idx, input_ids, mask in padded_batches(ids, bs, self.tokenizer.pad_token_id):
             out[idx] = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})[0]
         return out
