@@ -56,10 +56,20 @@ class Collected:
 
 
 def load_bootstrap(
-    data_dir: Path, datasets: list[str], max_rows: int | None, tasks: list[str], seed: int = 0
+    data_dir: Path,
+    datasets: list[str],
+    max_rows: int | None,
+    tasks: list[str],
+    seed: int = 0,
+    *,
+    holdout_rows: int = 0,
+    holdout_folds: int = 5,
 ) -> pd.DataFrame:
-    """The benchmark rows used by a run: a deterministic subsample of each dataset (``max_rows``)
-    plus every row of ``tasks`` (the drifting tasks need enough held-out rows to be judged)."""
+    """The benchmark rows used by a run: a deterministic subsample of each dataset (``max_rows``),
+    plus every row of ``tasks`` (the drifting tasks need enough held-out rows to be judged), plus
+    up to ``holdout_rows`` more held-out rows per dataset (fold 0 of :func:`holdout_mask`, never
+    trained on): the gate's per-task and per-dataset comparisons need more rows than a training
+    subsample leaves them."""
     unknown = [d for d in datasets if d not in LOADERS]
     if unknown:
         raise ValueError(f"unknown datasets {unknown} (known: {sorted(LOADERS)})")
@@ -73,7 +83,11 @@ def load_bootstrap(
         keep = f["task"].isin(tasks) | (d in tasks)
         if max_rows and len(f) > max_rows:
             sample = f.sample(n=max_rows, random_state=seed)
-            f = pd.concat([sample, f[keep.to_numpy()]]).drop_duplicates(subset="id")
+            parts = [sample, f[keep.to_numpy()]]
+            if holdout_rows:
+                held = f[kfold(f["prompt_hash"], holdout_folds, seed=0) == 0]
+                parts.append(held.sample(n=min(holdout_rows, len(held)), random_state=seed))
+            f = pd.concat(parts).drop_duplicates(subset="id")
         frames.append(f)
     if not frames:
         raise DataNotFoundError(f"no benchmark data under {data_dir}")
@@ -215,12 +229,22 @@ def prompt_lookup(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
 
 
 def fresh_labels_from_outcomes(
-    outcomes: list[OutcomeEvent], lookup: dict[str, tuple[str, str]]
+    outcomes: list[OutcomeEvent],
+    lookup: dict[str, tuple[str, str]],
+    tasks: list[str] | tuple[str, ...] | None = None,
 ) -> pd.DataFrame:
     """One row per (prompt, model) graded live: prompt_hash, prompt, task, model, label, weight.
-    The latest signal per (prompt, model) wins; redacted prompts unknown to the bootstrap are dropped."""
+    The latest signal per (prompt, model) wins; redacted prompts unknown to the bootstrap are dropped.
+
+    Live feedback grades only the model the router chose, and the router chose the cheap model
+    where it expected it to be right: on a stable task these labels are a biased sample that makes
+    the cheap model look better than it is. So only outcomes of ``tasks`` (the drifting tasks a
+    retrain targets) become labels; ``tasks=None`` keeps every task."""
     rows: dict[tuple[str, str], dict] = {}
+    wanted = set(tasks) if tasks is not None else None
     for o in sorted(outcomes, key=lambda o: o.ts):
+        if wanted is not None and o.task not in wanted:
+            continue
         prompt = o.prompt or lookup.get(o.prompt_hash, (None, None))[0]
         if not prompt:
             continue

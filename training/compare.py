@@ -7,13 +7,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from services.catalog import Catalog
+from services.router.calibration import comparable_rows
 from services.router.heads import features
 from services.router.policy import choose
 
 from .data import GPT4, MIXTRAL
-from .gate import Evaluation, TaskMetrics
+from .gate import Evaluation, RowOutcomes, TaskMetrics
 from .metrics import ece, two_tier_curve
 from .train import TrainingSet
 
@@ -63,11 +65,17 @@ def evaluate_router(
     labels = holdout.labels
     prices = np.array([catalog.blended_price(m) for m in models])
     strong = models.index(catalog.strong_model)
-    p = np.where(np.isnan(labels), np.nan, probs)
     tasks = np.array(holdout.tasks)
-    thr = np.array([router.calibration.table(t)[0].threshold(quality_target) for t in holdout.tasks])
-    # rows with no graded strong answer cannot be measured against the strong model
-    measurable = ~np.isnan(labels[:, strong])
+    # as served: only the models calibrated for the row's task (its table's candidates) compete
+    tables = {t: router.calibration.table(t)[0] for t in set(holdout.tasks)}
+    rows_of = {t: np.array([m in set(tab.candidates) for m in models]) for t, tab in tables.items()}
+    allowed = np.array([rows_of[t] for t in holdout.tasks], bool).reshape(labels.shape)
+    allowed[:, models.index(catalog.strong_model)] = True
+    p = np.where(np.isnan(labels) | ~allowed, np.nan, probs)
+    thr = np.array([tables[t].threshold(quality_target) for t in holdout.tasks])
+    # rows with no graded strong answer cannot be measured against the strong model, and rows
+    # graded for one model only leave the router no choice (they would dilute every difference)
+    measurable = comparable_rows(labels, strong)
     chosen = choose(p, prices, thr, strong=strong, rule=router.calibration.rule)
     overall = _task_metrics(labels[measurable], chosen[measurable], prices, strong)
     per_task = {}
@@ -81,6 +89,19 @@ def evaluate_router(
         two = ~np.isnan(labels[:, si]) & ~np.isnan(labels[:, wi])
         if two.sum() >= 10:
             apgr = two_tier_curve(probs[two, si] - probs[two, wi], labels[two, si], labels[two, wi]).apgr()
+    rows = np.arange(len(chosen))
+    got, ys = labels[rows, chosen], labels[:, strong]
+    keep = measurable & ~np.isnan(got)
+    frame = holdout.frame
+    keys = frame["prompt_hash"] if "prompt_hash" in frame else pd.Series(np.arange(len(frame))).astype(str)
+    groups = frame["dataset"] if "dataset" in frame else pd.Series(holdout.tasks)
+    per_row = RowOutcomes(
+        keys=[str(k) for k in np.asarray(keys)[keep]],
+        tasks=[str(t) for t in tasks[keep]],
+        groups=[str(g) for g in np.asarray(groups)[keep]],
+        quality=got[keep].tolist(),
+        strong=ys[keep].tolist(),
+    )
     return Evaluation(
         router_version=router.version,
         quality_target=quality_target,
@@ -88,6 +109,7 @@ def evaluate_router(
         per_task=per_task,
         apgr=apgr,
         ece=ece(probs, labels),
+        rows=per_row,
     )
 
 

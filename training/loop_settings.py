@@ -32,6 +32,11 @@ class LoopSettings(BaseSettings):
     max_records: int = Field(
         default=20000, ge=1, description="At most this many records per topic (newest kept)."
     )
+    holdout_rows: int = Field(
+        default=400,
+        ge=0,
+        description="Extra held-out rows per dataset beyond the training subsample (for the gate).",
+    )
     holdout_folds: int = Field(
         default=5, ge=2, description="Held-out split = fold 0 of this many (by prompt hash)."
     )
@@ -76,6 +81,8 @@ class LoopSettings(BaseSettings):
     task_margins: dict[str, float] = Field(default_factory=dict)
     repair_margin: float = Field(default=0.05, ge=0)
     overall_margin: float = Field(default=0.01, ge=0)
+    stable_margin: float = Field(default=0.02, ge=0)
+    gate_alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance of a quality drop.")
     apgr_margin: float = Field(default=0.05, ge=0)
     cost_margin: float = Field(default=0.25, ge=0)
     ece_margin: float = Field(default=0.03, ge=0)
@@ -99,6 +106,8 @@ class LoopSettings(BaseSettings):
             task_margins=self.task_margins,
             repair_margin=self.repair_margin,
             overall_margin=self.overall_margin,
+            stable_margin=self.stable_margin,
+            alpha=self.gate_alpha,
             apgr_margin=self.apgr_margin,
             cost_margin=self.cost_margin,
             ece_margin=self.ece_margin,

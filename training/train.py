@@ -24,6 +24,7 @@ from services.router.calibration import (
     MIN_TASK_ROWS,
     Calibration,
     ThresholdTable,
+    comparable_rows,
     fit_platt,
     fit_table,
 )
@@ -52,6 +53,17 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     dropout: float = Field(default=0.2, ge=0, lt=1)
+    min_table_rows: int = Field(
+        default=MIN_TASK_ROWS,
+        ge=1,
+        description="Rows (graded for 2+ models) a task needs for its own threshold table.",
+    )
+    threshold_confidence: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Thresholds keep the quality target with this one-sided confidence (0: point estimate).",
+    )
     batch_size: int = Field(default=512, ge=1)
     k: int = Field(default=64, ge=1, description="knn: neighbours")
     knn_temperature: float = Field(default=0.05, gt=0)
@@ -281,8 +293,11 @@ def fit_calibration(
     strong_model: str,
     *,
     rule: str = "gap",
+    confidence: float = 0.0,
+    min_table_rows: int = MIN_TASK_ROWS,
 ) -> Calibration:
-    """Platt per model (and per task where it has rows), then threshold tables on the result."""
+    """Platt per model (and per task where it has rows), then threshold tables on the result
+    (``confidence``: see :func:`services.router.calibration.fit_table`)."""
     platt = {m: fit_platt(logits[:, j], labels[:, j]) for j, m in enumerate(models)}
     tasks_arr = np.array(tasks)
     task_platt: dict[str, dict] = {}
@@ -306,17 +321,28 @@ def fit_calibration(
     )
     probs = cal.apply(logits, tasks)
     strong = models.index(strong_model)
-    global_table = fit_table(probs, labels, prices, models, strong, rule=rule)
-    # Candidates for unknown tasks: models graded on at least half of the rows.
-    graded = (~np.isnan(labels)).mean(axis=0) >= 0.5
+    both = comparable_rows(labels, strong)
+    own = [t for t in sorted(set(tasks)) if ((tasks_arr == t) & both).sum() >= min_table_rows]
+    # The global table serves the tasks without their own table (and unknown ones): fit it on
+    # their rows, not on the mix, whose big tasks would set a threshold that suits them instead.
+    rest = ~np.isin(tasks_arr, own)
+    use = rest if (rest & both).sum() >= min_table_rows else np.ones(len(tasks_arr), bool)
+    global_table = fit_table(
+        probs[use], labels[use], prices, models, strong, rule=rule, confidence=confidence
+    )
+    # Candidates for unknown tasks: models graded on at least half of the comparable rows (rows
+    # graded for one model only, i.e. live feedback, would crowd out every model but the one the
+    # router usually picks).
+    graded = (~np.isnan(labels[both] if both.any() else labels)).mean(axis=0) >= 0.5
     global_table = global_table.model_copy(
         update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]}
     )
     task_tables = {}
-    for t in sorted(set(tasks)):
+    for t in own:
         rows = tasks_arr == t
-        if rows.sum() >= MIN_TASK_ROWS:
-            task_tables[t] = fit_table(probs[rows], labels[rows], prices, models, strong, rule=rule)
+        task_tables[t] = fit_table(
+            probs[rows], labels[rows], prices, models, strong, rule=rule, confidence=confidence
+        )
     return cal.model_copy(update={"global_table": global_table, "task_tables": task_tables})
 
 
@@ -359,7 +385,12 @@ def train_router(
     init: dict[str, np.ndarray] | None = None,
 ) -> tuple[Manifest, dict[str, float]]:
     """Fit calibration on out-of-fold predictions, refit on all rows, save the artefact.
-    ``init``: head weights to start from (warm start; mlp, shapes must match the task vocabulary)."""
+    ``init``: head weights to start from (warm start; mlp, shapes must match the task vocabulary).
+    Only the final fit starts from ``init``: the champion was trained on these rows, so fold
+    models started from it would "predict" rows they have already seen, and calibration fitted on
+    such leaky out-of-fold scores trusts the cheap model too much (every warm-started demo
+    challenger routed more to the cheap model than the champion and lost 3-7 points of quality
+    on the stable tasks' live traffic)."""
     t0 = time.perf_counter()
     unknown = [m for m in ts.models if m not in catalog.model_ids]
     if unknown:
@@ -367,10 +398,18 @@ def train_router(
     vocab = task_vocab(ts.tasks)
     prices = np.array([catalog.blended_price(m) for m in ts.models])
     folds = kfold(ts.frame["prompt_hash"], cfg.calibration_folds, cfg.seed)
-    oof = oof_logits(ts, cfg, folds, vocab, init)
+    oof = oof_logits(ts, cfg, folds, vocab, None)
     t_oof = time.perf_counter() - t0
     calibration = fit_calibration(
-        oof, ts.labels, ts.tasks, ts.models, prices, catalog.strong_model, rule=cfg.rule
+        oof,
+        ts.labels,
+        ts.tasks,
+        ts.models,
+        prices,
+        catalog.strong_model,
+        rule=cfg.rule,
+        confidence=cfg.threshold_confidence,
+        min_table_rows=cfg.min_table_rows,
     )
     x = features(ts.embeddings, ts.tasks, vocab)
     params, opts = fit_head(cfg.kind, ts.embeddings, x, ts.labels, cfg, init)

@@ -361,7 +361,14 @@ class RunExecutor:
         from .collect import load_bootstrap
 
         s = self.ctx.loop
-        return load_bootstrap(self.ctx.data_dir, list(s.datasets), s.max_rows, state.tasks)
+        return load_bootstrap(
+            self.ctx.data_dir,
+            list(s.datasets),
+            s.max_rows,
+            state.tasks,
+            holdout_rows=s.holdout_rows,
+            holdout_folds=s.holdout_folds,
+        )
 
     # -- stages --------------------------------------------------------------------------------
     def collect(self, state: RunState) -> None:
@@ -443,7 +450,7 @@ class RunExecutor:
         catalog = self._catalog()
         frame = self._frame(state)
         outcomes = self._read(state, "outcomes.jsonl", OutcomeEvent)
-        fresh = fresh_labels_from_outcomes(outcomes, prompt_lookup(frame))
+        fresh = fresh_labels_from_outcomes(outcomes, prompt_lookup(frame), tasks=list(state.tasks))
         p = self.store.run_dir(state.run_id) / "distilled.jsonl"
         if p.exists() and p.stat().st_size:
             fresh = pd.concat([fresh, pd.read_json(p, orient="records", lines=True)], ignore_index=True)

@@ -14,6 +14,7 @@ router artefact:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -141,6 +142,29 @@ def threshold_grid(scores: np.ndarray, *, rule: str = "gap", levels: int = 200) 
     return grid if rule == "gap" else grid[::-1]
 
 
+def _bound_terms(
+    scores: np.ndarray, labels: np.ndarray, prices: np.ndarray, strong: int, grid: np.ndarray, rule: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
+    """Per threshold: mean and variance of the chosen model's correctness, its covariance with
+    the strong model's; and the strong model's mean and variance (rows = comparable rows)."""
+    from .policy import choose
+
+    rows = np.arange(len(scores))
+    ys = labels[:, strong]
+    mq, vq, cqs = (np.empty(len(grid)) for _ in range(3))
+    for i, t in enumerate(grid):
+        q = labels[rows, choose(scores, prices, t, strong=strong, rule=rule)]
+        mq[i], vq[i] = q.mean(), q.var()
+        cqs[i] = ((q - q.mean()) * (ys - ys.mean())).mean()
+    return mq, vq, cqs, float(ys.mean()), float(ys.var()), len(scores)
+
+
+def comparable_rows(labels: np.ndarray, strong: int) -> np.ndarray:
+    """Rows graded for the strong model and at least one other model (n, M labels, NaN = ungraded)."""
+    graded = ~np.isnan(labels)
+    return graded[:, strong] & (graded.sum(axis=1) >= 2)
+
+
 def fit_table(
     scores: np.ndarray,
     labels: np.ndarray,
@@ -150,17 +174,40 @@ def fit_table(
     *,
     rule: str = "gap",
     targets: Sequence[float] = TARGETS,
+    confidence: float = 0.0,
 ) -> ThresholdTable:
-    """Per target, the cheapest threshold (first crossing from 'always strong') keeping it."""
+    """Per target, the cheapest threshold (first crossing from 'always strong') keeping it.
+
+    ``confidence`` > 0: keep the target with that one-sided confidence, not on the point estimate.
+    A threshold then qualifies only when the lower confidence bound of ``mean(q - target·s)`` over
+    the rows (q: the chosen model's correctness, s: the strong model's) is >= 0. On a task with a
+    few hundred rows the point estimate picks, by chance, thresholds that lose several points on
+    new data; the bound makes the table as cautious as its data is thin.
+
+    Only :func:`comparable_rows` measure what routing costs in quality: a row graded for one model
+    only (live feedback on the model the router chose) would add the same quality at every
+    threshold, or the same to the quality and the strong reference, and so loosen the threshold
+    (selection bias). Without any comparable row, every row is used."""
     cand = ~np.all(np.isnan(labels), axis=0)
+    keep = comparable_rows(labels, strong)
+    if keep.any():
+        scores, labels = scores[keep], labels[keep]
     s = np.where(np.isnan(labels), np.nan, scores)
     grid = threshold_grid(s, rule=rule)
     quality, _ = quality_curve(s, labels, prices, strong, grid, rule=rule)
     ref = np.nanmean(labels[:, strong]) if not np.all(np.isnan(labels[:, strong])) else np.nanmax(quality)
     ratio = quality / max(ref, 1e-9)
+    bound = _bound_terms(s, labels, prices, strong, grid, rule) if confidence > 0 and keep.any() else None
+    z = NormalDist().inv_cdf(confidence) if bound is not None else 0.0
     out = []
     for target in targets:
-        ok = ratio >= target - 1e-12
+        if bound is None:
+            ok = ratio >= target - 1e-12
+        else:
+            mq, vq, cqs, ms, vs, n = bound
+            mean = mq - target * ms
+            var = np.maximum(vq + target**2 * vs - 2 * target * cqs, 0.0)
+            ok = mean - z * np.sqrt(var / max(n - 1, 1)) >= -1e-12
         # first index where the quality falls below the target, walking from strong to cheap
         bad = np.flatnonzero(~ok)
         last = (bad[0] - 1) if len(bad) else len(grid) - 1

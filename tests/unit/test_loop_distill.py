@@ -223,3 +223,21 @@ async def test_unavailable_upstream_stops_distillation_early() -> None:
     )
     assert labelled == [] and counters["failed"] == 4 == len(pool.calls)
     assert budget.spent_usd == 0.0
+
+
+def test_live_feedback_labels_only_the_drifting_tasks() -> None:
+    """Outcomes grade only the chosen model (a biased sample): a targeted retrain uses those of its
+    drifting tasks only, a retrain without tasks none of them."""
+    from services.contracts import OutcomeEvent
+    from training.collect import fresh_labels_from_outcomes
+
+    lookup = {"h1": ("p1", "law"), "h2": ("p2", "gsm8k")}
+    outs = [
+        OutcomeEvent(
+            request_id=r, task=t, prompt_hash=h, chosen_model=CHEAP, mode="route", score=y, accepted=y > 0.5
+        )
+        for r, h, t, y in (("r1", "h1", "law", 0.0), ("r2", "h2", "gsm8k", 1.0))
+    ]
+    assert set(fresh_labels_from_outcomes(outs, lookup)["task"]) == {"law", "gsm8k"}
+    assert list(fresh_labels_from_outcomes(outs, lookup, tasks=["law"])["task"]) == ["law"]
+    assert fresh_labels_from_outcomes(outs, lookup, tasks=[]).empty

@@ -101,3 +101,128 @@ def test_metrics_are_flat_and_finite() -> None:
     m = metrics_of("challenger", ev("a", {"x": tm(0.95)}, apgr=float("nan")))
     assert "challenger.task.x.quality_ratio" in m and "challenger.apgr" not in m
     assert all(np.isfinite(v) for v in m.values())
+
+
+def rows_ev(
+    version: str, per_task: dict[str, tuple[list[float], list[float]]], group: dict[str, str] | None = None
+):
+    """An Evaluation with per-row outcomes: per task (chosen correctness, strong correctness)."""
+    keys, tasks, groups, q, s = [], [], [], [], []
+    metrics = {}
+    for task, (qs, ss) in per_task.items():
+        keys += [f"{task}-{i}" for i in range(len(qs))]
+        tasks += [task] * len(qs)
+        groups += [(group or {}).get(task, task)] * len(qs)
+        q += qs
+        s += ss
+        metrics[task] = TaskMetrics(
+            n=len(qs),
+            quality=float(np.mean(qs)),
+            strong_quality=float(np.mean(ss)),
+            quality_ratio=float(np.sum(qs) / np.sum(ss)),
+            cost_ratio=0.3,
+            strong_share=0.3,
+        )
+    from training.gate import RowOutcomes
+
+    overall = TaskMetrics(
+        n=len(q),
+        quality=float(np.mean(q)),
+        strong_quality=float(np.mean(s)),
+        quality_ratio=float(np.sum(q) / np.sum(s)),
+        cost_ratio=0.3,
+        strong_share=0.3,
+    )
+    return Evaluation(
+        router_version=version,
+        quality_target=0.95,
+        overall=overall,
+        per_task=metrics,
+        apgr=0.6,
+        ece=0.05,
+        rows=RowOutcomes(keys=keys, tasks=tasks, groups=groups, quality=q, strong=s),
+    )
+
+
+def _flip(values: list[float], k: int) -> list[float]:
+    """The first ``k`` correct answers turned wrong."""
+    out, left = list(values), k
+    for i, v in enumerate(out):
+        if left and v == 1.0:
+            out[i], left = 0.0, left - 1
+    return out
+
+
+RNG = np.random.default_rng(7)
+STRONG = {
+    t: (RNG.random(n) < 0.85).astype(float).tolist()
+    for t, n in (("gsm8k", 80), ("mmlu_x", 400), ("law", 300))
+}
+
+
+def test_paired_gate_passes_a_drop_that_is_noise() -> None:
+    """One different answer on 80 rows is a 1.5-point drop: beyond a point margin of 1 point,
+    not a significant loss."""
+    base = {t: (s, s) for t, s in STRONG.items()}
+    champ = rows_ev("champ", base)
+    chall = rows_ev("chall", {**base, "gsm8k": (_flip(STRONG["gsm8k"], 1), STRONG["gsm8k"])})
+    cfg = GateConfig(task_margin=0.01)
+    v = gate(chall, champ, cfg, [])
+    check = next(c for c in v.checks if c.name == "task:gsm8k")
+    assert check.passed, check.detail
+    assert "upper bound" in check.detail
+    # the same drop without per-row outcomes is a point comparison and fails
+    bare = gate(chall.model_copy(update={"rows": None}), champ.model_copy(update={"rows": None}), cfg, [])
+    assert not next(c for c in bare.checks if c.name == "task:gsm8k").passed
+
+
+def test_paired_gate_fails_a_real_drop() -> None:
+    base = {t: (s, s) for t, s in STRONG.items()}
+    champ = rows_ev("champ", base)
+    chall = rows_ev("chall", {**base, "gsm8k": (_flip(STRONG["gsm8k"], 12), STRONG["gsm8k"])})
+    v = gate(chall, champ, GateConfig(), [])
+    assert not v.passed
+    assert any("task gsm8k" in r for r in v.reasons)
+
+
+def test_a_repaired_drifting_task_cannot_hide_a_loss_on_the_others() -> None:
+    """Overall quality rises (the big drifting task is repaired) while the stable tasks lose."""
+    champ = rows_ev(
+        "champ",
+        {
+            "gsm8k": (STRONG["gsm8k"], STRONG["gsm8k"]),
+            "mmlu_x": (STRONG["mmlu_x"], STRONG["mmlu_x"]),
+            "law": (_flip(STRONG["law"], 120), STRONG["law"]),
+        },
+    )
+    chall = rows_ev(
+        "chall",
+        {
+            "gsm8k": (STRONG["gsm8k"], STRONG["gsm8k"]),
+            "mmlu_x": (_flip(STRONG["mmlu_x"], 14), STRONG["mmlu_x"]),
+            "law": (STRONG["law"], STRONG["law"]),
+        },
+    )
+    cfg = GateConfig(task_margins={"mmlu_x": 0.05})  # the task alone is allowed 5 points
+    v = gate(chall, champ, cfg, ["law"])
+    names = {c.name: c.passed for c in v.checks}
+    assert names["overall:quality"] and names["repair:law"] and names["task:mmlu_x"]
+    assert names["stable:quality"] is False
+    assert not v.passed
+
+
+def test_small_tasks_are_judged_together_per_dataset() -> None:
+    """40 subjects of 10 rows each: none is gated alone, their dataset is."""
+    per_task, groups = {}, {}
+    rng = np.random.default_rng(3)
+    for i in range(40):
+        s = (rng.random(10) < 0.85).astype(float).tolist()
+        per_task[f"subject{i}"] = (s, s)
+        groups[f"subject{i}"] = "mmlu"
+    champ = rows_ev("champ", per_task, groups)
+    worse = {t: (_flip(s, 1) if i % 2 == 0 else s, s) for i, (t, (s, _)) in enumerate(per_task.items())}
+    chall = rows_ev("chall", worse, groups)
+    v = gate(chall, champ, GateConfig(), [])
+    assert not any(c.name.startswith("task:") for c in v.checks)
+    group = next(c for c in v.checks if c.name == "group:mmlu")
+    assert not group.passed and "n=400" in group.detail

@@ -159,3 +159,45 @@ def test_warm_start_reindexes_task_weights(tmp_path: Path) -> None:
     np.testing.assert_array_equal(init["w1"][d], w1[d + 1])  # task "b" keeps its row
     assert not init["w1"][d + 1].any()  # a new task starts from zero
     assert warm_start_params(Champion, ["a"], ["s", "other"]) is None  # different models: cold start
+
+
+def test_warm_start_does_not_leak_into_calibration(tmp_path: Path) -> None:
+    """The champion saw the training rows: calibration must come from fold models that did not,
+    so a warm start changes the served head but not the out-of-fold calibration."""
+    import numpy as np
+    import pandas as pd
+
+    from services.catalog import load_catalog
+    from services.router.encoder import EncoderConfig
+    from training.data import GPT4, MIXTRAL
+    from training.train import TrainConfig, TrainingSet, train_router
+
+    rng = np.random.default_rng(0)
+    n, d = 400, 384
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    easy = emb[:, 0] > 0
+    labels = np.stack([(rng.random(n) < 0.9), (rng.random(n) < np.where(easy, 0.85, 0.3))], 1).astype(float)
+    frame = pd.DataFrame(
+        {"prompt_hash": [f"h{i}" for i in range(n)], "task": "t", "prompt": "p", "dataset": "mmlu", "id": range(n)}
+    )
+    ts = TrainingSet(frame, emb, ["t"] * n, labels, [GPT4, MIXTRAL])
+    cfg = TrainConfig(epochs=3, calibration_folds=3)
+    cat = load_catalog(None)
+    enc = EncoderConfig()
+    cold, _ = train_router(ts, cfg, cat, tmp_path / "cold", encoder=enc, encoder_sha=None)
+    # a "champion" that memorised these very rows: large weights, pointing at the labels
+    h = cfg.hidden
+    init = {
+        "w1": rng.normal(scale=3.0, size=(d + 1, h)).astype(np.float32),
+        "b1": np.zeros(h, np.float32),
+        "w2": rng.normal(scale=3.0, size=(h, 2)).astype(np.float32),
+        "b2": np.zeros(2, np.float32),
+    }
+    warm, _ = train_router(ts, cfg, cat, tmp_path / "warm", encoder=enc, encoder_sha=None, init=init)
+    cal_cold = (tmp_path / "cold" / "calibration.json").read_text()
+    cal_warm = (tmp_path / "warm" / "calibration.json").read_text()
+    assert cal_cold == cal_warm
+    head_cold = (tmp_path / "cold" / "head.safetensors").read_bytes()
+    head_warm = (tmp_path / "warm" / "head.safetensors").read_bytes()
+    assert head_cold != head_warm  # the warm start did reach the served head

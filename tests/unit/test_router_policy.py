@@ -111,3 +111,57 @@ def test_calibration_apply_uses_task_fit_when_present() -> None:
         and p[1, 0] == pytest.approx(0.5)
         and p[0, 1] == pytest.approx(0.5)
     )
+
+
+def test_fit_table_ignores_rows_graded_for_one_model_only() -> None:
+    """Live feedback grades only the model the router chose (mostly right where it chose the cheap
+    one): such rows must not loosen the threshold."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    ys = (rng.random(n) < 0.85).astype(float)
+    yw = (rng.random(n) < 0.65).astype(float)
+    labels = np.stack([ys, yw], axis=1)
+    noisy = np.stack(
+        [0.5 + 0.3 * ys + 0.1 * rng.normal(size=n), 0.5 + 0.3 * yw + 0.1 * rng.normal(size=n)], 1
+    )
+    prices = np.array([24.7, 0.24])
+    clean = fit_table(noisy, labels, prices, [GPT4, MIX], 0)
+    # 2,000 rows where only the cheap model was graded, all accepted (biased live feedback)
+    extra_labels = np.stack([np.full(2000, np.nan), np.ones(2000)], axis=1)
+    extra_scores = np.stack([np.full(2000, 0.8), np.full(2000, 0.8)], axis=1)
+    biased = fit_table(
+        np.concatenate([noisy, extra_scores]), np.concatenate([labels, extra_labels]), prices, [GPT4, MIX], 0
+    )
+    assert biased.thresholds == clean.thresholds
+    assert biased.n == n
+
+
+def test_fit_table_with_confidence_is_more_cautious_on_thin_data() -> None:
+    """On 300 rows the point estimate picks, by chance, thresholds that lose quality on new rows of
+    the same distribution; with a 95% confidence bound the table keeps the target out of sample
+    far more often, and still routes to the cheap model."""
+    prices = np.array([24.7, 0.24])
+
+    def draw(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(seed)
+        ys = (rng.random(n) < 0.85).astype(float)
+        yw = (rng.random(n) < 0.6).astype(float)
+        sc = np.stack(
+            [0.5 + 0.3 * ys + 0.2 * rng.normal(size=n), 0.5 + 0.3 * yw + 0.2 * rng.normal(size=n)], 1
+        )
+        return sc, np.stack([ys, yw], 1)
+
+    fresh_s, fresh_l = draw(200_000, 99)
+    quality: dict[float, list[float]] = {0.0: [], 0.95: []}
+    cheap: dict[float, list[float]] = {0.0: [], 0.95: []}
+    for seed in range(30):
+        sc, lab = draw(300, seed)
+        for conf in quality:
+            t = fit_table(sc, lab, prices, [GPT4, MIX], 0, confidence=conf).threshold(0.95)
+            idx = choose(fresh_s, prices, t, strong=0)
+            quality[conf].append(fresh_l[np.arange(len(idx)), idx].mean() / fresh_l[:, 0].mean())
+            cheap[conf].append((idx == 1).mean())
+    miss = {c: float(np.mean(np.array(q) < 0.94)) for c, q in quality.items()}
+    assert miss[0.0] >= 0.1  # the point estimate loses > 1 point beyond the target in many fits
+    assert miss[0.95] <= 0.1 and miss[0.95] < miss[0.0]
+    assert np.mean(cheap[0.95]) > 0.3  # caution, not "always the strong model"
