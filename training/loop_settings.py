@@ -86,7 +86,7 @@ class LoopSettings(BaseSettings):
     apgr_margin: float = Field(default=0.05, ge=0)
     cost_margin: float = Field(default=0.25, ge=0)
     ece_margin: float = Field(default=0.03, ge=0)
-    min_task_rows: int = Field(default=20, ge=1)
+    min_task_rows: int = Field(default=60, ge=1)
     first_min_quality: float = Field(
         default=0.85, ge=0, le=1, description="Gate for the first model (no champion)."
     )

@@ -166,7 +166,7 @@ def test_paired_gate_passes_a_drop_that_is_noise() -> None:
     base = {t: (s, s) for t, s in STRONG.items()}
     champ = rows_ev("champ", base)
     chall = rows_ev("chall", {**base, "gsm8k": (_flip(STRONG["gsm8k"], 1), STRONG["gsm8k"])})
-    cfg = GateConfig(task_margin=0.01)
+    cfg = GateConfig(task_margin=0.01, quality_target=0.99)
     v = gate(chall, champ, cfg, [])
     check = next(c for c in v.checks if c.name == "task:gsm8k")
     assert check.passed, check.detail
@@ -186,7 +186,8 @@ def test_paired_gate_fails_a_real_drop() -> None:
 
 
 def test_a_repaired_drifting_task_cannot_hide_a_loss_on_the_others() -> None:
-    """Overall quality rises (the big drifting task is repaired) while the stable tasks lose."""
+    """Overall quality rises (the big drifting task is repaired) while the stable tasks, each
+    within its own wide margin, lose 9% together."""
     champ = rows_ev(
         "champ",
         {
@@ -198,17 +199,30 @@ def test_a_repaired_drifting_task_cannot_hide_a_loss_on_the_others() -> None:
     chall = rows_ev(
         "chall",
         {
-            "gsm8k": (STRONG["gsm8k"], STRONG["gsm8k"]),
-            "mmlu_x": (_flip(STRONG["mmlu_x"], 14), STRONG["mmlu_x"]),
+            "gsm8k": (_flip(STRONG["gsm8k"], 6), STRONG["gsm8k"]),
+            "mmlu_x": (_flip(STRONG["mmlu_x"], 30), STRONG["mmlu_x"]),
             "law": (STRONG["law"], STRONG["law"]),
         },
     )
-    cfg = GateConfig(task_margins={"mmlu_x": 0.05})  # the task alone is allowed 5 points
+    cfg = GateConfig(task_margins={"mmlu_x": 0.10, "gsm8k": 0.10})
     v = gate(chall, champ, cfg, ["law"])
     names = {c.name: c.passed for c in v.checks}
-    assert names["overall:quality"] and names["repair:law"] and names["task:mmlu_x"]
+    assert names["overall:quality"] and names["repair:law"] and names["task:mmlu_x"] and names["task:gsm8k"]
     assert names["stable:quality"] is False
     assert not v.passed
+
+
+def test_a_drop_that_still_meets_the_quality_target_passes() -> None:
+    """The champion over-delivers (every answer of the task as good as GPT-4's); the challenger
+    keeps ~96.5% of it, a significant drop beyond the margin but within the user's 95% target."""
+    base = {t: (s, s) for t, s in STRONG.items()}
+    champ = rows_ev("champ", base)
+    chall = rows_ev("chall", {**base, "mmlu_x": (_flip(STRONG["mmlu_x"], 12), STRONG["mmlu_x"])})
+    ok = gate(chall, champ, GateConfig(task_margin=0.03, quality_target=0.95), [])
+    assert next(c for c in ok.checks if c.name == "task:mmlu_x").passed
+    strict = gate(chall, champ, GateConfig(task_margin=0.03, quality_target=0.99), [])
+    check = next(c for c in strict.checks if c.name == "task:mmlu_x")
+    assert not check.passed, check.detail
 
 
 def test_small_tasks_are_judged_together_per_dataset() -> None:
