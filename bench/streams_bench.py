@@ -324,6 +324,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
                         progress["join_inputs"],
                     )
                 )
+                event_loop = progress.get("event_loop")
                 if n >= args.requests:
                     done_at = time.perf_counter()
                     break
@@ -355,6 +356,8 @@ async def _throughput(args: argparse.Namespace) -> dict:
         "warm_at_start": samples[0][3],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "all_detectors": True,
+        "event_loop": event_loop,
+        "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWITCHYARD_STREAMS_")},
         "dead_letters": dl,
     }
 

@@ -36,6 +36,7 @@ def worker(
 
     from services.contracts.settings import KafkaSettings
 
+    from . import eventloop
     from .app import create_app
     from .settings import StreamsSettings
 
@@ -51,6 +52,8 @@ def worker(
     }
     settings = StreamsSettings(**overrides)
     kafka = KafkaSettings()
+    # Before any event loop exists (topic creation below runs one): every loop is then this kind.
+    loop = eventloop.install(settings.event_loop)
     if create_topics:
         from infra.topics import apply_topics
 
@@ -60,13 +63,14 @@ def worker(
     importlib.import_module("evidently.presets")
     app = create_app(settings, kafka)
     log.info(
-        "streams worker %s on %s (prefix %r), web %s:%s, webhook %s",
+        "streams worker %s on %s (prefix %r), web %s:%s, webhook %s, event loop %s",
         settings.app_id,
         kafka.bootstrap,
         kafka.topic_prefix,
         settings.web_host,
         settings.web_port,
         settings.webhook_kind if settings.webhook_url else "off",
+        loop,
     )
     faust.Worker(app, loglevel=loglevel, redirect_stdouts=False).execute_from_commandline()
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -260,6 +260,7 @@ class InputDriftResult:
     share: float
     columns: dict[str, float]
     snapshot: Any = None
+    report: Callable[[], Any] | None = None  # builds the full DataDriftPreset snapshot (HTML report)
 
 
 class InputDrift:
@@ -291,9 +292,16 @@ class InputDrift:
         return len(self.current) >= self.cfg.current_size and self.since_check >= self.cfg.check_every
 
     def check(self) -> InputDriftResult:
-        """Run evidently on the two windows (CPU-bound: call it off the event loop)."""
+        """Run evidently on the two windows (CPU-bound: call it off the event loop).
+
+        The check runs only the metrics the decision reads, ``DriftedColumnsCount`` and one
+        ``ValueDrift`` per column, with the preset's drift share and p-value threshold: the same
+        tests (evidently's own choice per column) and p-values as ``DataDriftPreset``, for about
+        half its CPU (it is the worker's largest cost per event once checks run). The full
+        preset is built only for the HTML report of an alert (``result.report()``)."""
         import pandas as pd
         from evidently import DataDefinition, Dataset, Report
+        from evidently.metrics import DriftedColumnsCount, ValueDrift
         from evidently.presets import DataDriftPreset
 
         self.since_check = 0
@@ -301,15 +309,26 @@ class InputDrift:
         cur = pd.DataFrame(list(self.current), columns=self.columns)
         cols = [c for c in self.columns if ref[c].notna().any() and cur[c].notna().any()]
         dd = DataDefinition(numerical_columns=cols)
-        report = Report(
-            [DataDriftPreset(columns=cols, drift_share=self.cfg.drift_share, threshold=self.cfg.p_threshold)]
-        )
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)  # constant columns in a window
-            snap = report.run(
-                Dataset.from_pandas(cur[cols], data_definition=dd),
-                Dataset.from_pandas(ref[cols], data_definition=dd),
+        thr, share_at = self.cfg.p_threshold, self.cfg.drift_share
+
+        def run(report: Any) -> Any:
+            with warnings.catch_warnings(), np.errstate(all="ignore"):
+                warnings.simplefilter("ignore", RuntimeWarning)  # constant columns in a window
+                return report.run(
+                    Dataset.from_pandas(cur[cols], data_definition=dd),
+                    Dataset.from_pandas(ref[cols], data_definition=dd),
+                )
+
+        snap = run(
+            Report(
+                [DriftedColumnsCount(columns=cols, drift_share=share_at, threshold=thr)]
+                + [ValueDrift(column=c, threshold=thr) for c in cols]
             )
+        )
+
+        def preset() -> Any:
+            return run(Report([DataDriftPreset(columns=cols, drift_share=share_at, threshold=thr)]))
+
         share, per_col = 0.0, {}
         for m in snap.dict()["metrics"]:
             name = m.get("metric_name", "")
@@ -318,7 +337,7 @@ class InputDrift:
             elif name.startswith("ValueDrift("):
                 col = m["config"]["column"]
                 per_col[col] = float(m["value"])
-        return InputDriftResult(share >= self.cfg.drift_share, share, per_col, snap)
+        return InputDriftResult(share >= self.cfg.drift_share, share, per_col, snap, preset)
 
     def transition(self, result: InputDriftResult) -> Change | None:
         """Turn a check result into a fire/resolve change against the current state."""

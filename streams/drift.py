@@ -180,8 +180,11 @@ class TaskMonitor:
         if ch is not None:
             job = None
             if ch.kind == "fire" and self.write_reports:
-                path, snapshot = self._report_path(task, "input_drift", now), result.snapshot
-                job = (self._url(path), lambda: write_report(snapshot, path))
+                path = self._report_path(task, "input_drift", now)
+                job = (
+                    self._url(path),
+                    lambda: write_report(result.report() if result.report else result.snapshot, path),
+                )
             self._emit(res, task, "input_drift", None, ch, now, (), report=job)
         return self._finish(res)
 

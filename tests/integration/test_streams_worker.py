@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -124,6 +125,8 @@ def test_join_drift_alert_webhook_resolve_and_dead_letters(stack) -> None:
         assert stats["acceptance"] == pytest.approx(np.mean(_pattern(300, 0.9, 1)))
         assert stats["cheap_tier_share"] == 1.0 and stats["calibration"]["predicted"] == pytest.approx(0.9)
         assert worker.stats()["firing"] == []
+        # the worker runs on uvloop by default (SWITCHYARD_STREAMS_EVENT_LOOP=auto)
+        assert httpx.get(worker.base_url + "/progress/", timeout=5).json()["event_loop"] == "uvloop"
         # hard queries: every rejected answer of the cheap tier (top-2 margin 0.07: no low-margin ones)
         rejected = 300 - int(np.sum(_pattern(300, 0.9, 1)))
         hard = asyncio.run(read_topic(bootstrap, topic_name(HARD_QUERIES, prefix), rejected, settle_s=1.0))
