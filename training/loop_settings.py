@@ -66,7 +66,18 @@ class LoopSettings(BaseSettings):
     # training
     kind: str = "mlp"
     epochs: int = Field(default=15, ge=1)
-    warm_start: bool = True
+    ensemble: int = Field(
+        default=5,
+        ge=1,
+        le=16,
+        description="mlp heads averaged per router (run-to-run variance of the policy falls with it).",
+    )
+    warm_start: bool = Field(
+        default=False,
+        description="Start the challenger's final fit from the champion's head (see README: measured "
+        "worse than a cold start in the demo).",
+    )
+    warm_epochs: int = Field(default=3, ge=1, description="Epochs of a warm-started challenger's final fit.")
     calibration_folds: int = Field(default=3, ge=2)
     encoder_backend: str = Field(
         default="torch",

@@ -479,7 +479,13 @@ class RunExecutor:
         out = self._dir(state) / "router"
         if out.exists():
             shutil.rmtree(out)
-        cfg = TrainConfig(kind=s.kind, epochs=s.epochs, calibration_folds=s.calibration_folds)
+        cfg = TrainConfig(
+            kind=s.kind,
+            epochs=s.epochs,
+            calibration_folds=s.calibration_folds,
+            ensemble=s.ensemble,
+            warm_epochs=s.warm_epochs,
+        )
         manifest, metrics = train_router(
             ts,
             cfg,

@@ -165,3 +165,30 @@ def test_fit_table_with_confidence_is_more_cautious_on_thin_data() -> None:
     assert miss[0.0] >= 0.1  # the point estimate loses > 1 point beyond the target in many fits
     assert miss[0.95] <= 0.1 and miss[0.95] < miss[0.0]
     assert np.mean(cheap[0.95]) > 0.3  # caution, not "always the strong model"
+
+
+def test_global_calibration_ignores_rows_graded_for_one_model() -> None:
+    """Live outcomes of a drifting task grade one model only: they shape that task's own Platt
+    and table, never the global ones that every other small task is served with."""
+    from training.train import fit_calibration
+
+    rng = np.random.default_rng(4)
+    n = 600
+    logits = rng.normal(size=(n, 2))
+    labels = (rng.random((n, 2)) < 1 / (1 + np.exp(-logits))).astype(float)
+    tasks = [f"subject{i % 10}" for i in range(n)]
+    prices = np.array([24.7, 0.24])
+    clean = fit_calibration(logits, labels, tasks, [GPT4, MIX], prices, GPT4)
+    extra_logits = np.column_stack([np.full(300, 2.0), np.full(300, -4.0)])
+    extra_labels = np.column_stack([np.full(300, np.nan), np.zeros(300)])
+    drift = fit_calibration(
+        np.vstack([logits, extra_logits]),
+        np.vstack([labels, extra_labels]),
+        tasks + ["law"] * 300,
+        [GPT4, MIX],
+        prices,
+        GPT4,
+    )
+    assert drift.platt == clean.platt
+    assert drift.global_table.thresholds == clean.global_table.thresholds
+    assert "law" in drift.task_platt  # the drifting task's own calibration does use them
