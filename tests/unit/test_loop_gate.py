@@ -103,6 +103,17 @@ def test_metrics_are_flat_and_finite() -> None:
     assert all(np.isfinite(v) for v in m.values())
 
 
+def _metrics(q: list[float], s: list[float]) -> TaskMetrics:
+    return TaskMetrics(
+        n=len(q),
+        quality=float(np.mean(q)),
+        strong_quality=float(np.mean(s)),
+        quality_ratio=float(np.sum(q) / np.sum(s)),
+        cost_ratio=0.3,
+        strong_share=0.3,
+    )
+
+
 def rows_ev(
     version: str, per_task: dict[str, tuple[list[float], list[float]]], group: dict[str, str] | None = None
 ):
@@ -115,24 +126,10 @@ def rows_ev(
         groups += [(group or {}).get(task, task)] * len(qs)
         q += qs
         s += ss
-        metrics[task] = TaskMetrics(
-            n=len(qs),
-            quality=float(np.mean(qs)),
-            strong_quality=float(np.mean(ss)),
-            quality_ratio=float(np.sum(qs) / np.sum(ss)),
-            cost_ratio=0.3,
-            strong_share=0.3,
-        )
+        metrics[task] = _metrics(qs, ss)
     from training.gate import RowOutcomes
 
-    overall = TaskMetrics(
-        n=len(q),
-        quality=float(np.mean(q)),
-        strong_quality=float(np.mean(s)),
-        quality_ratio=float(np.sum(q) / np.sum(s)),
-        cost_ratio=0.3,
-        strong_share=0.3,
-    )
+    overall = _metrics(q, s)
     return Evaluation(
         router_version=version,
         quality_target=0.95,

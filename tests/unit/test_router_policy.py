@@ -34,15 +34,21 @@ def test_choose_gap_and_absolute_rules() -> None:
     assert choose(scores, prices, 0.5, rule="absolute").tolist() == [0, 1, 2]
 
 
-def test_fit_table_keeps_the_quality_target_on_its_data() -> None:
-    rng = np.random.default_rng(1)
-    n = 4000
+def _two_tier(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Scores and labels of a strong (85% right) and a cheap (65% right) model, noisy scores."""
+    rng = np.random.default_rng(seed)
     ys = (rng.random(n) < 0.85).astype(float)
     yw = (rng.random(n) < 0.65).astype(float)
-    labels = np.stack([ys, yw], axis=1)
     noisy = np.stack(
         [0.5 + 0.3 * ys + 0.1 * rng.normal(size=n), 0.5 + 0.3 * yw + 0.1 * rng.normal(size=n)], 1
     )
+    return noisy, np.stack([ys, yw], axis=1)
+
+
+def test_fit_table_keeps_the_quality_target_on_its_data() -> None:
+    n = 4000
+    noisy, labels = _two_tier(n, 1)
+    ys = labels[:, 0]
     prices = np.array([24.7, 0.24])
     table = fit_table(noisy, labels, prices, [GPT4, MIX], 0)
     for target in (0.9, 0.95, 0.99):
@@ -116,14 +122,8 @@ def test_calibration_apply_uses_task_fit_when_present() -> None:
 def test_fit_table_ignores_rows_graded_for_one_model_only() -> None:
     """Live feedback grades only the model the router chose (mostly right where it chose the cheap
     one): such rows must not loosen the threshold."""
-    rng = np.random.default_rng(2)
     n = 3000
-    ys = (rng.random(n) < 0.85).astype(float)
-    yw = (rng.random(n) < 0.65).astype(float)
-    labels = np.stack([ys, yw], axis=1)
-    noisy = np.stack(
-        [0.5 + 0.3 * ys + 0.1 * rng.normal(size=n), 0.5 + 0.3 * yw + 0.1 * rng.normal(size=n)], 1
-    )
+    noisy, labels = _two_tier(n, 2)
     prices = np.array([24.7, 0.24])
     clean = fit_table(noisy, labels, prices, [GPT4, MIX], 0)
     # 2,000 rows where only the cheap model was graded, all accepted (biased live feedback)
