@@ -375,6 +375,31 @@ def reference(args: argparse.Namespace) -> dict:
     return {"written": str(args.output), "tasks": len(pool.reference)}
 
 
+def check_cost(args: argparse.Namespace) -> dict:
+    """CPU per evidently input-drift check: direct drift tests vs the same decision via a Report."""
+    from streams.detectors import InputDrift
+    from streams.drift import FEATURE_COLUMNS
+    from streams.settings import InputDriftConfig
+
+    rng = np.random.default_rng(args.seed)
+    cfg = InputDriftConfig()
+    det = InputDrift(cfg, FEATURE_COLUMNS)
+    n = cfg.reference_size + cfg.current_size
+    det.add([{c: float(rng.normal()) for c in FEATURE_COLUMNS} for _ in range(n)])
+    det.check(), det.check_with_report()  # imports and warm-up
+    out = {"rows": f"{cfg.reference_size} vs {cfg.current_size}", "columns": len(FEATURE_COLUMNS)}
+    for name, fn, reps in (
+        ("direct_ms", det.check, args.repeat * 10),
+        ("report_ms", det.check_with_report, args.repeat),
+    ):
+        t0 = time.process_time()
+        for _ in range(reps):
+            fn()
+        out[name] = round((time.process_time() - t0) / reps * 1000, 2)
+    out["load_average_1m"] = os.getloadavg()[0]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -395,6 +420,9 @@ def main() -> None:
     t.add_argument("--bootstrap", default="127.0.0.1:9092")
     t.add_argument("--timeout", type=float, default=300)
     t.add_argument("--seed", type=int, default=0)
+    c = sub.add_parser("check", help="CPU per input-drift check (direct tests vs evidently Report)")
+    c.add_argument("--repeat", type=int, default=3)
+    c.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("reference")
     r.add_argument("-o", "--output", type=Path, default=Path(".state/reference.json"))
     args = p.parse_args()
@@ -403,6 +431,8 @@ def main() -> None:
         res = detect(args)
     elif args.cmd == "throughput":
         res = asyncio.run(_throughput(args))
+    elif args.cmd == "check":
+        res = check_cost(args)
     else:
         res = reference(args)
     print(json.dumps(res, indent=1, default=str))

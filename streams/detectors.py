@@ -291,53 +291,89 @@ class InputDrift:
     def due(self) -> bool:
         return len(self.current) >= self.cfg.current_size and self.since_check >= self.cfg.check_every
 
-    def check(self) -> InputDriftResult:
-        """Run evidently on the two windows (CPU-bound: call it off the event loop).
-
-        The check runs only the metrics the decision reads, ``DriftedColumnsCount`` and one
-        ``ValueDrift`` per column, with the preset's drift share and p-value threshold: the same
-        tests (evidently's own choice per column) and p-values as ``DataDriftPreset``, for about
-        half its CPU (it is the worker's largest cost per event once checks run). The full
-        preset is built only for the HTML report of an alert (``result.report()``)."""
+    def _frames(self) -> tuple[Any, Any, list[str]]:
         import pandas as pd
-        from evidently import DataDefinition, Dataset, Report
-        from evidently.metrics import DriftedColumnsCount, ValueDrift
-        from evidently.presets import DataDriftPreset
 
-        self.since_check = 0
         ref = pd.DataFrame(self.reference, columns=self.columns)
         cur = pd.DataFrame(list(self.current), columns=self.columns)
         cols = [c for c in self.columns if ref[c].notna().any() and cur[c].notna().any()]
-        dd = DataDefinition(numerical_columns=cols)
-        thr, share_at = self.cfg.p_threshold, self.cfg.drift_share
+        return ref, cur, cols
 
-        def run(report: Any) -> Any:
-            with warnings.catch_warnings(), np.errstate(all="ignore"):
-                warnings.simplefilter("ignore", RuntimeWarning)  # constant columns in a window
-                return report.run(
-                    Dataset.from_pandas(cur[cols], data_definition=dd),
-                    Dataset.from_pandas(ref[cols], data_definition=dd),
-                )
+    def check(self) -> InputDriftResult:
+        """Run evidently's drift tests on the two windows (CPU-bound: call it off the event loop).
 
-        snap = run(
-            Report(
-                [DriftedColumnsCount(columns=cols, drift_share=share_at, threshold=thr)]
-                + [ValueDrift(column=c, threshold=thr) for c in cols]
-            )
+        Per column, evidently's own test choice (``get_stattest``: K-S, chi-square or Z for a
+        window of at most 1,000 rows, Wasserstein or Jensen-Shannon above) on the column without
+        NaN/inf, at the configured p-value threshold; the task drifts when the share of drifted
+        columns reaches ``drift_share``. That is what ``DataDriftPreset`` computes (a unit test
+        compares the two), called directly instead of through evidently's ``Report``: ~2 ms per
+        check instead of ~270 ms, which was the worker's largest cost per event once checks ran.
+        The full preset is built only for the HTML report of an alert (``result.report()``)."""
+        from evidently.legacy.calculations.stattests.registry import get_stattest
+
+        self.since_check = 0
+        ref, cur, cols = self._frames()
+        thr = self.cfg.p_threshold
+        per_col: dict[str, float] = {}
+        drifted = 0
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # constant columns in a window
+            for c in cols:
+                r = ref[c].replace([np.inf, -np.inf], np.nan).dropna()
+                k = cur[c].replace([np.inf, -np.inf], np.nan).dropna()
+                res = get_stattest(r, k, "num", None)(r, k, "num", thr)
+                per_col[c] = float(res.drift_score)
+                drifted += bool(res.drifted)
+        share = drifted / len(cols) if cols else 0.0
+        frames = (ref, cur, cols)  # the windows as checked: the report runs later, in a thread
+        return InputDriftResult(
+            share >= self.cfg.drift_share, share, per_col, None, lambda: self._preset(frames)
         )
 
-        def preset() -> Any:
-            return run(Report([DataDriftPreset(columns=cols, drift_share=share_at, threshold=thr)]))
+    @staticmethod
+    def _report(metrics: list[Any], frames: tuple[Any, Any, list[str]]) -> Any:
+        from evidently import DataDefinition, Dataset, Report
 
+        ref, cur, cols = frames
+        dd = DataDefinition(numerical_columns=cols)
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return Report(metrics).run(
+                Dataset.from_pandas(cur[cols], data_definition=dd),
+                Dataset.from_pandas(ref[cols], data_definition=dd),
+            )
+
+    def _preset(self, frames: tuple[Any, Any, list[str]]) -> Any:
+        """The full ``DataDriftPreset`` snapshot of two windows (the alert's HTML report)."""
+        from evidently.presets import DataDriftPreset
+
+        cols = frames[2]
+        return self._report(
+            [DataDriftPreset(columns=cols, drift_share=self.cfg.drift_share, threshold=self.cfg.p_threshold)],
+            frames,
+        )
+
+    def check_with_report(self) -> InputDriftResult:
+        """The same decision through evidently's ``Report`` (``DriftedColumnsCount`` and one
+        ``ValueDrift`` per column): the reference :meth:`check` is tested against."""
+        from evidently.metrics import DriftedColumnsCount, ValueDrift
+
+        frames = self._frames()
+        cols = frames[2]
+        thr, share_at = self.cfg.p_threshold, self.cfg.drift_share
+        snap = self._report(
+            [DriftedColumnsCount(columns=cols, drift_share=share_at, threshold=thr)]
+            + [ValueDrift(column=c, threshold=thr) for c in cols],
+            frames,
+        )
         share, per_col = 0.0, {}
         for m in snap.dict()["metrics"]:
             name = m.get("metric_name", "")
             if name.startswith("DriftedColumnsCount"):
                 share = float(m["value"]["share"])
             elif name.startswith("ValueDrift("):
-                col = m["config"]["column"]
-                per_col[col] = float(m["value"])
-        return InputDriftResult(share >= self.cfg.drift_share, share, per_col, snap, preset)
+                per_col[m["config"]["column"]] = float(m["value"])
+        return InputDriftResult(share >= share_at, share, per_col, snap, lambda: self._preset(frames))
 
     def transition(self, result: InputDriftResult) -> Change | None:
         """Turn a check result into a fire/resolve change against the current state."""
