@@ -366,13 +366,7 @@ class InputDrift:
             + [ValueDrift(column=c, threshold=thr) for c in cols],
             frames,
         )
-        share, per_col = 0.0, {}
-        for m in snap.dict()["metrics"]:
-            name = m.get("metric_name", "")
-            if name.startswith("DriftedColumnsCount"):
-                share = float(m["value"]["share"])
-            elif name.startswith("ValueDrift("):
-                per_col[m["config"]["column"]] = float(m["value"])
+        share, per_col = drift_numbers(snap)
         return InputDriftResult(share >= share_at, share, per_col, snap, lambda: self._preset(frames))
 
     def transition(self, result: InputDriftResult) -> Change | None:
@@ -385,6 +379,19 @@ class InputDrift:
             self.firing = False
             return Change("resolve", 0, ev)
         return None
+
+
+def drift_numbers(snapshot: Any) -> tuple[float, dict[str, float]]:
+    """(drifted share, p-value per column) of an evidently snapshot holding ``DriftedColumnsCount``
+    and ``ValueDrift`` metrics (``DataDriftPreset`` holds both); the share is NaN without the count."""
+    share, per_col = float("nan"), {}
+    for m in snapshot.dict()["metrics"]:
+        name = m.get("metric_name", "")
+        if name.startswith("DriftedColumnsCount"):
+            share = float(m["value"]["share"])
+        elif name.startswith("ValueDrift("):
+            per_col[m["config"]["column"]] = float(m["value"])
+    return share, per_col
 
 
 def _num(v: Any) -> float:

@@ -194,10 +194,11 @@ def fit_table(
         scores, labels = scores[keep], labels[keep]
     s = np.where(np.isnan(labels), np.nan, scores)
     grid = threshold_grid(s, rule=rule)
-    quality, _ = quality_curve(s, labels, prices, strong, grid, rule=rule)
+    # with a confidence bound, one pass over the grid gives the mean quality and its moments
+    bound = _bound_terms(s, labels, prices, strong, grid, rule) if confidence > 0 and keep.any() else None
+    quality = bound[0] if bound is not None else quality_curve(s, labels, prices, strong, grid, rule=rule)[0]
     ref = np.nanmean(labels[:, strong]) if not np.all(np.isnan(labels[:, strong])) else np.nanmax(quality)
     ratio = quality / max(ref, 1e-9)
-    bound = _bound_terms(s, labels, prices, strong, grid, rule) if confidence > 0 and keep.any() else None
     z = NormalDist().inv_cdf(confidence) if bound is not None else 0.0
     out = []
     for target in targets:

@@ -198,20 +198,9 @@ def test_faust_per_record_monitor_is_off_unless_asked(tmp_path) -> None:
     assert type(loud.monitor) is Monitor
 
 
-def _preset_numbers(snap) -> tuple[float, dict[str, float]]:
-    share, cols = None, {}
-    for m in snap.dict()["metrics"]:
-        name = m.get("metric_name", "")
-        if name.startswith("DriftedColumnsCount"):
-            share = float(m["value"]["share"])
-        elif name.startswith("ValueDrift("):
-            cols[m["config"]["column"]] = float(m["value"])
-    return share, cols
-
-
 @pytest.mark.parametrize("shift", [0.0, 0.25, 1.0])
 def test_the_lean_input_check_decides_as_evidentlys_data_drift_preset(shift, tmp_path) -> None:
-    from streams.detectors import InputDrift, write_report
+    from streams.detectors import InputDrift, drift_numbers, write_report
     from streams.drift import FEATURE_COLUMNS
     from streams.settings import InputDriftConfig
 
@@ -233,7 +222,7 @@ def test_the_lean_input_check_decides_as_evidentlys_data_drift_preset(shift, tmp
 
     det.add(rows(300, 0.0) + rows(300, shift))
     lean = det.check()
-    share, per_col = _preset_numbers(lean.report())  # the full preset on the same windows
+    share, per_col = drift_numbers(lean.report())  # the full preset on the same windows
     assert lean.share == pytest.approx(share)
     assert lean.columns == pytest.approx(per_col)
     assert lean.drifted == (share >= 0.5)
