@@ -135,8 +135,12 @@ class TaskPool:
         ]
 
 
+LEARNED = False  # --reference learned: the detectors learn each (task, model) reference live
+
+
 def _monitor(pool: TaskPool, tmp: Path) -> TaskMonitor:
-    return TaskMonitor(StreamsSettings(state_dir=tmp), {}, {}, reference=pool.reference, write_reports=False)
+    ref = {} if LEARNED else pool.reference
+    return TaskMonitor(StreamsSettings(state_dir=tmp), {}, {}, reference=ref, write_reports=False)
 
 
 def false_alarms(pool: TaskPool, events: int, share: float, seed: int, batch: int) -> dict:
@@ -235,6 +239,8 @@ def _fired(res) -> bool:
 
 
 def detect(args: argparse.Namespace) -> dict:
+    global LEARNED
+    LEARNED = args.reference == "learned"
     pool = TaskPool(_data_dir())
     if args.task:
         unknown = set(args.task) - set(pool.tasks)
@@ -242,6 +248,8 @@ def detect(args: argparse.Namespace) -> dict:
             raise SystemExit(f"unknown tasks: {sorted(unknown)}")
         pool.tasks = {t: pool.tasks[t] for t in args.task}
     out = {
+        "reference": args.reference,
+        "prefix": args.prefix,
         "threshold": StreamsSettings().quality.threshold,
         "resolve_threshold": StreamsSettings().quality.resolve_threshold,
     }
@@ -305,9 +313,31 @@ async def _throughput(args: argparse.Namespace) -> dict:
         state / "worker.log",
         port,
     )
+    spy = None
     try:
         worker.start()
+        if args.profile:  # sample the worker while it works (py-spy, collapsed stacks per line)
+            import subprocess
+
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(worker.proc.pid),
+                    "--rate",
+                    "100",
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "-o",
+                    str(args.profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         t_ready = time.perf_counter()
+        steal0 = _steal_seconds()
         done_at, samples = None, []
         deadline = t_ready + args.timeout
         async with httpx.AsyncClient(timeout=5) as client:
@@ -327,10 +357,16 @@ async def _throughput(args: argparse.Namespace) -> dict:
                 event_loop = progress.get("event_loop")
                 if n >= args.requests:
                     done_at = time.perf_counter()
+                    steal = _steal_seconds() - steal0
                     break
                 await asyncio.sleep(0.25)
             metrics = (await client.get(worker.base_url + "/metrics")).text
     finally:
+        if spy is not None:
+            import signal
+
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
         worker.stop()
     if done_at is None:
         raise SystemExit(f"worker did not finish {args.requests} requests in {args.timeout}s: {samples[-3:]}")
@@ -342,6 +378,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
     elapsed, events, cpu = end - start, 2 * args.requests - start_j, samples[-1][2] - cpu0
     shutil.rmtree(state, ignore_errors=True)
     dl = [ln for ln in metrics.splitlines() if ln.startswith("switchyard_streams_dead_letters_total")]
+    alerts = [ln for ln in metrics.splitlines() if ln.startswith("switchyard_streams_alerts_total")]
     return {
         "requests": args.requests,
         "input_events": 2 * args.requests,
@@ -355,11 +392,19 @@ async def _throughput(args: argparse.Namespace) -> dict:
         "worker_cpu_share": round(cpu / elapsed, 2),
         "warm_at_start": samples[0][3],
         "load_average_1m": round(os.getloadavg()[0], 2),
+        "cpu_steal_share": round(steal / (done_at - t_ready) / (os.cpu_count() or 1), 3),
         "all_detectors": True,
         "event_loop": event_loop,
         "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWITCHYARD_STREAMS_")},
         "dead_letters": dl,
+        "alerts": alerts,
     }
+
+
+def _steal_seconds() -> float:
+    """CPU time the hypervisor gave to others (all CPUs), from /proc/stat: noise in these runs."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK") if len(fields) > 8 else 0.0
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -413,6 +458,12 @@ def main() -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--task", action="append", help="only these tasks (repeatable), e.g. gsm8k")
     d.add_argument("--skip-false-alarms", action="store_true")
+    d.add_argument(
+        "--reference",
+        choices=("configured", "learned"),
+        default="configured",
+        help="configured: each (task, model) reference is its benchmark acceptance; learned: live",
+    )
     t = sub.add_parser("throughput")
     t.add_argument("--requests", type=int, default=20_000, help="calls (each with one feedback)")
     t.add_argument("--cheap-share", type=float, default=0.7)
@@ -420,6 +471,9 @@ def main() -> None:
     t.add_argument("--bootstrap", default="127.0.0.1:9092")
     t.add_argument("--timeout", type=float, default=300)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--profile", type=Path, help="write a py-spy profile of the worker (collapsed stacks) here"
+    )
     c = sub.add_parser("check", help="CPU per input-drift check (direct tests vs evidently Report)")
     c.add_argument("--repeat", type=int, default=3)
     c.add_argument("--seed", type=int, default=0)

@@ -5,8 +5,9 @@ Agents, by domain:
 * **join** (``switchyard.calls.v1`` + ``switchyard.feedback.v1``, keyed by request_id): the
   call/feedback join table, outcomes to ``switchyard.outcomes.v1``, hard-query mining of calls,
   router features per task to an internal topic;
-* **metrics + drift** (outcomes, keyed by task): per-task tumbling-window and all-time tables,
-  quality/calibration detectors, alerts and retrain requests, negative-feedback mining;
+* **metrics + drift** (the join's outcomes again, one record per task and batch on an internal
+  topic keyed by task): per-task tumbling-window and all-time tables, quality/calibration
+  detectors, alerts and retrain requests;
 * **input drift** (the internal features topic, keyed by task): evidently data-drift checks;
 * **alerts** (``switchyard.alerts.v1``): delivery to the on-call webhook, de-duplicated.
 
@@ -32,6 +33,7 @@ from aiokafka.structs import TopicPartition
 from faust.sensors import Monitor
 from faust.streams import _current_event  # see _bind()
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from pydantic import TypeAdapter, ValidationError
 
 from services.catalog import Catalog, load_catalog
 from services.contracts import (
@@ -57,8 +59,8 @@ from services.contracts.topics import (
 
 from . import eventloop, fastdrain, windows
 from .alerts import DeliveryLog, WebhookError, WebhookNotifier
-from .drift import MonitorResult, TaskMonitor, call_features
-from .join import CallFeedbackJoin
+from .drift import FeatureBatch, MonitorResult, TaskMonitor
+from .join import CallFeedbackJoin, entry_json, entry_plain
 from .mining import mine_call, mine_outcome
 from .settings import StreamsSettings
 
@@ -119,7 +121,7 @@ class BatchWrites:
             if value is _DELETED:
                 self.table.pop(key, None)
             else:
-                self.table[key] = value
+                self.table[key] = entry_plain(value)
         self._local.clear()
         self._owner.clear()
 
@@ -138,7 +140,7 @@ class BatchWrites:
                 raw = None
             else:
                 data[key] = value
-                raw = _dumps(value)
+                raw = entry_json(value)
             emit(topic, _dumps(key), raw, self._owner[key].message.partition)
         n = len(self._local)
         self._local.clear()
@@ -439,6 +441,17 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         partitions=OUTCOMES.partitions,
     )
     features_name = features_t.get_topic_name()
+    # The join's outcomes again, one record per task and batch (a JSON array of the outcome
+    # records it publishes on switchyard.outcomes.v1), keyed by task: what the monitor consumes.
+    # Same partitioning and order per task as the public topic, ~1/20 of the records to consume.
+    task_outcomes_t = app.topic(
+        f"{prefix}{settings.app_id}-task-outcomes",
+        internal=True,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=OUTCOMES.partitions,
+    )
+    task_outcomes_name = task_outcomes_t.get_topic_name()
 
     table_schema = faust.Schema(key_type=str, key_serializer="json", value_serializer="json")
     join_table = app.Table("join", default=None, partitions=CALLS.partitions, schema=table_schema)
@@ -524,14 +537,16 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
             "retrain": retrain_t,
             "deadletter": dlq_t,
             "features": features_t,
+            "task_outcomes": task_outcomes_t,
         },
         notifier=notifier,
     )
     app.switchyard = wiring  # type: ignore[attr-defined]
 
-    async def dead_letter(event: Any, error: Exception, consumer: str) -> None:
+    async def dead_letter(event: Any, error: Exception, consumer: str, value: bytes | None = None) -> None:
         msg = event.message
-        raw = msg.value if isinstance(msg.value, bytes | bytearray) else str(msg.value).encode()
+        raw = value if value is not None else msg.value
+        raw = raw if isinstance(raw, bytes | bytearray) else str(raw).encode()
         key = msg.key.decode("utf-8", "replace") if isinstance(msg.key, bytes | bytearray) else msg.key
         record = DeadLetter(
             source_topic=msg.topic,
@@ -573,7 +588,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
             now = time.time()
             outcomes: list[OutcomeEvent] = []
             hard: list[Any] = []
-            features: dict[str, list[dict[str, float]]] = {}
+            features: dict[str, FeatureBatch] = {}
             n_calls = 0
             for ev in events:
                 topic = ev.message.topic
@@ -588,11 +603,10 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
                             hq = mine_call(call, settings.low_margin)
                             if hq is not None:
                                 hard.append(hq)
-                            features.setdefault(call.task, []).append(
-                                call_features(
-                                    call.scores, call.chosen_model, call.prompt, call.usage.prompt_tokens
-                                )
-                            )
+                            fb = features.get(call.task)
+                            if fb is None:
+                                fb = features[call.task] = FeatureBatch()
+                            fb.add(call.scores, call.chosen_model, call.prompt, call.usage.prompt_tokens)
                     else:
                         out = joiner.on_feedback(
                             FeedbackEvent.from_bytes(ev.value), now, ev.message.partition
@@ -611,40 +625,49 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
             metrics.consumed(feedback_name, len(events) - n_calls)
             if settings.direct_produce:
                 join_writes.flush_direct(outbox.add)
+                by_task: dict[str, list[bytes]] = {}
                 for o in outcomes:
-                    outbox.add(outcomes_name, o.task.encode(), o.to_bytes())
+                    raw = o.to_bytes()
+                    outbox.add(outcomes_name, o.task.encode(), raw)
+                    by_task.setdefault(o.task, []).append(raw)
+                for task, raws in by_task.items():
+                    outbox.add(task_outcomes_name, task.encode(), b"[" + b",".join(raws) + b"]")
                 for hq in hard:
                     outbox.add(hard_name, hq.task.encode(), hq.to_bytes())
-                for task, rows in features.items():
-                    outbox.add(features_name, task.encode(), _dumps(rows))
+                for task, batch in features.items():
+                    outbox.add(features_name, task.encode(), _dumps(batch.record()))
                 await outbox.send(app.producer)
             else:
                 join_writes.flush()
+                by_task = {}
                 for o in outcomes:
-                    await send_keyed(outcomes_t, o.task, o)
+                    raw = o.to_bytes()
+                    await outcomes_t.send(key=o.task.encode(), value=raw)
+                    by_task.setdefault(o.task, []).append(raw)
+                for task, raws in by_task.items():
+                    await task_outcomes_t.send(key=task.encode(), value=b"[" + b",".join(raws) + b"]")
                 for hq in hard:
                     await send_keyed(hard_t, hq.task, hq)
-                for task, rows in features.items():
-                    await features_t.send(key=task, value=rows)
+                for task, batch in features.items():
+                    await features_t.send(key=task, value=batch.record())
             metrics.outcomes.inc(len(outcomes))
             for hq in hard:
                 metrics.hard_queries.labels(reason=hq.reason.value).inc()
             wiring.join_inputs += len(events)
 
-    @app.agent(outcomes_t, name="monitor")
+    @app.agent(task_outcomes_t, name="monitor")
     async def monitor_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
             by_task: dict[str, tuple[list[OutcomeEvent], Any]] = {}
-            metrics.consumed(outcomes_name, len(events))
+            metrics.consumed(task_outcomes_name, len(events))
             for ev in events:
-                try:
-                    o = OutcomeEvent.from_bytes(ev.value)
-                except ContractError as exc:
-                    await dead_letter(ev, exc, "monitor")
-                    continue
-                batch = by_task.setdefault(o.task, ([], ev))
-                batch[0].append(o)
-                by_task[o.task] = (batch[0], ev)
+                outs, bad = decode_outcomes(ev.value)
+                for raw, exc in bad:
+                    await dead_letter(ev, exc, "monitor", raw)
+                for o in outs:
+                    batch = by_task.setdefault(o.task, ([], ev))
+                    batch[0].append(o)
+                    by_task[o.task] = (batch[0], ev)
             for task, (outs, ev) in by_task.items():
                 _bind(ev)  # the last event of this task: its partition owns the task's table entries
                 window_table[task] = windows.add_outcomes(window_table[task].value(), outs, cheap_tier)
@@ -663,7 +686,12 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
             if not settings.input_drift_enabled:
                 continue
             task = ev.key.decode() if isinstance(ev.key, bytes) else str(ev.key)
-            if monitor.add_features(task, ev.value):
+            try:
+                due = monitor.add_features(task, ev.value)
+            except (TypeError, ValueError, KeyError, AttributeError) as exc:  # not a features record
+                await dead_letter(ev, exc, "input-drift")
+                continue
+            if due:
                 result = await asyncio.to_thread(monitor.run_input_check, task)
                 _bind(ev)
                 await publish(monitor.apply_input_check(task, result))
@@ -741,6 +769,32 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         )
 
     return app
+
+
+_OUTCOME_LIST = TypeAdapter(list[OutcomeEvent])
+
+
+def decode_outcomes(raw: bytes) -> tuple[list[OutcomeEvent], list[tuple[bytes, Exception]]]:
+    """A per-task batch record (a JSON array of outcome records): the valid outcomes, in order,
+    and each invalid item as (its raw JSON, the error). One pydantic call for a clean batch."""
+    try:
+        return _OUTCOME_LIST.validate_json(raw), []
+    except ValidationError:
+        pass
+    try:
+        items = json.loads(raw)
+    except ValueError as exc:
+        return [], [(raw, ContractError(f"not a JSON array of outcomes: {exc}"))]
+    if not isinstance(items, list):
+        return [], [(raw, ContractError("not a JSON array of outcomes"))]
+    outs: list[OutcomeEvent] = []
+    bad: list[tuple[bytes, Exception]] = []
+    for item in items:
+        try:
+            outs.append(OutcomeEvent.model_validate(item))
+        except ValidationError as exc:
+            bad.append((_dumps(item), ContractError(f"invalid OutcomeEvent: {exc.errors()[0]['msg']}")))
+    return outs, bad
 
 
 def stats_snapshot(wiring: Wiring) -> dict[str, Any]:

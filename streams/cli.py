@@ -36,7 +36,7 @@ def worker(
 
     from services.contracts.settings import KafkaSettings
 
-    from . import eventloop
+    from . import eventloop, gcpolicy
     from .app import create_app
     from .settings import StreamsSettings
 
@@ -61,7 +61,9 @@ def worker(
     # evidently (the input-drift detector) takes seconds of CPU to import: do it before the
     # worker joins the group, so that it does not compete with the first batches it processes.
     importlib.import_module("evidently.presets")
+    importlib.import_module("evidently.legacy.calculations.stattests.registry")  # the checks' tests
     app = create_app(settings, kafka)
+    gcpolicy.apply(settings.gc_freeze, settings.gc_gen0)
     log.info(
         "streams worker %s on %s (prefix %r), web %s:%s, webhook %s, event loop %s",
         settings.app_id,

@@ -43,9 +43,24 @@ class QualityCusum:
 
     Each observation adds the log-likelihood ratio ``log P(x | p0 - drop) / P(x | p0)``; the
     statistic is clipped at 0 and fires at ``cfg.threshold``. While firing, the reverse ratio is
-    accumulated and the alert resolves when it reaches ``cfg.resolve_threshold``. Until a reference
-    is set, the first ``cfg.reference_events`` observations are used to learn it.
+    accumulated and the alert resolves when it reaches ``cfg.resolve_threshold``.
+
+    The reference is either configured (``p0``: e.g. the benchmark acceptance of the model on the
+    task) or learned. A learned reference is an estimate, and a CUSUM whose reference is a little
+    too high drifts up on a stable stream and pages for nothing (300 events give a standard error
+    of ~2.6 points at 70 %). So, learned:
+
+    * the first ``cfg.reference_events`` observations arm it (nothing fires before);
+    * later in-control observations keep joining the estimate once they are ``cfg.reference_lag``
+      observations old (a drop is normally caught before its events would join), and only while
+      the statistic is below ``cfg.reference_quiet`` of the threshold (a drop being weighed does
+      not teach the reference); nothing joins while an alert fires, an alert drops the
+      not-yet-joined ones; up to ``cfg.reference_max_events`` (older evidence then fades);
+    * the CUSUM runs against the estimate's lower confidence bound, ``p_hat - z * se``: a reference
+      learned from few events is conservative, and it converges on ``p_hat`` as evidence grows.
     """
+
+    BLOCK = 50  # observations waiting to join a learned reference are kept as block counts
 
     def __init__(self, cfg: QualityDetectorConfig, p0: float | None = None) -> None:
         self.cfg = cfg
@@ -58,8 +73,16 @@ class QualityCusum:
         self.run_accepted = 0
         self._ref_n = 0
         self._ref_sum = 0.0
+        self.learned = True
+        self._pending: deque[list[int]] = deque()  # [n, accepted] blocks not yet in the reference
         if p0 is not None:
-            self.set_reference(p0)
+            self.configure(p0)
+
+    def configure(self, p0: float) -> None:
+        """Use a configured reference acceptance (nothing is learned)."""
+        self.learned = False
+        self._pending.clear()
+        self.set_reference(p0)
 
     def set_reference(self, p0: float) -> None:
         """Fix the reference acceptance (clipped away from 0 and 1)."""
@@ -71,6 +94,51 @@ class QualityCusum:
     @property
     def p1(self) -> float | None:
         return None if self.p0 is None else max(self.p0 - self.cfg.drop, _EPS)
+
+    @property
+    def p_hat(self) -> float | None:
+        """The learned acceptance estimate (None for a configured reference or before arming)."""
+        return self._ref_sum / self._ref_n if self.learned and self._ref_n else None
+
+    def _set_learned(self) -> None:
+        p = self._ref_sum / self._ref_n
+        self.set_reference(p - self.cfg.reference_z * math.sqrt(max(p * (1 - p), 0.0) / self._ref_n))
+
+    def _learn(self, x: np.ndarray) -> None:
+        """Queue in-control observations; the ones older than the lag join the reference."""
+        if not len(x):
+            return
+        blocks = self._pending
+        i = 0
+        while i < len(x):
+            if not blocks or blocks[-1][0] >= self.BLOCK:
+                blocks.append([0, 0])
+            take = x[i : i + self.BLOCK - blocks[-1][0]]
+            blocks[-1][0] += len(take)
+            blocks[-1][1] += int(take.sum())
+            i += len(take)
+        waiting = sum(b[0] for b in blocks)
+        joined = False
+        # Only while the statistic shows no sign of a drop: a drop the CUSUM is still weighing
+        # must not teach the reference (old blocks then wait, and the oldest are dropped).
+        quiet = self.stat < self.cfg.threshold * self.cfg.reference_quiet
+        while blocks and blocks[0][0] >= self.BLOCK and waiting - blocks[0][0] >= self.cfg.reference_lag:
+            n, k = blocks.popleft()
+            waiting -= n
+            if not quiet:
+                if waiting + n <= 4 * self.cfg.reference_lag:
+                    blocks.appendleft([n, k])
+                    break
+                continue
+            self._ref_n += n
+            self._ref_sum += k
+            joined = True
+        if joined:
+            cap = self.cfg.reference_max_events
+            if self._ref_n > cap:  # older evidence fades: keep the rate, cap the weight
+                self._ref_sum *= cap / self._ref_n
+                self._ref_n = cap
+            self._set_learned()
 
     def update(self, accepted: Sequence[bool] | np.ndarray) -> list[Change]:
         """Feed observations in order; return the fire/resolve changes they caused."""
@@ -85,9 +153,10 @@ class QualityCusum:
             self.n += len(take)
             start = len(take)
             if self._ref_n >= self.cfg.reference_events:
-                self.set_reference(self._ref_sum / self._ref_n)
+                self._set_learned()
             else:
                 return changes
+        in_control: list[np.ndarray] = []
         while start < len(x):
             rest = x[start:]
             llr = np.where(rest, self._llr1, self._llr0)
@@ -98,14 +167,24 @@ class QualityCusum:
                 series = _lindley(self.recover, -llr)
                 hit = np.flatnonzero(series >= self.cfg.resolve_threshold)
             if len(hit) == 0:
+                if not self.firing:
+                    in_control.append(rest)
                 self._advance(rest, series)
                 break
             i = int(hit[0])
+            if not self.firing:
+                in_control.append(rest[: i + 1])
             self._advance(rest[: i + 1], series[: i + 1])
             evidence = self.evidence()
             self._flip()
+            if self.firing:  # the queued observations hold the drop: they never join the reference
+                self._pending.clear()
+                in_control.clear()
             changes.append(Change("fire" if self.firing else "resolve", start + i, evidence))
             start += i + 1
+        if self.learned:
+            for part in in_control:
+                self._learn(part)
         return changes
 
     def _advance(self, x: np.ndarray, series: np.ndarray) -> None:
@@ -134,6 +213,9 @@ class QualityCusum:
         estimated change point (the last time the statistic was at zero)."""
         return {
             "reference_acceptance": self.p0,
+            "reference_learned": self.learned,
+            "learned_acceptance": self.p_hat,
+            "reference_events": self._ref_n if self.learned else None,
             "alternative_acceptance": self.p1,
             "statistic": self.recover if self.firing else self.stat,
             "threshold": self.cfg.resolve_threshold if self.firing else self.cfg.threshold,
@@ -154,6 +236,8 @@ class QualityCusum:
             "run_acc": self.run_accepted,
             "ref_n": self._ref_n,
             "ref_sum": self._ref_sum,
+            "learned": self.learned,
+            "pending": [list(b) for b in self._pending],
         }
 
     @classmethod
@@ -162,6 +246,8 @@ class QualityCusum:
         det = cls(cfg)
         if not state:
             return det
+        det.learned = bool(state.get("learned", state.get("p0") is None or state.get("ref_n", 0) > 0))
+        det._pending = deque([int(n), int(k)] for n, k in state.get("pending", ()))
         if state.get("p0") is not None:
             det.set_reference(state["p0"])
         det.stat = float(state.get("stat", 0.0))
@@ -273,31 +359,52 @@ class InputDrift:
     def __init__(self, cfg: InputDriftConfig, columns: Sequence[str]) -> None:
         self.cfg = cfg
         self.columns = list(columns)
-        self.reference: list[dict[str, float]] = []
-        self.current: deque[dict[str, float]] = deque(maxlen=cfg.current_size)
+        # Kept by column (what the drift tests and the DataFrames take), not as row dicts.
+        self.reference: dict[str, list[float]] = {c: [] for c in self.columns}
+        self.current: dict[str, deque[float]] = {c: deque(maxlen=cfg.current_size) for c in self.columns}
         self.since_check = 0
         self.firing = False
 
+    @property
+    def reference_rows(self) -> int:
+        return len(self.reference[self.columns[0]]) if self.columns else 0
+
+    @property
+    def current_rows(self) -> int:
+        return len(self.current[self.columns[0]]) if self.columns else 0
+
     def add(self, rows: Sequence[dict[str, float]]) -> None:
-        """Append feature rows (missing columns become NaN)."""
-        for row in rows:
-            r = {c: _num(row.get(c)) for c in self.columns}
-            if len(self.reference) < self.cfg.reference_size:
-                self.reference.append(r)
-            else:
-                self.current.append(r)
-                self.since_check += 1
+        """Append feature rows (missing columns and None become NaN)."""
+        self.add_columns({c: [row.get(c) for row in rows] for c in self.columns}, len(rows))
+
+    def add_columns(self, columns: dict[str, Sequence[float | None]], n: int) -> None:
+        """Append ``n`` rows given by column (a missing column, or None, is NaN)."""
+        if n <= 0:
+            return
+        arrays = {}
+        for c in self.columns:  # all checked before any is kept: a broken batch changes nothing
+            col = columns.get(c)
+            arrays[c] = np.full(n, np.nan) if col is None else np.asarray(col, dtype=float)
+            if arrays[c].shape != (n,):
+                raise ValueError(f"feature column {c!r} has shape {arrays[c].shape}, expected ({n},)")
+        to_ref = min(max(self.cfg.reference_size - self.reference_rows, 0), n)
+        for c, values in arrays.items():
+            if to_ref:
+                self.reference[c].extend(values[:to_ref].tolist())
+            self.current[c].extend(values[to_ref:].tolist())
+        self.since_check += n - to_ref
 
     def due(self) -> bool:
-        return len(self.current) >= self.cfg.current_size and self.since_check >= self.cfg.check_every
+        return self.current_rows >= self.cfg.current_size and self.since_check >= self.cfg.check_every
 
     def _frames(self) -> tuple[Any, Any, list[str]]:
         import pandas as pd
 
-        ref = pd.DataFrame(self.reference, columns=self.columns)
-        cur = pd.DataFrame(list(self.current), columns=self.columns)
-        cols = [c for c in self.columns if ref[c].notna().any() and cur[c].notna().any()]
-        return ref, cur, cols
+        cols = self.columns
+        ref = pd.DataFrame({c: np.asarray(self.reference[c], float) for c in cols}, columns=cols)
+        cur = pd.DataFrame({c: np.fromiter(self.current[c], float) for c in cols}, columns=cols)
+        present = [c for c in cols if ref[c].notna().any() and cur[c].notna().any()]
+        return ref, cur, present
 
     def check(self) -> InputDriftResult:
         """Run evidently's drift tests on the two windows (CPU-bound: call it off the event loop).
@@ -392,10 +499,6 @@ def drift_numbers(snapshot: Any) -> tuple[float, dict[str, float]]:
         elif name.startswith("ValueDrift("):
             per_col[m["config"]["column"]] = float(m["value"])
     return share, per_col
-
-
-def _num(v: Any) -> float:
-    return float("nan") if v is None else float(v)
 
 
 def write_report(snapshot: Any, path: Path) -> Path:

@@ -35,20 +35,48 @@ FEATURE_COLUMNS = ("chosen_score", "top_score", "margin", "score_mean", "prompt_
 OUTCOME_COLUMNS = ("accepted", "score", "predicted", "cost_usd", "latency_ms")
 
 
+def call_feature_values(
+    scores: dict[str, float], chosen: str | None, prompt: str | None, prompt_tokens: int
+) -> tuple[float | None, ...]:
+    """Router features of one call in ``FEATURE_COLUMNS`` order (None: unknown)."""
+    vals = sorted(scores.values(), reverse=True)
+    return (
+        scores.get(chosen or ""),
+        vals[0] if vals else None,
+        vals[0] - vals[1] if len(vals) > 1 else None,
+        sum(vals) / len(vals) if vals else None,
+        float(len(prompt)) if prompt is not None else None,
+        float(prompt_tokens) if prompt_tokens else None,
+    )
+
+
 def call_features(
     scores: dict[str, float], chosen: str | None, prompt: str | None, prompt_tokens: int
 ) -> dict[str, float | None]:
     """Router features of one call, the input of the evidently data-drift check (None: unknown)."""
-    vals = sorted(scores.values(), reverse=True)
-    nan = None
-    return {
-        "chosen_score": scores.get(chosen or "", nan),
-        "top_score": vals[0] if vals else nan,
-        "margin": vals[0] - vals[1] if len(vals) > 1 else nan,
-        "score_mean": sum(vals) / len(vals) if vals else nan,
-        "prompt_chars": float(len(prompt)) if prompt is not None else nan,
-        "prompt_tokens": float(prompt_tokens) if prompt_tokens else nan,
-    }
+    return dict(zip(FEATURE_COLUMNS, call_feature_values(scores, chosen, prompt, prompt_tokens), strict=True))
+
+
+class FeatureBatch:
+    """Router features of a batch of calls of one task, by column: the join publishes one record
+    per task and batch, ``{"n": rows, "columns": {column: [values]}}``, to the input-drift agent."""
+
+    __slots__ = ("columns", "n")
+
+    def __init__(self) -> None:
+        self.columns: tuple[list[float | None], ...] = tuple([] for _ in FEATURE_COLUMNS)
+        self.n = 0
+
+    def add(
+        self, scores: dict[str, float], chosen: str | None, prompt: str | None, prompt_tokens: int
+    ) -> None:
+        values = call_feature_values(scores, chosen, prompt, prompt_tokens)
+        for col, v in zip(self.columns, values, strict=True):
+            col.append(v)
+        self.n += 1
+
+    def record(self) -> dict[str, Any]:
+        return {"n": self.n, "columns": dict(zip(FEATURE_COLUMNS, self.columns, strict=True))}
 
 
 def _outcome_row(o: OutcomeEvent) -> dict[str, float]:
@@ -122,7 +150,7 @@ class TaskMonitor:
         for model, accepted in by_model.items():
             det = QualityCusum.from_state(self.settings.quality, qstates.get(model))
             if det.p0 is None and model in self.reference.get(task, {}):
-                det.set_reference(self.reference[task][model])
+                det.configure(self.reference[task][model])
             for ch in det.update(accepted):
                 recovered |= ch.kind == "resolve"
                 self._emit(res, task, "quality", model, ch, now, outcomes)
@@ -158,12 +186,16 @@ class TaskMonitor:
             recent.append(row)
 
     # -- input drift (router features of every call) ----------------------------------------
-    def add_features(self, task: str, rows: Sequence[dict[str, float]]) -> bool:
-        """Add a task's call features; True when an evidently check is due (run :meth:`check_input`)."""
+    def add_features(self, task: str, features: Sequence[dict[str, float]] | dict[str, Any]) -> bool:
+        """Add a task's call features: rows, or a :class:`FeatureBatch` record (by column). True
+        when an evidently check is due (run :meth:`check_input`)."""
         det = self._input.get(task)
         if det is None:
             det = self._input[task] = InputDrift(self.settings.input_drift, FEATURE_COLUMNS)
-        det.add(rows)
+        if isinstance(features, dict):
+            det.add_columns(features["columns"], int(features["n"]))
+        else:
+            det.add(features)
         return det.due()
 
     def run_input_check(self, task: str) -> InputDriftResult:

@@ -8,6 +8,7 @@ expires. Entries older than the TTL are swept.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass
@@ -17,23 +18,55 @@ from services.contracts import CallEvent, CallStatus, FeedbackEvent, OutcomeEven
 
 log = logging.getLogger(__name__)
 
+_OK = CallStatus.OK.value
+_JSON = json.JSONEncoder(separators=(",", ":"))
+
 # Fields of a call the outcome needs; the rest (attempts, usage, ...) is not kept in the table.
-_CALL_FIELDS = (
-    "request_id",
-    "ts",
-    "task",
-    "tenant",
-    "prompt_hash",
-    "prompt",
-    "chosen_model",
-    "mode",
-    "router_version",
-    "scores",
-    "escalated",
-    "cost_usd",
-    "latency_ms",
-    "status",
+_CALL_FIELDS = frozenset(
+    (
+        "request_id",
+        "ts",
+        "task",
+        "tenant",
+        "prompt_hash",
+        "prompt",
+        "chosen_model",
+        "mode",
+        "router_version",
+        "scores",
+        "escalated",
+        "cost_usd",
+        "latency_ms",
+        "status",
+    )
 )
+
+
+def entry_plain(entry: dict[str, Any]) -> dict[str, Any]:
+    """A join entry as plain JSON-able data (a pending call is kept as its validated event in
+    memory; after a restart it comes back from the changelog as this dict)."""
+    call = entry.get("call")
+    if isinstance(call, CallEvent):
+        return {**entry, "call": call.model_dump(mode="json", include=_CALL_FIELDS)}
+    return entry
+
+
+def entry_json(entry: dict[str, Any]) -> bytes:
+    """The changelog value of a join entry: ``json(entry_plain(entry))``, with the call's part
+    serialised by pydantic directly (no intermediate dict)."""
+    call = entry.get("call")
+    if not isinstance(call, CallEvent):
+        return _JSON.encode(entry).encode()
+    rest = _JSON.encode({k: v for k, v in entry.items() if k != "call"})[1:]  # '"ts":...}' or '}'
+    sep = b"," if rest != "}" else b""
+    return b'{"call":' + call.model_dump_json(include=_CALL_FIELDS).encode() + sep + rest.encode()
+
+
+def _fields(call: CallEvent | dict[str, Any]) -> Callable[..., Any]:
+    """``get(name, default=None)`` over a call event or its plain dict."""
+    if isinstance(call, dict):
+        return call.get
+    return lambda name, default=None: getattr(call, name, default)
 
 
 @dataclass
@@ -76,27 +109,26 @@ class CallFeedbackJoin:
         if entry is not None and ("done" in entry or "call" in entry):
             self.stats.duplicates += 1
             return None
-        compact = call.model_dump(mode="json", include=set(_CALL_FIELDS))
         if entry is not None and "fb" in entry:
-            outcome = self._outcome(compact, entry["fb"])
+            outcome = self._outcome(call, entry["fb"])
             self._finish(call.request_id, now, partition, entry["fb"].get("feedback_id"), outcome is not None)
             return outcome
-        self.store[call.request_id] = {"call": compact, "ts": now, "p": partition}
+        # The validated event itself (its changelog record holds the _CALL_FIELDS: entry_json).
+        self.store[call.request_id] = {"call": call, "ts": now, "p": partition}
         self.stats.pending_calls += 1
         return None
 
     def on_feedback(self, fb: FeedbackEvent, now: float, partition: int | None = None) -> OutcomeEvent | None:
         """Record feedback; return the outcome when its call is known. Duplicates return None."""
         entry = self.store.get(fb.request_id)
-        compact = fb.model_dump(mode="json")
         if entry is None:
-            self.store[fb.request_id] = {"fb": compact, "ts": now, "p": partition}
+            self.store[fb.request_id] = {"fb": fb.model_dump(mode="json"), "ts": now, "p": partition}
             self.stats.early_feedback += 1
             return None
         if "done" in entry or "fb" in entry:
             self.stats.duplicates += 1
             return None
-        outcome = self._outcome(entry["call"], compact)
+        outcome = self._outcome(entry["call"], fb)
         self._finish(fb.request_id, now, partition, fb.feedback_id, outcome is not None)
         return outcome
 
@@ -109,31 +141,41 @@ class CallFeedbackJoin:
         else:
             self.stats.unjoinable += 1
 
-    def _outcome(self, call: dict[str, Any], fb: dict[str, Any]) -> OutcomeEvent | None:
-        chosen = call.get("chosen_model")
-        if not chosen or call.get("status") != CallStatus.OK.value:
-            log.debug("request %s: no answered model, no outcome", call.get("request_id"))
+    def _outcome(
+        self, call: CallEvent | dict[str, Any], fb: FeedbackEvent | dict[str, Any]
+    ) -> OutcomeEvent | None:
+        """The outcome of a call and its feedback. Each side is either its validated event (the
+        usual case) or the plain dict a changelog gave back after a restart."""
+        if isinstance(fb, FeedbackEvent):
+            value, source = fb.value, fb.source
+        else:
+            value = (
+                fb["score"] if fb.get("score") is not None else (1.0 if fb.get("label") == "good" else 0.0)
+            )
+            source = fb.get("source", "user")
+        c = _fields(call)
+        chosen = c("chosen_model")
+        if not chosen or c("status") != _OK:
+            log.debug("request %s: no answered model, no outcome", c("request_id"))
             return None
-        value = fb["score"] if fb.get("score") is not None else (1.0 if fb.get("label") == "good" else 0.0)
-        scores = call.get("scores") or {}
         return OutcomeEvent(
-            request_id=call["request_id"],
-            ts=call["ts"],
-            task=call["task"],
-            tenant=call.get("tenant", "default"),
-            prompt_hash=call["prompt_hash"],
-            prompt=call.get("prompt"),
+            request_id=c("request_id"),
+            ts=c("ts"),
+            task=c("task"),
+            tenant=c("tenant", "default"),
+            prompt_hash=c("prompt_hash"),
+            prompt=c("prompt"),
             chosen_model=chosen,
             tier=self.tiers.get(chosen),
-            mode=call["mode"],
-            router_version=call.get("router_version"),
-            predicted=scores.get(chosen),
+            mode=c("mode"),
+            router_version=c("router_version"),
+            predicted=(c("scores") or {}).get(chosen),
             score=value,
             accepted=value >= self.accept_threshold,
-            escalated=bool(call.get("escalated")),
-            cost_usd=call.get("cost_usd", 0.0),
-            latency_ms=call.get("latency_ms", 0.0),
-            feedback_source=fb.get("source", "user"),
+            escalated=bool(c("escalated")),
+            cost_usd=c("cost_usd", 0.0),
+            latency_ms=c("latency_ms", 0.0),
+            feedback_source=source,
         )
 
     def sweep(self, now: float, keys: Iterable[str] | None = None) -> int:

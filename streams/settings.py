@@ -26,6 +26,24 @@ class QualityDetectorConfig(BaseModel):
     reference_events: int = Field(
         default=300, ge=10, description="Events used to learn a reference when none is configured."
     )
+    reference_z: float = Field(
+        default=1.0,
+        ge=0,
+        description="A learned reference is its estimate minus z standard errors (0: the estimate).",
+    )
+    reference_lag: int = Field(
+        default=1000, ge=0, description="In-control events join a learned reference when this old."
+    )
+    reference_quiet: float = Field(
+        default=0.3,
+        gt=0,
+        le=1,
+        description="Events join a learned reference only while the statistic is below this share "
+        "of the threshold.",
+    )
+    reference_max_events: int = Field(
+        default=20_000, ge=10, description="Weight cap of a learned reference: older evidence fades."
+    )
     min_reference: float = Field(default=0.05, ge=0, le=1)
 
 
@@ -100,6 +118,13 @@ class StreamsSettings(BaseSettings):
     faust_monitor: bool = Field(
         default=False,
         description="Faust's per-record Monitor statistics (its own stats views); off saves ~3 % CPU.",
+    )
+    gc_freeze: bool = Field(
+        default=True,
+        description="Freeze the start-up heap out of the cyclic GC (streams/gcpolicy.py).",
+    )
+    gc_gen0: int = Field(
+        default=20_000, ge=0, description="Generation-0 GC threshold (0: Python's default, 700)."
     )
     low_margin: float = Field(default=0.05, ge=0, le=1, description="Top-2 score gap counted as unsure.")
     quality: QualityDetectorConfig = Field(default_factory=QualityDetectorConfig)

@@ -168,6 +168,18 @@ def test_join_drift_alert_webhook_resolve_and_dead_letters(stack) -> None:
         # 4. poison: not JSON, an unknown schema version, a contract violation -> dead letters, worker goes on
         bad_version = json.dumps({"schema_version": 2, "request_id": "x", "score": 1.0}).encode()
         no_score = json.dumps({"schema_version": 1, "request_id": "y"}).encode()
+        # and on the monitor's input (the join's per-task batches): a batch with one broken item
+        # keeps its valid outcome; a record that is not a batch at all
+        task_outcomes = f"{prefix}{env['SWITCHYARD_STREAMS_APP_ID']}-task-outcomes"
+        good = OutcomeEvent(
+            request_id="z",
+            task=TASK,
+            prompt_hash="0" * 16,
+            chosen_model=CHEAP,
+            mode="route",
+            score=1.0,
+            accepted=True,
+        ).to_bytes()
         asyncio.run(
             produce(
                 bootstrap,
@@ -175,20 +187,27 @@ def test_join_drift_alert_webhook_resolve_and_dead_letters(stack) -> None:
                     (topic_name(CALLS, prefix), b"p1", b"\xff not json"),
                     (topic_name(FEEDBACK, prefix), b"x", bad_version),
                     (topic_name(FEEDBACK, prefix), b"y", no_score),
+                    (task_outcomes, TASK.encode(), b"[" + good + b',{"schema_version":1,"task":"t"}]'),
+                    (task_outcomes, TASK.encode(), b"not a batch"),
                     *_pair(prefix, True),
                 ],
             )
         )
         dead = asyncio.run(
-            read_topic(bootstrap, topic_name(DEADLETTER, prefix), 3, timeout_s=60, settle_s=1.0)
+            read_topic(bootstrap, topic_name(DEADLETTER, prefix), 5, timeout_s=60, settle_s=1.0)
         )
         letters = [DeadLetter.from_bytes(r.value) for r in dead]
-        assert sorted(d.key for d in letters) == ["p1", "x", "y"]
-        assert all(d.consumer == "join" and d.error for d in letters)
-        _wait(lambda: _events(worker) >= 951, 60, "the record after the poison")
+        assert sorted(d.key for d in letters if d.consumer == "join") == ["p1", "x", "y"]
+        monitor_letters = [d for d in letters if d.consumer == "monitor"]
+        assert sorted(d.value for d in monitor_letters) == sorted(
+            ['{"schema_version":1,"task":"t"}', "not a batch"]
+        )
+        assert len(letters) == 5 and all(d.error for d in letters)
+        _wait(lambda: _events(worker) >= 952, 60, "the records after the poison")
         metrics = worker.metrics()
         assert re.search(r'switchyard_streams_dead_letters_total\{topic="[^"]+calls\.v1"\} 1\.0', metrics)
         assert re.search(r'switchyard_streams_dead_letters_total\{topic="[^"]+feedback\.v1"\} 2\.0', metrics)
+        assert re.search(r'switchyard_streams_dead_letters_total\{topic="[^"]+task-outcomes"\} 2\.0', metrics)
         assert re.search(r"switchyard_streams_webhook_deliveries_total 2\.0", metrics)
         assert 'switchyard_streams_alerts_total{detector="quality",status="firing"} 1.0' in metrics
         assert (

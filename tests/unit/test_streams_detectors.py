@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,106 @@ def test_input_drift_with_evidently() -> None:
     change = det.transition(shifted)
     assert change is not None and change.kind == "fire"
     assert det.transition(shifted) is None  # already firing
+
+
+def _learned(**kw) -> QualityCusum:
+    return QualityCusum(QualityDetectorConfig(**kw))
+
+
+def test_a_learned_reference_that_came_out_high_does_not_page_on_a_stable_stream() -> None:
+    """300 lucky first events put the estimate 5 points above the truth: a plain plug-in
+    reference then pages on a stable stream; the learned reference (lower bound, keeps learning)
+    stays quiet for 100,000 events and converges on the truth."""
+    rng = np.random.default_rng(21)
+    first = rng.random(300) < 0.75  # the truth is 0.70
+    stable = rng.random(100_000) < 0.70
+    naive = _learned(reference_z=0.0, reference_lag=10**9)  # learn once, use the estimate as is
+    naive.update(first)
+    assert any(c.kind == "fire" for c in naive.update(stable))
+    det = _learned()
+    det.update(first)
+    assert det.p0 < det.p_hat  # the conservative bound
+    fires = [c for k in range(0, 100_000, 500) for c in det.update(stable[k : k + 500]) if c.kind == "fire"]
+    assert fires == []
+    assert det.p_hat == pytest.approx(0.70, abs=0.01)
+    assert det.p_hat - det.p0 < 0.01  # the bound closes in as evidence grows
+
+
+@pytest.mark.parametrize("p", [0.55, 0.8])
+def test_a_learned_reference_catches_a_15_point_drop_and_does_not_learn_it(p: float) -> None:
+    delays = []
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        det = _learned()
+        for k in range(0, 3000, 50):
+            det.update(rng.random(50) < p)
+        learned = det.p_hat
+        drifted = rng.random(3000) < p - 0.15
+        fired = None
+        for k in range(0, 3000, 10):
+            if any(c.kind == "fire" for c in det.update(drifted[k : k + 10])):
+                fired = k + 10
+                break
+        assert fired is not None
+        delays.append(fired)
+        assert det.p_hat == pytest.approx(learned, abs=0.01)  # the drop did not join the reference
+        assert det.evidence()["reference_learned"] is True
+    assert np.median(delays) <= 300
+
+
+def test_learned_state_round_trip_equals_one_pass() -> None:
+    rng = np.random.default_rng(12)
+    x = rng.random(4000) < np.r_[np.full(2500, 0.8), np.full(1500, 0.6)]
+    one = _learned()
+    whole = [c.kind for k in range(0, 4000, 100) for c in one.update(x[k : k + 100])]
+    state, kinds = None, []
+    for k in range(0, 4000, 100):
+        det = QualityCusum.from_state(CFG, state)
+        kinds += [c.kind for c in det.update(x[k : k + 100])]
+        state = det.to_state()
+    assert kinds == whole == ["fire"]
+    assert state == one.to_state()
+
+
+def test_a_configured_reference_learns_nothing() -> None:
+    rng = np.random.default_rng(13)
+    det = QualityCusum(CFG, p0=0.7)
+    det.update(rng.random(5000) < 0.72)
+    assert det.p0 == pytest.approx(0.7) and det.p_hat is None and not det.learned
+    again = QualityCusum.from_state(CFG, det.to_state())
+    assert again.p0 == pytest.approx(0.7) and not again.learned
+
+
+def test_input_drift_takes_rows_or_columns_alike_and_refuses_a_broken_batch() -> None:
+    from streams.drift import FEATURE_COLUMNS, FeatureBatch, TaskMonitor
+    from streams.settings import StreamsSettings
+
+    rng = np.random.default_rng(10)
+    scores = [{"a": float(x), "b": float(y)} for x, y in rng.random((700, 2))]
+    prompts = ["x" * int(n) for n in rng.integers(10, 900, 700)]
+    by_rows, by_cols = (TaskMonitor(StreamsSettings(), {}, {}, write_reports=False) for _ in range(2))
+    from streams.drift import call_features
+
+    due_rows = due_cols = False
+    for k in range(0, 700, 70):  # batches of 70 calls: the reference (300) fills mid-batch
+        batch = FeatureBatch()
+        rows = []
+        for s, p in zip(scores[k : k + 70], prompts[k : k + 70], strict=True):
+            batch.add(s, "a", p, 0)
+            rows.append(call_features(s, "a", p, 0))
+        due_rows |= by_rows.add_features("t", rows)
+        due_cols |= by_cols.add_features("t", json.loads(json.dumps(batch.record())))  # as on the topic
+    a, b = by_rows._input["t"], by_cols._input["t"]
+    assert due_rows and due_cols and a.reference_rows == b.reference_rows == 300 and a.current_rows == 300
+    for c in FEATURE_COLUMNS:
+        assert np.array_equal(np.asarray(a.reference[c]), np.asarray(b.reference[c]), equal_nan=True)
+        assert np.array_equal(np.asarray(a.current[c]), np.asarray(b.current[c]), equal_nan=True)
+    assert a.check().columns == b.check().columns
+    before = {c: list(b.current[c]) for c in FEATURE_COLUMNS}
+    with pytest.raises(ValueError):  # a column shorter than the batch: refused whole
+        by_cols.add_features("t", {"n": 1, "columns": {"chosen_score": [0.1], "margin": [0.1, 0.2]}})
+    assert {c: list(b.current[c]) for c in FEATURE_COLUMNS} == before
+    with pytest.raises(ValueError):
+        by_cols.add_features("t", {"n": 1, "columns": {"chosen_score": ["not a number"]}})
+    with pytest.raises(KeyError):
+        by_cols.add_features("t", {"rows": []})

@@ -90,3 +90,63 @@ def test_join_state_lives_in_the_store() -> None:
         FeedbackEvent(request_id="r7", score=0.9), now=1
     )
     assert out is not None and out.accepted
+
+
+def test_an_entry_restored_from_its_changelog_joins_to_the_same_outcome() -> None:
+    """In memory a pending call is its validated event; after a restart it is the JSON the
+    changelog held. Both give the same outcome, and the changelog JSON is the plain entry's."""
+    import json
+
+    from streams.join import entry_json, entry_plain
+
+    live, restored = join(), join()
+    c = call("r9", prompt="What is 2+2?", router_version="v3", escalated=True)
+    live.on_call(c, now=1, partition=2)
+    entry = live.store["r9"]
+    raw = entry_json(entry)
+    assert json.loads(raw) == json.loads(json.dumps(entry_plain(entry)))
+    assert set(json.loads(raw)["call"]) >= {"request_id", "ts", "task", "scores", "chosen_model", "status"}
+    restored.store["r9"] = json.loads(raw)  # what Faust's recovery puts in the table
+    fb = FeedbackEvent(request_id="r9", label="good", source="user")
+    a, b = live.on_feedback(fb, now=2), restored.on_feedback(fb, now=2)
+    assert a is not None and b is not None
+    assert a.model_dump(mode="json") == b.model_dump(mode="json")
+    assert a.to_bytes() == b.to_bytes() and a.accepted and a.escalated and a.predicted == 0.8
+
+
+def test_a_failed_call_has_no_outcome_live_or_restored() -> None:
+    import json
+
+    from streams.join import entry_json
+
+    live, restored = join(), join()
+    live.on_call(call("r8", status="error", error="upstream 500"), now=1)
+    restored.store["r8"] = json.loads(entry_json(live.store["r8"]))
+    fb = FeedbackEvent(request_id="r8", score=1.0)
+    assert live.on_feedback(fb, now=2) is None and restored.on_feedback(fb, now=2) is None
+    assert live.stats.unjoinable == restored.stats.unjoinable == 1
+
+
+def test_the_monitors_batch_records_decode_in_order_and_isolate_a_broken_item() -> None:
+    import json
+
+    from streams.app import decode_outcomes
+
+    j = join()
+    outs = []
+    for i in range(5):
+        j.on_call(call(f"b{i}"), now=0)
+        outs.append(j.on_feedback(FeedbackEvent(request_id=f"b{i}", score=i % 2), now=1))
+    raws = [o.to_bytes() for o in outs]
+    clean, bad = decode_outcomes(b"[" + b",".join(raws) + b"]")
+    assert bad == [] and [o.request_id for o in clean] == [f"b{i}" for i in range(5)]
+    assert [o.model_dump() for o in clean] == [o.model_dump() for o in outs]
+    broken = b"[" + raws[0] + b',{"schema_version":2},' + raws[1] + b"]"
+    kept, bad = decode_outcomes(broken)
+    assert [o.request_id for o in kept] == ["b0", "b1"]
+    assert (
+        len(bad) == 1 and json.loads(bad[0][0]) == {"schema_version": 2} and "OutcomeEvent" in str(bad[0][1])
+    )
+    for junk in (b"not json", b'{"a": 1}'):
+        none, bad = decode_outcomes(junk)
+        assert none == [] and bad[0][0] == junk

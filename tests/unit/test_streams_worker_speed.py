@@ -229,3 +229,35 @@ def test_the_lean_input_check_decides_as_evidentlys_data_drift_preset(shift, tmp
     if shift == 1.0:
         assert lean.drifted
         assert write_report(lean.report(), tmp_path / "r.html").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("env", "frozen", "gen0"), [({}, True, 20_000), ({"GC_FREEZE": "false", "GC_GEN0": "0"}, False, 700)]
+)
+def test_the_gc_policy_freezes_the_start_up_heap_and_still_collects_cycles(env, frozen, gen0) -> None:
+    # A fresh interpreter, as the worker's (the policy is process-wide).
+    code = """
+import gc, json, weakref
+import pandas  # a large start-up heap, as the worker's evidently/pandas/Faust
+from streams import gcpolicy
+from streams.settings import StreamsSettings
+s = StreamsSettings()
+out = gcpolicy.apply(s.gc_freeze, s.gc_gen0)
+class Node: pass
+a, b = Node(), Node()
+a.other, b.other = b, a  # a cycle made after start-up
+gone = weakref.ref(a)
+del a, b
+gc.collect()
+print(json.dumps([out["frozen_objects"], gc.get_threshold()[0], gone() is None]))
+"""
+    env_vars = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHYARD_STREAMS_GC")}
+    env_vars.update({f"SWITCHYARD_STREAMS_{k}": v for k, v in env.items()})
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env_vars, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    n_frozen, threshold, collected = json.loads(out.stdout.strip().splitlines()[-1])
+    assert (n_frozen > 10_000) is frozen and (n_frozen == 0) is not frozen
+    assert threshold == gen0
+    assert collected  # cycles made after the freeze are still collected
