@@ -303,6 +303,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
                 FeedbackEvent(request_id=rid, score=float(ok), source="judge").to_bytes(),
             )
         )
+    speed_before = _machine_ms()
     t0 = time.perf_counter()
     await produce(args.bootstrap, records)
     produced_s = time.perf_counter() - t0
@@ -393,12 +394,23 @@ async def _throughput(args: argparse.Namespace) -> dict:
         "warm_at_start": samples[0][3],
         "load_average_1m": round(os.getloadavg()[0], 2),
         "cpu_steal_share": round(steal / (done_at - t_ready) / (os.cpu_count() or 1), 3),
+        "machine_ms_before_after": [speed_before, _machine_ms()],
         "all_detectors": True,
         "event_loop": event_loop,
         "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWITCHYARD_STREAMS_")},
         "dead_letters": dl,
         "alerts": alerts,
     }
+
+
+def _machine_ms() -> float:
+    """CPU ms of a fixed pure-Python loop: how fast this (shared, virtual) core is right now.
+    Single-core speed here moves by 10-30 % from minute to minute; events per CPU-second move
+    with it."""
+    t0, acc = time.process_time(), 0
+    for i in range(2_000_000):
+        acc += i * i % 7
+    return round((time.process_time() - t0) * 1000, 1)
 
 
 def _steal_seconds() -> float:

@@ -202,8 +202,13 @@ class Outbox:
                 continue
             available = list(meta.available_partitions_for_topic(topic))
             tps: dict[int, TopicPartition] = {}
+            chosen: dict[bytes, int] = {}  # keys repeat (task names): murmur2 in Python once per key
             for key, value in records:
-                p = producer._partitioner(key, every, available)
+                p = chosen.get(key) if key is not None else None
+                if p is None:
+                    p = producer._partitioner(key, every, available)
+                    if key is not None:
+                        chosen[key] = p
                 tp = tps.get(p) or tps.setdefault(p, TopicPartition(topic, p))
                 by_tp.setdefault(tp, []).append((key, value))
         acc = producer._message_accumulator

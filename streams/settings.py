@@ -27,7 +27,7 @@ class QualityDetectorConfig(BaseModel):
         default=300, ge=10, description="Events used to learn a reference when none is configured."
     )
     reference_z: float = Field(
-        default=1.0,
+        default=1.5,
         ge=0,
         description="A learned reference is its estimate minus z standard errors (0: the estimate).",
     )
