@@ -254,7 +254,22 @@ def detect(args: argparse.Namespace) -> dict:
         "resolve_threshold": StreamsSettings().quality.resolve_threshold,
     }
     if not args.skip_false_alarms:
-        out["false_alarms"] = false_alarms(pool, args.events, args.cheap_share, args.seed, args.batch)
+        runs = [
+            false_alarms(pool, args.events, args.cheap_share, args.seed + k, args.batch)
+            for k in range(args.fa_seeds)
+        ]
+        out["false_alarms"] = (
+            runs[0]
+            if len(runs) == 1
+            else {
+                "seeds": [args.seed, args.seed + args.fa_seeds - 1],
+                "events": sum(r["events"] for r in runs),
+                "false_alarms": sum(r["false_alarms"] for r in runs),
+                "alerts": [a for r in runs for a in r["alerts"]],
+                "evidently_checks": sum(r["evidently_checks"] for r in runs),
+                "seconds": round(sum(r["seconds"] for r in runs), 1),
+            }
+        )
     out["delay"] = [
         detection_delay(pool, args.drop, s, args.trials, args.prefix, args.seed + 1, args.batch)
         for s in sorted({1.0, args.cheap_share}, reverse=True)
@@ -470,6 +485,12 @@ def main() -> None:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--task", action="append", help="only these tasks (repeatable), e.g. gsm8k")
     d.add_argument("--skip-false-alarms", action="store_true")
+    d.add_argument(
+        "--fa-seeds",
+        type=int,
+        default=1,
+        help="false-alarm runs of --events each (fresh detectors, seeds seed..)",
+    )
     d.add_argument(
         "--reference",
         choices=("configured", "learned"),

@@ -315,10 +315,15 @@ def _summary(task: str, detector: str, subject: str | None, ev: dict[str, Any]) 
     if detector == "quality":
         obs = ev.get("observed_acceptance")
         obs_s = f"{obs:.1%}" if obs is not None else "n/a"
+        ref = f"reference {ev.get('reference_acceptance'):.1%}"
+        if ev.get("reference_learned") and ev.get("learned_acceptance") is not None:
+            ref = (
+                f"learned reference {ev['learned_acceptance']:.1%} over {ev.get('reference_events')} answers"
+                f" (tested against its lower bound {ev.get('reference_acceptance'):.1%})"
+            )
         return (
             f"acceptance of {subject} on task {task} dropped: {obs_s} over the last "
-            f"{ev.get('events_since_change_point')} labelled answers "
-            f"vs reference {ev.get('reference_acceptance'):.1%}"
+            f"{ev.get('events_since_change_point')} labelled answers vs {ref}"
         )
     if detector == "calibration":
         return (

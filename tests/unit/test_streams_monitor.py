@@ -115,6 +115,7 @@ def test_monitor_state_survives_a_restart(tmp_path) -> None:
         "t", [outcome(i, bool(a), task="t") for i, a in enumerate(rng.random(600) < 0.5)]
     )
     assert [a.status for a in res.alerts] == [AlertStatus.FIRING]
+    assert "learned reference" in res.alerts[0].summary and res.alerts[0].evidence["reference_learned"]
     third = TaskMonitor(_settings(tmp_path), state, alert_store, write_reports=False)
     more = third.on_outcomes(
         "t", [outcome(i, bool(a), task="t") for i, a in enumerate(rng.random(100) < 0.5)]
