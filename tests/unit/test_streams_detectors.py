@@ -164,7 +164,7 @@ def test_a_learned_reference_catches_a_15_point_drop_and_does_not_learn_it(p: fl
     for seed in range(20):
         rng = np.random.default_rng(seed)
         det = _learned()
-        for k in range(0, 3000, 50):
+        for _ in range(0, 3000, 50):
             det.update(rng.random(50) < p)
         learned = det.p_hat
         drifted = rng.random(3000) < p - 0.15
