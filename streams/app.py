@@ -54,6 +54,7 @@ from services.contracts.topics import (
     HARD_QUERIES,
     OUTCOMES,
     RETRAIN,
+    TopicSpec,
     topic_name,
 )
 
@@ -774,6 +775,28 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         )
 
     return app
+
+
+def internal_input_topics(app: faust.App) -> tuple[TopicSpec, ...]:
+    """The app's own topics that its agents consume (router features, per-task outcome batches).
+
+    Faust declares internal topics just before it subscribes, and a topic the broker's metadata
+    does not list yet is dropped from the subscription ("Ignoring missing topic") until a later
+    rebalance: the agent then silently gets no partitions. The worker creates these first and
+    waits until the metadata lists them (``infra.topics.apply_topics``)."""
+    wiring: Wiring = app.switchyard  # type: ignore[attr-defined]
+    rf = wiring.settings.replication
+    return tuple(
+        TopicSpec(
+            t.get_topic_name(),
+            "task",
+            model,
+            partitions=t.partitions or OUTCOMES.partitions,
+            replication=rf,
+            retention_ms=OUTCOMES.retention_ms,  # what the monitor has not read yet is kept as long
+        )
+        for t, model in ((wiring.topics["features"], Event), (wiring.topics["task_outcomes"], OutcomeEvent))
+    )
 
 
 _OUTCOME_LIST = TypeAdapter(list[OutcomeEvent])

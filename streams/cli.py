@@ -37,7 +37,7 @@ def worker(
     from services.contracts.settings import KafkaSettings
 
     from . import eventloop, gcpolicy
-    from .app import create_app
+    from .app import create_app, internal_input_topics
     from .settings import StreamsSettings
 
     overrides = {
@@ -63,6 +63,10 @@ def worker(
     importlib.import_module("evidently.presets")
     importlib.import_module("evidently.legacy.calculations.stattests.registry")  # the checks' tests
     app = create_app(settings, kafka)
+    from infra.topics import apply_topics
+
+    # The topics its own agents consume, created and visible before Faust subscribes to them.
+    asyncio.run(apply_topics(kafka.bootstrap, "", internal_input_topics(app), settings.replication))
     gcpolicy.apply(settings.gc_freeze, settings.gc_gen0)
     log.info(
         "streams worker %s on %s (prefix %r), web %s:%s, webhook %s, event loop %s",
