@@ -61,7 +61,7 @@ from services.contracts.topics import (
 from . import eventloop, fastdrain, windows
 from .alerts import DeliveryLog, WebhookError, WebhookNotifier
 from .drift import FeatureBatch, MonitorResult, TaskMonitor
-from .join import CallFeedbackJoin, entry_json, entry_plain
+from .join import CallFeedbackJoin, entry_json, entry_plain, json_bytes
 from .mining import mine_call, mine_outcome
 from .settings import StreamsSettings
 
@@ -149,11 +149,7 @@ class BatchWrites:
         return n
 
 
-_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds one per call
-
-
-def _dumps(obj: Any) -> bytes:
-    return _JSON.encode(obj).encode()
+_dumps = json_bytes
 
 
 class Outbox:
@@ -629,15 +625,13 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
                         hard.append(hq)
             metrics.consumed(calls_name, n_calls)
             metrics.consumed(feedback_name, len(events) - n_calls)
+            encoded = [(o.task.encode(), o.to_bytes()) for o in outcomes]  # (key, value), in order
             if settings.direct_produce:
                 join_writes.flush_direct(outbox.add)
-                by_task: dict[str, list[bytes]] = {}
-                for o in outcomes:
-                    raw = o.to_bytes()
-                    outbox.add(outcomes_name, o.task.encode(), raw)
-                    by_task.setdefault(o.task, []).append(raw)
-                for task, raws in by_task.items():
-                    outbox.add(task_outcomes_name, task.encode(), b"[" + b",".join(raws) + b"]")
+                for task, raw in encoded:
+                    outbox.add(outcomes_name, task, raw)
+                for task, batch in task_batches(encoded):
+                    outbox.add(task_outcomes_name, task, batch)
                 for hq in hard:
                     outbox.add(hard_name, hq.task.encode(), hq.to_bytes())
                 for task, batch in features.items():
@@ -645,13 +639,10 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
                 await outbox.send(app.producer)
             else:
                 join_writes.flush()
-                by_task = {}
-                for o in outcomes:
-                    raw = o.to_bytes()
-                    await outcomes_t.send(key=o.task.encode(), value=raw)
-                    by_task.setdefault(o.task, []).append(raw)
-                for task, raws in by_task.items():
-                    await task_outcomes_t.send(key=task.encode(), value=b"[" + b",".join(raws) + b"]")
+                for task, raw in encoded:
+                    await outcomes_t.send(key=task, value=raw)
+                for task, batch in task_batches(encoded):
+                    await task_outcomes_t.send(key=task, value=batch)
                 for hq in hard:
                     await send_keyed(hard_t, hq.task, hq)
                 for task, batch in features.items():
@@ -800,6 +791,15 @@ def internal_input_topics(app: faust.App) -> tuple[TopicSpec, ...]:
 
 
 _OUTCOME_LIST = TypeAdapter(list[OutcomeEvent])
+
+
+def task_batches(encoded: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The monitor's records for a batch of encoded outcomes ``(task key, outcome JSON)``: one per
+    task, a JSON array of that task's outcome records in order (what :func:`decode_outcomes` reads)."""
+    by_task: dict[bytes, list[bytes]] = {}
+    for key, raw in encoded:
+        by_task.setdefault(key, []).append(raw)
+    return [(key, b"[" + b",".join(raws) + b"]") for key, raws in by_task.items()]
 
 
 def decode_outcomes(raw: bytes) -> tuple[list[OutcomeEvent], list[tuple[bytes, Exception]]]:

@@ -19,7 +19,13 @@ from services.contracts import CallEvent, CallStatus, FeedbackEvent, OutcomeEven
 log = logging.getLogger(__name__)
 
 _OK = CallStatus.OK.value
-_JSON = json.JSONEncoder(separators=(",", ":"))
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=) builds one per call
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Compact JSON of ``obj`` as bytes (the worker's changelog and internal records)."""
+    return _JSON.encode(obj).encode()
+
 
 # Fields of a call the outcome needs; the rest (attempts, usage, ...) is not kept in the table.
 _CALL_FIELDS = frozenset(
@@ -56,7 +62,7 @@ def entry_json(entry: dict[str, Any]) -> bytes:
     serialised by pydantic directly (no intermediate dict)."""
     call = entry.get("call")
     if not isinstance(call, CallEvent):
-        return _JSON.encode(entry).encode()
+        return json_bytes(entry)
     rest = _JSON.encode({k: v for k, v in entry.items() if k != "call"})[1:]  # '"ts":...}' or '}'
     sep = b"," if rest != "}" else b""
     return b'{"call":' + call.model_dump_json(include=_CALL_FIELDS).encode() + sep + rest.encode()
@@ -110,7 +116,7 @@ class CallFeedbackJoin:
             self.stats.duplicates += 1
             return None
         if entry is not None and "fb" in entry:
-            outcome = self._outcome(call, entry["fb"])
+            outcome = self._outcome(call, FeedbackEvent.model_validate(entry["fb"]))  # stored as its dump
             self._finish(call.request_id, now, partition, entry["fb"].get("feedback_id"), outcome is not None)
             return outcome
         # The validated event itself (its changelog record holds the _CALL_FIELDS: entry_json).
@@ -141,18 +147,10 @@ class CallFeedbackJoin:
         else:
             self.stats.unjoinable += 1
 
-    def _outcome(
-        self, call: CallEvent | dict[str, Any], fb: FeedbackEvent | dict[str, Any]
-    ) -> OutcomeEvent | None:
-        """The outcome of a call and its feedback. Each side is either its validated event (the
-        usual case) or the plain dict a changelog gave back after a restart."""
-        if isinstance(fb, FeedbackEvent):
-            value, source = fb.value, fb.source
-        else:
-            value = (
-                fb["score"] if fb.get("score") is not None else (1.0 if fb.get("label") == "good" else 0.0)
-            )
-            source = fb.get("source", "user")
+    def _outcome(self, call: CallEvent | dict[str, Any], fb: FeedbackEvent) -> OutcomeEvent | None:
+        """The outcome of a call and its feedback. The call is its validated event (the usual
+        case) or the plain dict a changelog gave back after a restart."""
+        value, source = fb.value, fb.source
         c = _fields(call)
         chosen = c("chosen_model")
         if not chosen or c("status") != _OK:
