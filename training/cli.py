@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 router_app = typer.Typer(no_args_is_help=True, help="The learned router: train, evaluate, score, register.")
 
 DATASETS = ("mmlu", "gsm8k", "routerbench")
+UNTAGGED_TASK = "default"  # what the gateway calls a request without a task tag
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
@@ -180,29 +181,10 @@ def train_cmd(
     typer.echo(ref)
 
 
-@router_app.command("score")
-def score_cmd(
-    model: str = typer.Option(
-        ..., "--model", help="Router: a local artefact dir or models:/name@alias, models:/name/N."
-    ),
-    input_: Path = typer.Option(  # noqa: B008
-        ..., "--input", help='JSONL, one {"id": str, "prompt": str, "task": str|null} per line.'
-    ),
-    output: Path = typer.Option(  # noqa: B008
-        ..., "--output", help='JSONL, one {"id", "scores": {model: P}, "router_version"} per line.'
-    ),
-    batch_size: int = typer.Option(64, min=1, help="Queries per encoder batch."),
-    tracking_uri: str = typer.Option(
-        None, help="MLflow tracking URI (default SWITCHYARD_MLFLOW_TRACKING_URI)."
-    ),
-    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-) -> None:
-    """Score prompts with a router (the scoring contract used by outside evaluation)."""
+def _read_score_inputs(input_: Path) -> list:  # noqa: ANN401 - list[ScoreInput]
+    """The contract's input lines, validated; a bad line fails with its number."""
     from pydantic import ValidationError
 
-    from services.contracts.settings import MLflowSettings
-    from services.router.artifact import RouterLoadError, load_router
-    from services.router.base import Query
     from services.router.contract import ScoreInput
 
     if not input_.is_file():
@@ -219,29 +201,150 @@ def score_cmd(
                     f"{'.'.join(map(str, e['loc'])) or 'line'}: {e['msg']}" for e in exc.errors()
                 )
                 raise _fail(f"{input_}:{n}: invalid input line ({errs})") from exc
+    return rows
+
+
+def _load_contract_router(model: str, tracking_uri: str | None, device: str | None):  # noqa: ANN202
+    from services.contracts.settings import MLflowSettings
+    from services.router.artifact import RouterLoadError, load_router
+
     uri = tracking_uri or MLflowSettings().tracking_uri
     try:
-        router = load_router(model, tracking_uri=uri, device=device)
+        return load_router(model, tracking_uri=uri, device=device)
     except RouterLoadError as exc:
         raise _fail(f"cannot load router {model!r}: {exc}", 1) from exc
-    t0 = time.perf_counter()
+
+
+def _candidates(value: str, router, minimum: int) -> list[str]:  # noqa: ANN001
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    if len(names) < minimum or len(set(names)) != len(names):
+        raise _fail(f"--candidates needs at least {minimum} distinct model ids, got {value!r}")
+    unknown = [c for c in names if c not in router.models]
+    if unknown:
+        raise _fail(f"--candidates: models {unknown} are not scored by router {router.version}")
+    return names
+
+
+def _write_jsonl(output: Path, lines) -> None:  # noqa: ANN001 - an iterable of dicts
+    """Write atomically: the output appears whole or not at all."""
     tmp = output.with_name(output.name + ".part")
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         with tmp.open("w", encoding="utf-8") as out:
-            for start in range(0, len(rows), batch_size):
-                part = rows[start : start + batch_size]
-                scores = router.scores([Query(r.prompt, r.task) for r in part])
-                for r, s in zip(part, scores, strict=True):
-                    out.write(json.dumps({"id": r.id, "scores": s, "router_version": router.version}) + "\n")
+            for line in lines:
+                out.write(json.dumps(line) + "\n")
         os.replace(tmp, output)
-    except RouterLoadError as exc:
-        raise _fail(f"router {model!r} cannot score: {exc}", 1) from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@router_app.command("score")
+def score_cmd(
+    model: str = typer.Option(
+        ..., "--model", help="Router: a local artefact dir or models:/name@alias, models:/name/N."
+    ),
+    input_: Path = typer.Option(  # noqa: B008
+        ..., "--input", help='JSONL, one {"id": str, "prompt": str, "task": str|null} per line.'
+    ),
+    output: Path = typer.Option(  # noqa: B008
+        ..., "--output", help='JSONL, one {"id", "scores": {model: P}, "router_version"} per line.'
+    ),
+    candidates: str = typer.Option(
+        None,
+        help="STRONG,CHEAP: each line also gets \"escalate\", the policy's preference for STRONG "
+        "(higher = more in need of it), what the gateway ranks by for these two and no task tag.",
+    ),
+    batch_size: int = typer.Option(64, min=1, help="Queries per encoder batch."),
+    tracking_uri: str = typer.Option(
+        None, help="MLflow tracking URI (default SWITCHYARD_MLFLOW_TRACKING_URI)."
+    ),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """Score prompts with a router (the scoring contract used by outside evaluation)."""
+    from services.router.artifact import RouterLoadError
+    from services.router.base import Query
+    from services.router.policy import escalation
+
+    rows = _read_score_inputs(input_)
+    router = _load_contract_router(model, tracking_uri, device)
+    pair = _candidates(candidates, router, 2) if candidates else None
+    if pair and len(pair) != 2:
+        raise _fail("--candidates for score takes exactly two models: STRONG,CHEAP")
+    t0 = time.perf_counter()
+
+    def lines():  # noqa: ANN202
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            scores = router.scores([Query(r.prompt, r.task) for r in part])
+            untagged = scores
+            if pair and any(r.task is not None for r in part):
+                untagged = router.scores([Query(r.prompt, None) for r in part])  # embeddings cached
+            for r, s, u in zip(part, scores, untagged, strict=True):
+                line = {"id": r.id, "scores": s, "router_version": router.version}
+                if pair:
+                    rule = router.calibration.rule
+                    line["escalate"] = float(escalation(u[pair[0]], u[pair[1]], rule))
+                yield line
+
+    try:
+        _write_jsonl(output, lines())
+    except RouterLoadError as exc:
+        raise _fail(f"router {model!r} cannot score: {exc}", 1) from exc
     dt = time.perf_counter() - t0
     typer.echo(f"scored {len(rows)} prompts with {router.version} in {dt:.1f}s -> {output}", err=True)
+
+
+@router_app.command("route")
+def route_cmd(
+    model: str = typer.Option(..., "--model", help="Router: a local artefact dir or models:/name@alias."),
+    input_: Path = typer.Option(  # noqa: B008
+        ..., "--input", help='JSONL, one {"id": str, "prompt": str, "task": str|null} per line.'
+    ),
+    output: Path = typer.Option(  # noqa: B008
+        ..., "--output", help='JSONL, one {"id", "model", "router_version"} per line.'
+    ),
+    candidates: str = typer.Option(..., help="A,B[,...]: the models the policy chooses between."),
+    quality_target: float = typer.Option(0.95, min=0.0, max=1.0, help="Share of the strong model's quality."),
+    catalog: Path = typer.Option(None, help="Catalog YAML (default: the built-in one)."),  # noqa: B008
+    batch_size: int = typer.Option(64, min=1, help="Queries per encoder batch."),
+    tracking_uri: str = typer.Option(None, help="MLflow tracking URI."),
+    device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+) -> None:
+    """The gateway's routing decision per prompt, with no task tag (a task in the input is ignored)."""
+    from services.catalog import CatalogError, load_catalog
+    from services.router.artifact import RouterLoadError
+    from services.router.base import Query
+    from services.router.policy import PolicyError, RoutingPolicy
+
+    rows = _read_score_inputs(input_)
+    try:
+        cat = load_catalog(catalog)
+    except CatalogError as exc:
+        raise _fail(str(exc)) from exc
+    router = _load_contract_router(model, tracking_uri, device)
+    pool = _candidates(candidates, router, 1)
+    missing = [m for m in pool if m not in cat.model_ids]
+    if missing:
+        raise _fail(f"--candidates: models {missing} are not in the catalog")
+    policy = RoutingPolicy(cat, router.calibration)
+    t0 = time.perf_counter()
+
+    def lines():  # noqa: ANN202
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            # the gateway's task for an untagged request
+            scores = router.scores([Query(r.prompt, UNTAGGED_TASK) for r in part])
+            for r, s in zip(part, scores, strict=True):
+                d = policy.decide(s, UNTAGGED_TASK, quality_target, None, pool)
+                yield {"id": r.id, "model": d.model, "router_version": router.version}
+
+    try:
+        _write_jsonl(output, lines())
+    except (RouterLoadError, PolicyError) as exc:
+        raise _fail(f"router {model!r} cannot route: {exc}", 1) from exc
+    dt = time.perf_counter() - t0
+    typer.echo(f"routed {len(rows)} prompts with {router.version} in {dt:.1f}s -> {output}", err=True)
 
 
 @router_app.command("eval")
@@ -250,14 +353,15 @@ def eval_cmd(
     kinds: str = typer.Option("random,knn,mf,mlp", help="Routers to evaluate."),
     folds: int = typer.Option(5, min=2, help="Out-of-fold folds."),
     bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for intervals."),
-    groups: int = typer.Option(5, min=2, help="Leave-subjects-out groups."),
+    rules: str = typer.Option("gap,absolute,need", help="Routing rules to evaluate."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens)."),
     int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
     backend: str = typer.Option("torch", help="Encoder backend: torch or onnx (ONNX Runtime, CPU)."),
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
     log_mlflow: bool = typer.Option(False, "--mlflow", help="Also log the report to MLflow."),
 ) -> None:
-    """Evaluate every router: out-of-fold curves, share@95, APGR, leave-subjects-out, cascade."""
+    """Evaluate every router kind and rule, leave-tasks-out first: share@95, APGR, CPT, realized
+    quality vs target, RouterBench savings, cascade."""
     from services.catalog import load_catalog
     from services.router.encoder import EncoderConfig
 
@@ -273,7 +377,7 @@ def eval_cmd(
         kinds=[k.strip() for k in kinds.split(",") if k.strip()],
         folds=folds,
         bootstrap=bootstrap,
-        groups=groups,
+        rules=[r.strip() for r in rules.split(",") if r.strip()],
     )
     bench = load_benchmark(_data_dir(data_dir), list(DATASETS))
     report = run_evaluation(

@@ -51,3 +51,13 @@ def leave_tasks_out(
         test = in_ds & frame["task"].isin(tasks).to_numpy()
         out.append((f"group{g}", tasks, train_mask(frame["prompt_hash"], test), test))
     return out
+
+
+def task_folds(tasks: Sequence[str], k: int = 5, seed: int = 0) -> np.ndarray:
+    """Grouped (leave-tasks-out) fold id per row: every task of every dataset lies whole in one
+    fold, so no task is in both train and test. Combine with :func:`train_mask` to also drop
+    training rows whose prompt occurs in the test fold."""
+    if k < 2:
+        raise ValueError("k must be at least 2")
+    groups = task_groups(tasks, k, seed)
+    return np.array([groups[t] for t in tasks], dtype=int)

@@ -23,6 +23,7 @@ from services.router.artifact import CascadeSpec, Manifest, save_router
 from services.router.calibration import (
     MIN_TASK_ROWS,
     Calibration,
+    Platt,
     ThresholdTable,
     comparable_rows,
     fit_platt,
@@ -34,7 +35,7 @@ from services.router.heads import HEADS, features, make_head, sigmoid
 
 from .data import MIXTRAL, Benchmark
 from .embeddings import EmbeddingCache
-from .splits import kfold, train_mask
+from .splits import kfold, task_folds, train_mask
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,18 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str | None = None
     cascade_model: str | None = MIXTRAL
-    rule: str = "gap"
+    rule: str = Field(default="gap", description="Routing rule served (services.router.policy.RULES).")
+    task_dropout: float = Field(
+        default=0.5,
+        ge=0,
+        lt=1,
+        description="Share of training rows whose task features are blanked per batch, so a "
+        "query of a task the head never saw (blank task features) is in-distribution.",
+    )
+    cold_start: bool = Field(
+        default=True,
+        description="Fit the cold-start calibration (unknown tasks) on leave-tasks-out predictions.",
+    )
 
 
 @dataclass
@@ -130,7 +142,12 @@ def _prior(y: np.ndarray) -> np.ndarray:
 
 
 def _torch_fit(
-    kind: str, x: np.ndarray, y: np.ndarray, cfg: TrainConfig, init: dict[str, np.ndarray] | None = None
+    kind: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    cfg: TrainConfig,
+    init: dict[str, np.ndarray] | None = None,
+    emb_dim: int | None = None,
 ) -> dict[str, np.ndarray]:
     import torch
 
@@ -141,10 +158,16 @@ def _torch_fit(
         torch.set_num_threads(1)
     try:
         if kind != "mlp" or cfg.ensemble == 1:
-            return _torch_fit_on(kind, x, y, cfg, device, init)
+            return _torch_fit_on(kind, x, y, cfg, device, init, emb_dim)
         members = [
             _torch_fit_on(
-                kind, x, y, cfg.model_copy(update={"seed": cfg.seed + k}), device, _member_init(init, k, cfg)
+                kind,
+                x,
+                y,
+                cfg.model_copy(update={"seed": cfg.seed + k}),
+                device,
+                _member_init(init, k, cfg),
+                emb_dim,
             )
             for k in range(cfg.ensemble)
         ]
@@ -191,6 +214,7 @@ def _torch_fit_on(
     cfg: TrainConfig,
     device: str,
     init: dict[str, np.ndarray] | None = None,
+    emb_dim: int | None = None,
 ) -> dict[str, np.ndarray]:
     import torch
 
@@ -245,12 +269,19 @@ def _torch_fit_on(
     n = len(x)
     steps = cfg.epochs * max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps)
+    # task features are the columns after the embedding; blank them on a share of each batch
+    drop_tasks = cfg.task_dropout > 0 and emb_dim is not None and emb_dim < d
     net.train()
     for _ in range(cfg.epochs):
         perm = torch.randperm(n, generator=gen).to(device)
         for start in range(0, n, cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            logits = net(xt[idx])
+            xb = xt[idx]
+            if drop_tasks:
+                blank = (torch.rand(len(idx), generator=gen) < cfg.task_dropout).to(device)
+                xb = xb.clone()
+                xb[blank, emb_dim:] = 0.0
+            logits = net(xb)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, yt[idx], weight=mt[idx], reduction="sum"
             )
@@ -298,7 +329,7 @@ def fit_head(
             },
             {"k": cfg.k, "temperature": cfg.knn_temperature},
         )
-    return _torch_fit(kind, x, y, cfg, init), {}
+    return _torch_fit(kind, x, y, cfg, init, emb_dim=emb.shape[1]), {}
 
 
 def head_logits(
@@ -319,17 +350,57 @@ def oof_logits(
     folds: np.ndarray,
     vocab: list[str] | None = None,
     init: dict[str, np.ndarray] | None = None,
+    *,
+    unknown_tasks: bool = False,
 ) -> np.ndarray:
-    """Out-of-fold raw logits for every row (each fold predicted by a head that never saw it)."""
+    """Out-of-fold raw logits for every row (each fold predicted by a head that never saw it).
+    ``unknown_tasks``: test rows are scored with blank task features, as a task the head was
+    not trained on is served (use with :func:`training.splits.task_folds`)."""
     vocab = vocab if vocab is not None else task_vocab(ts.tasks)
     x = features(ts.embeddings, ts.tasks, vocab)
+    x_test = features(ts.embeddings, [None] * len(ts.tasks), vocab) if unknown_tasks else x
     out = np.zeros(ts.labels.shape, dtype=np.float64)
     for f in np.unique(folds):
         test = folds == f
         train = train_mask(ts.frame["prompt_hash"], test)
         params, opts = fit_head(cfg.kind, ts.embeddings[train], x[train], ts.labels[train], cfg, init)
-        out[test] = head_logits(cfg.kind, params, opts, x[test])
+        out[test] = head_logits(cfg.kind, params, opts, x_test[test])
     return out
+
+
+def grouped_oof_logits(ts: TrainingSet, cfg: TrainConfig, k: int | None = None) -> np.ndarray | None:
+    """Leave-tasks-out logits: each row scored by a head trained without its task, with blank
+    task features (how an unseen task is served). None when there are fewer than two tasks."""
+    k = min(k or cfg.calibration_folds, len(set(ts.tasks)))
+    if k < 2:
+        return None
+    return oof_logits(ts, cfg, task_folds(ts.tasks, k, cfg.seed), unknown_tasks=True)
+
+
+def fit_cold_start(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    models: list[str],
+    prices: np.ndarray,
+    strong_model: str,
+    *,
+    rule: str = "gap",
+    confidence: float = 0.0,
+) -> tuple[dict[str, Platt], ThresholdTable]:
+    """The cold-start calibration from leave-tasks-out ``logits``: Platt per model on the rows
+    graded for the strong model and another, and one threshold table over all of them (the
+    rows pool many held-out tasks, so the table is a target kept on average over new tasks)."""
+    strong = models.index(strong_model)
+    both = comparable_rows(labels, strong)
+    base = both if both.any() else np.ones(len(labels), bool)
+    platt = {m: fit_platt(logits[base, j], labels[base, j]) for j, m in enumerate(models)}
+    a = np.array([platt[m].a for m in models])
+    b = np.array([platt[m].b for m in models])
+    probs = sigmoid(a * logits + b)
+    table = fit_table(probs, labels, prices, models, strong, rule=rule, confidence=confidence)
+    graded = (~np.isnan(labels[base])).mean(axis=0) >= 0.5
+    table = table.model_copy(update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]})
+    return platt, table
 
 
 def fit_calibration(
@@ -466,6 +537,24 @@ def train_router(
         confidence=cfg.threshold_confidence,
         min_table_rows=cfg.min_table_rows,
     )
+    t_cold = 0.0
+    if cfg.cold_start:
+        t1 = time.perf_counter()
+        g_oof = grouped_oof_logits(ts, cfg)
+        if g_oof is not None:
+            platt_u, table_u = fit_cold_start(
+                g_oof,
+                ts.labels,
+                ts.models,
+                prices,
+                catalog.strong_model,
+                rule=cfg.rule,
+                confidence=cfg.threshold_confidence,
+            )
+            calibration = calibration.model_copy(
+                update={"known_tasks": vocab, "unknown_platt": platt_u, "unknown_table": table_u}
+            )
+        t_cold = time.perf_counter() - t1
     x = features(ts.embeddings, ts.tasks, vocab)
     final = cfg if init is None else cfg.model_copy(update={"epochs": min(cfg.warm_epochs, cfg.epochs)})
     params, opts = fit_head(cfg.kind, ts.embeddings, x, ts.labels, final, init)
@@ -474,6 +563,7 @@ def train_router(
     metrics = {
         "train_seconds": elapsed,
         "oof_seconds": t_oof,
+        "cold_start_seconds": t_cold,
         "rows": float(len(ts.frame)),
         "oof_brier": float(np.nanmean((sigmoid(oof) - ts.labels) ** 2)),
     }

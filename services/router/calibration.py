@@ -5,6 +5,10 @@ router artefact:
 
 - score calibration: Platt scaling (``sigmoid(a·z + b)``) per model, and per (task, model) where
   the task has enough rows; otherwise the global fit is used.
+- cold start: a task the router was never trained on (or no task tag) gets its own Platt fit and
+  threshold table, ``unknown_platt``/``unknown_table``, fitted on leave-tasks-out predictions
+  (every row scored by a head that never saw its task, with the task features blank, exactly as
+  an unseen task is served), so the policy keeps its target on traffic unlike the training data.
 - threshold tables: for each task (and globally) a curve from ``quality_target`` (share of the
   strong model's quality to keep) to the threshold of the routing rule
   (:func:`services.router.policy.choose`). The threshold grid is the quantiles of the observed
@@ -56,6 +60,17 @@ class Calibration(_Model):
     task_platt: dict[str, dict[str, Platt]] = Field(default_factory=dict)
     global_table: ThresholdTable
     task_tables: dict[str, ThresholdTable] = Field(default_factory=dict)
+    known_tasks: list[str] = Field(
+        default_factory=list, description="Tasks the head was trained on (the rest is cold start)."
+    )
+    unknown_platt: dict[str, Platt] = Field(default_factory=dict)
+    unknown_table: ThresholdTable | None = None
+
+    def is_unknown(self, task: str | None, known: set[str] | frozenset[str] | None = None) -> bool:
+        """Whether ``task`` is served by the cold-start calibration (when the router has one)."""
+        if self.unknown_table is None:
+            return False
+        return task is None or task not in (known if known is not None else set(self.known_tasks))
 
     def apply(self, logits: np.ndarray, tasks: Sequence[str | None]) -> np.ndarray:
         """Calibrated probabilities for raw ``logits`` (n, n_models)."""
@@ -64,6 +79,11 @@ class Calibration(_Model):
         a = np.tile(base_a, (len(tasks), 1))
         b = np.tile(base_b, (len(tasks), 1))
         rows: dict[str, list[int]] = {}
+        known = set(self.known_tasks)
+        cold = [r for r, t in enumerate(tasks) if self.is_unknown(t, known)]
+        if cold and self.unknown_platt:
+            a[cold] = [self.unknown_platt.get(m, Platt()).a for m in self.models]
+            b[cold] = [self.unknown_platt.get(m, Platt()).b for m in self.models]
         for r, t in enumerate(tasks):
             if t is not None and t in self.task_platt:
                 rows.setdefault(t, []).append(r)
@@ -75,9 +95,12 @@ class Calibration(_Model):
         return sigmoid(a * logits + b)
 
     def table(self, task: str | None) -> tuple[ThresholdTable, bool]:
-        """The task's threshold table, or the global one (flag: whether per-task)."""
+        """The task's threshold table, the cold-start one for a task the router never saw, or the
+        global one (flag: whether per-task)."""
         if task is not None and task in self.task_tables:
             return self.task_tables[task], True
+        if self.is_unknown(task):
+            return self.unknown_table, False
         return self.global_table, False
 
 
@@ -134,12 +157,16 @@ def threshold_grid(scores: np.ndarray, *, rule: str = "gap", levels: int = 200) 
     if rule == "gap":
         vals = (np.nanmax(scores, axis=1, keepdims=True) - scores)[~np.isnan(scores)]
         lo, hi = -0.01, 1.01
+    elif rule == "need":
+        ref = np.nanmax(scores, axis=1, keepdims=True)
+        vals = (ref * (1.0 - scores))[~np.isnan(scores)]
+        lo, hi = -0.01, 1.01
     else:
         vals = scores[~np.isnan(scores)]
         lo, hi = 1.01, -0.01
     qs = np.quantile(vals, np.linspace(0, 1, levels)) if len(vals) else np.array([])
     grid = np.unique(np.concatenate([[lo, hi], qs]))
-    return grid if rule == "gap" else grid[::-1]
+    return grid[::-1] if rule == "absolute" else grid
 
 
 def _bound_terms(

@@ -1,10 +1,19 @@
 """The routing policy: scores + quality target → the cheapest model expected to keep it.
 
-Rule ``gap`` (default): a candidate qualifies when its calibrated score is within ``threshold`` of
-the best candidate's score, ``P(m) >= max_k P(k) - threshold``; with two tiers this is RouteLLM's
-ranking by expected gain ``P(strong) - P(weak)``. Rule ``absolute``: ``P(m) >= threshold``.
+Rules (:data:`RULES`; the artefact's calibration names the one it serves, chosen on
+leave-tasks-out evaluation, see ``switchyard router eval``):
+
+- ``gap``: a candidate qualifies when its calibrated score is within ``threshold`` of the best
+  candidate's, ``P(m) >= max_k P(k) - threshold``; with two tiers this is RouteLLM's ranking by
+  expected gain ``P(strong) - P(weak)``.
+- ``absolute``: ``P(m) >= threshold`` (two tiers: ranking by ``P(weak)`` alone).
+- ``need``: ``P(ref) * (1 - P(m)) <= threshold``, the chance that the reference (the strong
+  model, else the best-scored candidate) is right where ``m`` is wrong, if the two err
+  independently; the reference itself always qualifies.
+
 The cheapest qualifying candidate wins; when none qualifies the strong model (or the best-scored
-candidate) answers. ``quality_target`` → threshold comes from the per-task calibration tables
+candidate) answers. :func:`escalation` is the same decision as one number for two candidates.
+``quality_target`` → threshold comes from the per-task calibration tables
 (global for unknown tasks), see :mod:`services.router.calibration`.
 """
 
@@ -23,6 +32,7 @@ from .calibration import Calibration
 log = logging.getLogger(__name__)
 
 LOW_MARGIN = 0.02
+RULES = ("gap", "absolute", "need")
 DEFAULT_PROMPT_TOKENS = 512
 DEFAULT_COMPLETION_TOKENS = 256
 
@@ -49,6 +59,11 @@ def choose(
         ok = valid & (filled >= filled.max(axis=1, keepdims=True) - t - 1e-12)
     elif rule == "absolute":
         ok = valid & (filled >= t)
+    elif rule == "need":
+        ref = best if strong is None else np.where(valid[:, strong], strong, best)
+        p_ref = filled[np.arange(len(s)), ref][:, None]
+        ok = valid & (p_ref * (1.0 - filled) <= t + 1e-12)
+        ok[np.arange(len(s)), ref] = True
     else:
         raise ValueError(f"unknown rule {rule!r}")
     # Cheapest qualifying; ties on price go to the higher score.
@@ -61,6 +76,20 @@ def choose(
             fallback = np.where(valid[:, strong], strong, best)
         idx = np.where(none, fallback, idx)
     return idx
+
+
+def escalation(p_strong: np.ndarray, p_cheap: np.ndarray, rule: str) -> np.ndarray:
+    """The rule's preference for the stronger of two candidates, higher = more in need of it:
+    the cheaper one is chosen exactly when this is at most the rule's threshold (``1 - threshold``
+    for ``absolute``). What ``switchyard router score --candidates`` writes as ``escalate``."""
+    ps, pc = np.asarray(p_strong, float), np.asarray(p_cheap, float)
+    if rule == "gap":
+        return ps - pc
+    if rule == "absolute":
+        return 1.0 - pc
+    if rule == "need":
+        return ps * (1.0 - pc)
+    raise ValueError(f"unknown rule {rule!r}")
 
 
 class Decision(BaseModel):
@@ -144,13 +173,12 @@ class RoutingPolicy:
         rule = self.calibration.rule
         idx = int(choose(s, prices, threshold, strong=strong, rule=rule)[0])
         chosen = pool[idx]
-        line = (float(s.max()) - threshold) if rule == "gap" else threshold
-        margin = float(scores[chosen] - line)
+        margin = _margin(s[0], pool, chosen, strong, threshold, rule)
         ranking = sorted(pool, key=lambda m: -scores[m])
         strong_price = self.catalog.blended_price(self.strong)
+        line = {"gap": "score >= best - ", "absolute": "score >= ", "need": "P(ref)(1 - score) <= "}[rule]
         reason = (
-            f"cheapest of {len(pool)} candidates with score >= "
-            f"{'best - ' if rule == 'gap' else ''}{threshold:.4f} "
+            f"cheapest of {len(pool)} candidates with {line}{threshold:.4f} "
             f"({'task ' + repr(task) if per_task else 'global'} calibration, target {quality_target:.3f})"
         )
         if margin < 0:
@@ -172,6 +200,23 @@ class RoutingPolicy:
     def candidates_for(self, task: str | None) -> list[str]:
         """The models calibrated for ``task`` (global list for unknown tasks)."""
         return list(self.calibration.table(task)[0].candidates)
+
+
+def _margin(
+    s: np.ndarray, pool: list[str], chosen: str, strong: int | None, threshold: float, rule: str
+) -> float:
+    """How far the chosen candidate clears the qualifying line (negative: nothing cleared it)."""
+    p = float(s[pool.index(chosen)])
+    if rule == "gap":
+        return p - (float(s.max()) - threshold)
+    if rule == "absolute":
+        return p - threshold
+    ref = strong if strong is not None else int(np.argmax(s))
+    if pool[ref] == chosen:
+        # the reference answers: margin of the best cheaper alternative it beat
+        others = [float(s[ref]) * (1 - float(x)) for i, x in enumerate(s) if i != ref]
+        return (min(others) - threshold) if others else 1.0
+    return threshold - float(s[ref]) * (1.0 - p)
 
 
 def ranking(scores: dict[str, float], models: Sequence[str]) -> list[str]:
