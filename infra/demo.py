@@ -47,6 +47,7 @@ log = logging.getLogger("switchyard.demo")
 ROOT = Path(__file__).resolve().parents[1]
 CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 BASE_MIX = {"mmlu": 1.0, "gsm8k": 1.0, "routerbench": 1.0}
+DEMO_TARGET = 0.95  # the gateway's default quality_target, which the replayed requests keep
 
 
 class DemoSettings(BaseSettings):
@@ -174,6 +175,7 @@ class Req:
     correct: float | None
     base_cost: float
     base_correct: float | None
+    dataset: str = ""
 
 
 class Traffic:
@@ -190,6 +192,7 @@ class Traffic:
         self.catalog = load_catalog()
         self.tiers = {m.id: m.tier for m in self.catalog.models}
         self.corpus = Corpus.load(data_dir, None, EmulatorSettings().corpus_cache_dir())
+        self.datasets = {rec.task: rec.dataset for rec in self.corpus.by_text.values()}
         self.rows: list[Req] = []
         self._chunk = 0
 
@@ -250,6 +253,7 @@ class Traffic:
                     r.correct,
                     r.baseline_cost_usd,
                     r.baseline_correct,
+                    self.datasets.get(r.task, ""),
                 )
             )
         self.rows.extend(out)
@@ -277,6 +281,29 @@ def stats(rows: list[Req], task: str | None = None, not_task: str | None = None)
         "savings": 1 - cost / bcost if bcost else float("nan"),
         "cheap_share": cheap / len(ok) if ok else float("nan"),
     }
+
+
+def target_table(rows: list[Req], target: float) -> list[str]:
+    """Markdown: realized quality vs the quality target per stage and dataset, and over all."""
+    out = [
+        "",
+        f"## Realized quality vs the target ({target:.2f} of GPT-4's; ±1.5 points is the contract)",
+        "",
+        "| stage | dataset | requests | quality / GPT-4 | minus target | cost ratio | cheap share |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for stage in ("steady", "after"):
+        sel = [r for r in rows if r.stage == stage]
+        for ds in [*sorted({r.dataset for r in sel if r.dataset}), None]:
+            st = stats([r for r in sel if ds is None or r.dataset == ds])
+            if not st["requests"]:
+                continue
+            out.append(
+                f"| {stage} | {ds or 'all'} | {st['requests']} | {st['quality_ratio']:.3f} | "
+                f"{100 * (st['quality_ratio'] - target):+.1f} pt | {1 - st['savings']:.3f} | "
+                f"{st['cheap_share']:.1%} |"
+            )
+    return out
 
 
 def stage_table(rows: list[Req], new_task: str) -> list[str]:
@@ -466,6 +493,7 @@ def write_report(
     md = [f"# Switchyard demo {run_id}", "", "## Steps", ""]
     md += [f"- {k}: **{v}**" for k, v in steps.items()]
     md += stage_table(rows, new_task)
+    md += target_table(rows, DEMO_TARGET)
     tl = summary.get("timeline") or {}
     if tl:
         md += [

@@ -252,7 +252,7 @@ def score_cmd(
     ),
     candidates: str = typer.Option(
         None,
-        help="STRONG,CHEAP: each line also gets \"escalate\", the policy's preference for STRONG "
+        help='STRONG,CHEAP: each line also gets "escalate", the policy\'s preference for STRONG '
         "(higher = more in need of it), what the gateway ranks by for these two and no task tag.",
     ),
     batch_size: int = typer.Option(64, min=1, help="Queries per encoder batch."),
@@ -351,7 +351,8 @@ def route_cmd(
 def eval_cmd(
     out: Path = typer.Option(None, help="Report directory (default reports/router)."),  # noqa: B008
     kinds: str = typer.Option("random,knn,mf,mlp", help="Routers to evaluate."),
-    folds: int = typer.Option(5, min=2, help="Out-of-fold folds."),
+    folds: int = typer.Option(5, min=2, help="Random (by prompt hash) out-of-fold folds."),
+    grouped_folds: int = typer.Option(10, min=2, help="Leave-tasks-out folds."),
     bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for intervals."),
     rules: str = typer.Option("gap,absolute,need", help="Routing rules to evaluate."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens)."),
@@ -376,6 +377,7 @@ def eval_cmd(
     cfg = EvalConfig(
         kinds=[k.strip() for k in kinds.split(",") if k.strip()],
         folds=folds,
+        grouped_folds=grouped_folds,
         bootstrap=bootstrap,
         rules=[r.strip() for r in rules.split(",") if r.strip()],
     )

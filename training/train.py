@@ -93,6 +93,14 @@ class TrainConfig(BaseModel):
         default=True,
         description="Fit the cold-start calibration (unknown tasks) on leave-tasks-out predictions.",
     )
+    cold_folds: int = Field(default=10, ge=2, description="Leave-tasks-out folds of the cold-start fit.")
+    cold_start_coverage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Cold-start table: share of held-out tasks that must each keep the target "
+        "(within 1.5 points); 0 keeps it on the pooled new-task rows (on average).",
+    )
 
 
 @dataclass
@@ -371,7 +379,7 @@ def oof_logits(
 def grouped_oof_logits(ts: TrainingSet, cfg: TrainConfig, k: int | None = None) -> np.ndarray | None:
     """Leave-tasks-out logits: each row scored by a head trained without its task, with blank
     task features (how an unseen task is served). None when there are fewer than two tasks."""
-    k = min(k or cfg.calibration_folds, len(set(ts.tasks)))
+    k = min(k or cfg.cold_folds, len(set(ts.tasks)))
     if k < 2:
         return None
     return oof_logits(ts, cfg, task_folds(ts.tasks, k, cfg.seed), unknown_tasks=True)
@@ -386,10 +394,14 @@ def fit_cold_start(
     *,
     rule: str = "gap",
     confidence: float = 0.0,
+    tasks: list[str] | None = None,
+    coverage: float = 0.0,
 ) -> tuple[dict[str, Platt], ThresholdTable]:
     """The cold-start calibration from leave-tasks-out ``logits``: Platt per model on the rows
     graded for the strong model and another, and one threshold table over all of them (the
-    rows pool many held-out tasks, so the table is a target kept on average over new tasks)."""
+    rows pool many held-out tasks, so the table is a target kept on average over new tasks;
+    ``coverage`` with ``tasks``: on that share of the held-out tasks each, see
+    :func:`services.router.calibration.fit_table`)."""
     strong = models.index(strong_model)
     both = comparable_rows(labels, strong)
     base = both if both.any() else np.ones(len(labels), bool)
@@ -397,7 +409,17 @@ def fit_cold_start(
     a = np.array([platt[m].a for m in models])
     b = np.array([platt[m].b for m in models])
     probs = sigmoid(a * logits + b)
-    table = fit_table(probs, labels, prices, models, strong, rule=rule, confidence=confidence)
+    table = fit_table(
+        probs,
+        labels,
+        prices,
+        models,
+        strong,
+        rule=rule,
+        confidence=confidence,
+        groups=tasks,
+        coverage=coverage,
+    )
     graded = (~np.isnan(labels[base])).mean(axis=0) >= 0.5
     table = table.model_copy(update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]})
     return platt, table
@@ -470,9 +492,13 @@ def fit_calibration(
 
 
 def fit_cascade(
-    ts: TrainingSet, model: str, *, seed: int = 0
+    ts: TrainingSet, model: str, *, seed: int = 0, use_embedding: bool = False, c: float = 0.3
 ) -> tuple[CascadeSpec, dict[str, np.ndarray]] | None:
-    """Logistic answer scorer for ``model`` on the rows that recorded its answer and grade."""
+    """Logistic answer scorer for ``model`` on the rows that recorded its answer and grade.
+
+    By default on the answer features alone: with the prompt embedding too, the scorer fits the
+    prompts it was trained on and ranks new ones worse (GSM8K share@95 48.6% vs 44.5%, three fold
+    seeds agree; see docs/router.md)."""
     from sklearn.linear_model import LogisticRegression
 
     col = "response:" + model
@@ -482,18 +508,21 @@ def fit_cascade(
     rows = ts.frame[col].notna().to_numpy() & ~np.isnan(y)
     if rows.sum() < 50:
         return None
-    x = cascade_design(ts, rows, model)
+    x = cascade_design(ts, rows, model, use_embedding=use_embedding)
     mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
-    clf = LogisticRegression(C=0.05, max_iter=2000, random_state=seed)
+    clf = LogisticRegression(C=c, max_iter=3000, random_state=seed)
     clf.fit((x - mean) / std, (y[rows] >= 0.5).astype(int))
-    spec = CascadeSpec(model=model, use_embedding=True, feature_names=[*FEATURE_NAMES, "embedding[384]"])
+    names = [*FEATURE_NAMES, "embedding[384]"] if use_embedding else list(FEATURE_NAMES)
+    spec = CascadeSpec(model=model, use_embedding=use_embedding, feature_names=names)
     return spec, {"coef": clf.coef_[0], "intercept": clf.intercept_, "mean": mean, "std": std}
 
 
-def cascade_design(ts: TrainingSet, rows: np.ndarray, model: str) -> np.ndarray:
+def cascade_design(
+    ts: TrainingSet, rows: np.ndarray, model: str, *, use_embedding: bool = False
+) -> np.ndarray:
     f = ts.frame[rows]
     feats = answer_feature_matrix(f["prompt"].tolist(), f["response:" + model].tolist())
-    return np.concatenate([feats, ts.embeddings[rows]], axis=1)
+    return np.concatenate([feats, ts.embeddings[rows]], axis=1) if use_embedding else feats
 
 
 def train_router(
@@ -550,6 +579,8 @@ def train_router(
                 catalog.strong_model,
                 rule=cfg.rule,
                 confidence=cfg.threshold_confidence,
+                tasks=ts.tasks,
+                coverage=cfg.cold_start_coverage,
             )
             calibration = calibration.model_copy(
                 update={"known_tasks": vocab, "unknown_platt": platt_u, "unknown_table": table_u}

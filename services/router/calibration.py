@@ -186,6 +186,29 @@ def _bound_terms(
     return mq, vq, cqs, float(ys.mean()), float(ys.var()), len(scores)
 
 
+def _group_ratios(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    prices: np.ndarray,
+    strong: int,
+    grid: np.ndarray,
+    rule: str,
+    groups: np.ndarray,
+) -> np.ndarray:
+    """(threshold, group): each group's quality as a share of the strong model's on its rows."""
+    from .policy import choose
+
+    names = sorted(set(groups.tolist()))
+    members = [groups == n for n in names]
+    ref = np.array([max(np.nanmean(labels[m, strong]), 1e-9) for m in members])
+    rows = np.arange(len(scores))
+    out = np.empty((len(grid), len(names)))
+    for i, t in enumerate(grid):
+        got = labels[rows, choose(scores, prices, t, strong=strong, rule=rule)]
+        out[i] = [np.nanmean(got[m]) for m in members] / ref
+    return out
+
+
 def comparable_rows(labels: np.ndarray, strong: int) -> np.ndarray:
     """Rows graded for the strong model and at least one other model (n, M labels, NaN = ungraded)."""
     graded = ~np.isnan(labels)
@@ -202,6 +225,9 @@ def fit_table(
     rule: str = "gap",
     targets: Sequence[float] = TARGETS,
     confidence: float = 0.0,
+    groups: Sequence[str] | None = None,
+    coverage: float = 0.0,
+    tolerance: float = 0.015,
 ) -> ThresholdTable:
     """Per target, the cheapest threshold (first crossing from 'always strong') keeping it.
 
@@ -217,8 +243,10 @@ def fit_table(
     (selection bias). Without any comparable row, every row is used."""
     cand = ~np.all(np.isnan(labels), axis=0)
     keep = comparable_rows(labels, strong)
+    g = np.asarray(groups) if groups is not None else None
     if keep.any():
         scores, labels = scores[keep], labels[keep]
+        g = g[keep] if g is not None else None
     s = np.where(np.isnan(labels), np.nan, scores)
     grid = threshold_grid(s, rule=rule)
     # with a confidence bound, one pass over the grid gives the mean quality and its moments
@@ -227,6 +255,9 @@ def fit_table(
     ref = np.nanmean(labels[:, strong]) if not np.all(np.isnan(labels[:, strong])) else np.nanmax(quality)
     ratio = quality / max(ref, 1e-9)
     z = NormalDist().inv_cdf(confidence) if bound is not None else 0.0
+    per_group = (
+        _group_ratios(s, labels, prices, strong, grid, rule, g) if g is not None and coverage > 0 else None
+    )
     out = []
     for target in targets:
         if bound is None:
@@ -236,6 +267,8 @@ def fit_table(
             mean = mq - target * ms
             var = np.maximum(vq + target**2 * vs - 2 * target * cqs, 0.0)
             ok = mean - z * np.sqrt(var / max(n - 1, 1)) >= -1e-12
+        if per_group is not None:
+            ok = ok & ((per_group >= target - tolerance - 1e-12).mean(axis=1) >= coverage - 1e-12)
         # first index where the quality falls below the target, walking from strong to cheap
         bad = np.flatnonzero(~ok)
         last = (bad[0] - 1) if len(bad) else len(grid) - 1

@@ -89,6 +89,9 @@ def test_train_register_alias_score(
     champion = load_router(f"models:/{name}@champion", tracking_uri=mlflow_uri)
     assert champion.version == local.version
 
+    # the outside-evaluation contract for two candidates: escalate + the gateway's decision
+    _check_escalate_and_route(tmp_path, f"models:/{name}@champion", env, local, data_dir)
+
     # bad input: a missing prompt -> clear error, non-zero exit, nothing written, no traceback
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "prompt": "ok"}\n{"id": "y"}\n')
@@ -98,3 +101,85 @@ def test_train_register_alias_score(
     # unknown model ref
     res = _run(["score", "--model", f"models:/{name}@nope", "--input", str(inp), "--output", str(out)], env)
     assert res.returncode != 0 and "cannot load router" in res.stderr and "Traceback" not in res.stderr
+
+
+def _check_escalate_and_route(tmp_path: Path, ref: str, env: dict[str, str], local, data_dir: Path) -> None:  # noqa: ANN001
+    """``score --candidates S,C`` gives one escalate number per prompt, and ``route`` (the
+    gateway's decision without a task tag) sends to the cheap model exactly the prompts with the
+    lowest escalate, more of them at a lower target."""
+    import pandas as pd
+
+    strong, cheap = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
+    frame = pd.read_csv(data_dir / "routellm" / "mmlu" / "mmlu_astronomy.csv").head(40)
+    rows = [{"id": f"q{i}", "prompt": p, "task": "astronomy"} for i, p in enumerate(frame["prompt"])]
+    inp = tmp_path / "pair.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "esc.jsonl"
+    res = _run(
+        [
+            "score",
+            "--model",
+            ref,
+            "--input",
+            str(inp),
+            "--output",
+            str(out),
+            "--candidates",
+            f"{strong},{cheap}",
+        ],
+        env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    esc = {x["id"]: x for x in map(json.loads, out.read_text().splitlines())}
+    assert set(esc) == {r["id"] for r in rows}
+    for x in esc.values():
+        assert set(x) == {"id", "scores", "router_version", "escalate"} and isinstance(x["escalate"], float)
+        assert x["router_version"] == local.version
+    picks = {}
+    for q in (0.5, 0.95, 1.0):
+        o = tmp_path / f"route-{q}.jsonl"
+        res = _run(
+            [
+                "route",
+                "--model",
+                ref,
+                "--input",
+                str(inp),
+                "--output",
+                str(o),
+                "--candidates",
+                f"{strong},{cheap}",
+                "--quality-target",
+                str(q),
+            ],
+            env,
+        )
+        assert res.returncode == 0, res.stderr[-3000:]
+        lines = [json.loads(line) for line in o.read_text().splitlines()]
+        assert [x["id"] for x in lines] == [r["id"] for r in rows]
+        assert all(
+            set(x) == {"id", "model", "router_version"} and x["model"] in (strong, cheap) for x in lines
+        )
+        picks[q] = {x["id"]: x["model"] for x in lines}
+        to_cheap = [esc[i]["escalate"] for i, m in picks[q].items() if m == cheap]
+        to_strong = [esc[i]["escalate"] for i, m in picks[q].items() if m == strong]
+        if to_cheap and to_strong:
+            assert max(to_cheap) <= min(to_strong) + 1e-9  # one ranking behind every decision
+    n_cheap = {q: sum(m == cheap for m in p.values()) for q, p in picks.items()}
+    assert n_cheap[0.5] >= n_cheap[0.95] >= n_cheap[1.0] and n_cheap[0.5] > n_cheap[1.0]
+    # a candidate the router does not score: a clear error, no traceback
+    res = _run(
+        [
+            "route",
+            "--model",
+            ref,
+            "--input",
+            str(inp),
+            "--output",
+            str(tmp_path / "x.jsonl"),
+            "--candidates",
+            f"{strong},no-such-model",
+        ],
+        env,
+    )
+    assert res.returncode != 0 and "no-such-model" in res.stderr and "Traceback" not in res.stderr

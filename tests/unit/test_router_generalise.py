@@ -98,7 +98,9 @@ def _synthetic(n_tasks: int = 12, per_task: int = 120, seed: int = 0) -> Trainin
         embs.append(emb / np.linalg.norm(emb, axis=1, keepdims=True))
         labels.append(np.stack([ys, yw], 1))
     frame = pd.DataFrame({"prompt_hash": [f"h{i}" for i in range(len(tasks))], "task": tasks})
-    return TrainingSet(frame, np.concatenate(embs).astype(np.float32), tasks, np.concatenate(labels), [GPT4, MIX])
+    return TrainingSet(
+        frame, np.concatenate(embs).astype(np.float32), tasks, np.concatenate(labels), [GPT4, MIX]
+    )
 
 
 def test_cold_start_table_keeps_the_target_on_new_tasks() -> None:
@@ -168,3 +170,29 @@ def test_fit_table_on_pooled_new_task_rows_is_monotone_in_target() -> None:
     p = np.stack([0.5 + 0.3 * ys, 0.5 + 0.3 * yw], 1) + 0.1 * rng.normal(size=(2000, 2))
     t = fit_table(p, np.stack([ys, yw], 1), np.array([25.0, 0.25]), [GPT4, MIX], 0, rule="need")
     assert all(a >= b - 1e-12 for a, b in zip(t.thresholds, t.thresholds[1:], strict=False))
+
+
+def test_cold_start_coverage_guards_each_task_not_only_the_pool() -> None:
+    """With coverage 1 every task keeps the target within tolerance; pooled alone lets a task
+    whose cheap model is much worse fall below it."""
+    rng = np.random.default_rng(2)
+    n = 3000
+    task = np.where(np.arange(n) < 2400, "easy", "hard")
+    ys = (rng.random(n) < 0.85).astype(float)
+    p_cheap = np.where(task == "easy", 0.8, 0.3)
+    yw = (rng.random(n) < p_cheap).astype(float)
+    # the scores do not know the tasks differ (a new task looks like the others)
+    scores = np.stack([np.full(n, 0.85), 0.6 + 0.2 * yw * (task == "easy") + 0.05 * rng.normal(size=n)], 1)
+    labels = np.stack([ys, yw], 1)
+    prices = np.array([25.0, 0.25])
+    pooled = fit_table(scores, labels, prices, [GPT4, MIX], 0)
+    guarded = fit_table(scores, labels, prices, [GPT4, MIX], 0, groups=list(task), coverage=1.0)
+    assert guarded.threshold(0.95) < pooled.threshold(0.95)
+
+    def ratios(table: ThresholdTable) -> dict[str, float]:
+        idx = choose(scores, prices, table.threshold(0.95), strong=0)
+        got = labels[np.arange(n), idx]
+        return {t: got[task == t].mean() / ys[task == t].mean() for t in ("easy", "hard")}
+
+    assert ratios(pooled)["hard"] < 0.935
+    assert min(ratios(guarded).values()) >= 0.935 - 1e-9
