@@ -79,6 +79,12 @@ class LoopSettings(BaseSettings):
     )
     warm_epochs: int = Field(default=3, ge=1, description="Epochs of a warm-started challenger's final fit.")
     calibration_folds: int = Field(default=3, ge=2)
+    cold_folds: int = Field(
+        default=5,
+        ge=2,
+        description="Leave-tasks-out folds of the cold-start calibration (unseen tasks); fewer than "
+        "`router train`'s 10 to keep alert -> serving short.",
+    )
     encoder_backend: str = Field(
         default="torch",
         pattern="^(torch|onnx)$",

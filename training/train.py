@@ -496,9 +496,8 @@ def fit_cascade(
 ) -> tuple[CascadeSpec, dict[str, np.ndarray]] | None:
     """Logistic answer scorer for ``model`` on the rows that recorded its answer and grade.
 
-    By default on the answer features alone: with the prompt embedding too, the scorer fits the
-    prompts it was trained on and ranks new ones worse (GSM8K share@95 48.6% vs 44.5%, three fold
-    seeds agree; see docs/router.md)."""
+    By default on the answer features alone: with the prompt embedding too it ranked GSM8K no
+    better (APGR lower on three fold seeds) and costs an encoder pass per answer; docs/router.md."""
     from sklearn.linear_model import LogisticRegression
 
     col = "response:" + model

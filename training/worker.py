@@ -483,6 +483,7 @@ class RunExecutor:
             kind=s.kind,
             epochs=s.epochs,
             calibration_folds=s.calibration_folds,
+            cold_folds=s.cold_folds,
             ensemble=s.ensemble,
             warm_epochs=s.warm_epochs,
         )
