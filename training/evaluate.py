@@ -56,6 +56,7 @@ from .train import (
     cascade_design,
     fit_calibration,
     fit_cascade,
+    fit_cascade_table,
     fit_cold_start,
     oof_logits,
     prepare,
@@ -390,7 +391,23 @@ def run_evaluation(
             z = ((x - params["mean"]) / params["std"]) @ params["coef"] + params["intercept"][0]
             p_ok[gfolds == fo] = sigmoid(z)
         ys, yw = gts.labels[:, si], gts.labels[:, wi]
+        # the cascade policy at its target: acceptance thresholds fitted on the other folds only
+        accept = {t: np.zeros(len(g_rows), bool) for t in TARGETS}
+        for fo in np.unique(gfolds):
+            table = fit_cascade_table(gts.subset(gfolds != fo), MIXTRAL, GPT4, seed=cfg.seed)
+            for t in TARGETS:
+                line = table.threshold(t) if table is not None else np.inf
+                accept[t][gfolds == fo] = p_ok[gfolds == fo] >= line
+        cascade_policy = {
+            str(t): {
+                "quality_ratio": float(np.where(a, yw, ys).mean() / ys.mean()),
+                "accepted_share": float(a.mean()),
+                "cost_ratio": float((PRICE_WEAK + (~a).mean() * PRICE_STRONG) / PRICE_STRONG),
+            }
+            for t, a in accept.items()
+        }
         row = two_tier_row("cascade (answer scorer)", 1 - p_ok, ys, yw, cfg)
+        row["policy"] = cascade_policy
         row["cost_saving_at_95"] = cost_saving(row["share_at_95"], PRICE_STRONG, PRICE_WEAK, cascade=True)
         row["share_at_95_cost_equiv"] = row["share_at_95"] + PRICE_WEAK / PRICE_STRONG
         results["gsm8k_cascade"] = row
@@ -566,6 +583,14 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"GPT-4 share @95%: {_fmt(row, 'share_at_95')}; cost saving {row['cost_saving_at_95']:.1%}; "
             f"APGR {_fmt(row, 'apgr', '.3f')}.",
+            "",
+            "The cascade policy at its target (acceptance score from the table fitted on the other folds): "
+            + "; ".join(
+                f"target {t}: {v['quality_ratio']:.1%} of GPT-4's quality, {v['accepted_share']:.0%} of "
+                f"cheap answers accepted, cost ratio {v['cost_ratio']:.2f}"
+                for t, v in row.get("policy", {}).items()
+            )
+            + ".",
             "",
         ]
     lines += [

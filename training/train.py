@@ -516,6 +516,38 @@ def fit_cascade(
     return spec, {"coef": clf.coef_[0], "intercept": clf.intercept_, "mean": mean, "std": std}
 
 
+def fit_cascade_table(
+    ts: TrainingSet, model: str, strong_model: str, *, folds: int = 5, seed: int = 0
+) -> ThresholdTable | None:
+    """quality_target -> the answer score at which a cascade accepts ``model``'s answer, fitted on
+    out-of-fold answer scores of the rows that graded both models and recorded ``model``'s answer:
+    for each target the most accepting score whose quality (accepted: ``model``'s label, else the
+    strong model's) still keeps the target, walking from "always escalate"."""
+    col = "response:" + model
+    if col not in ts.frame or model not in ts.models or strong_model not in ts.models:
+        return None
+    si, wi = ts.models.index(strong_model), ts.models.index(model)
+    rows = ts.frame[col].notna().to_numpy() & ~np.isnan(ts.labels[:, wi]) & ~np.isnan(ts.labels[:, si])
+    if rows.sum() < 100:
+        return None
+    sub = ts.subset(rows)
+    fold = kfold(sub.frame["prompt_hash"], folds, seed)
+    score = np.full(len(sub.frame), np.nan)
+    for f in np.unique(fold):
+        fit = fit_cascade(sub.subset(fold != f), model, seed=seed)
+        if fit is None:
+            return None
+        spec, params = fit
+        x = cascade_design(sub, fold == f, model, use_embedding=spec.use_embedding)
+        z = ((x - params["mean"]) / params["std"]) @ params["coef"] + params["intercept"][0]
+        score[fold == f] = sigmoid(z)
+    # the strong model always qualifies (score 1), the cheap one when its answer scores >= t
+    scores = np.stack([np.ones(len(score)), score], axis=1)
+    labels = sub.labels[:, [si, wi]]
+    table = fit_table(scores, labels, np.array([2.0, 1.0]), [strong_model, model], 0, rule="absolute")
+    return table
+
+
 def cascade_design(
     ts: TrainingSet, rows: np.ndarray, model: str, *, use_embedding: bool = False
 ) -> np.ndarray:
@@ -589,6 +621,9 @@ def train_router(
     final = cfg if init is None else cfg.model_copy(update={"epochs": min(cfg.warm_epochs, cfg.epochs)})
     params, opts = fit_head(cfg.kind, ts.embeddings, x, ts.labels, final, init)
     cascade = fit_cascade(ts, cfg.cascade_model, seed=cfg.seed) if cfg.cascade_model else None
+    if cascade is not None:
+        table = fit_cascade_table(ts, cfg.cascade_model, catalog.strong_model, seed=cfg.seed)
+        cascade = (cascade[0].model_copy(update={"table": table}), cascade[1])
     elapsed = time.perf_counter() - t0
     metrics = {
         "train_seconds": elapsed,

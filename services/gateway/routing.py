@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,10 @@ class RouteResult:
     margin: float | None
     low_margin: bool
     reason: str = ""
+    # the router's cascade table at this request's quality target: a cascade accepts an answer of
+    # ``cascade_model`` scoring at least ``cascade_accept`` (None: the gateway's fixed setting)
+    cascade_model: str | None = None
+    cascade_accept: float | None = None
 
 
 class RouterConfig(BaseModel):
@@ -174,7 +178,8 @@ class RouterRuntime:
         out: list[RouteResult | Exception] = []
         for r, row in zip(requests, rows, strict=True):
             try:
-                out.append(self._decide(router.version, policy, r, {m: float(p) for m, p in row.items()}))
+                res = self._decide(router.version, policy, r, {m: float(p) for m, p in row.items()})
+                out.append(_with_cascade(router, res, r.quality_target))
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch
                 out.append(exc)
         return out
@@ -198,6 +203,16 @@ class RouterRuntime:
                 scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
             )
         return simple_decide(self.catalog, version, req, scores)
+
+
+def _with_cascade(router: Router, res: RouteResult, quality_target: float) -> RouteResult:
+    """Attach the router's target-aware cascade acceptance threshold, when it has one."""
+    spec = getattr(getattr(router, "manifest", None), "cascade", None)
+    threshold = getattr(router, "cascade_threshold", None)
+    if spec is None or threshold is None:
+        return res
+    accept = threshold(spec.model, quality_target)
+    return res if accept is None else replace(res, cascade_model=spec.model, cascade_accept=accept)
 
 
 def simple_decide(catalog: Catalog, version: str, req: RouteRequest, scores: dict[str, float]) -> RouteResult:

@@ -338,7 +338,7 @@ class ChatService:
             if last or not always_score:
                 return body
             confidence = await self._confidence(ctx, question, result.content, model)
-            ok = confidence is not None and confidence >= self.cascade_accept
+            ok = confidence is not None and confidence >= self._accept_line(ctx, model)
             a = ctx.attempts[-1]
             ctx.attempts[-1] = a.model_copy(
                 update={"accepted_score": confidence, "status": "ok" if ok else "rejected"}
@@ -354,6 +354,14 @@ class ChatService:
                 confidence,
             )
         return body
+
+    def _accept_line(self, ctx: CallContext, model: str) -> float:
+        """The score a cascade needs to accept ``model``'s answer: the router's table at the
+        request's quality target where it has one for that model, else the fixed setting."""
+        r = ctx.route
+        if r is not None and r.cascade_accept is not None and r.cascade_model == model:
+            return r.cascade_accept
+        return self.cascade_accept
 
     async def _confidence(self, ctx: CallContext, question: str, answer: str, model: str) -> float | None:
         if self.scorer is not None:

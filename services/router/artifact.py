@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.contracts.settings import MLflowSettings
 
 from .base import Query
-from .calibration import Calibration
+from .calibration import Calibration, ThresholdTable
 from .cascade import CascadeScorer
 from .encoder import EncoderConfig, file_sha256
 from .heads import Head, features, make_head
@@ -63,6 +63,11 @@ class CascadeSpec(BaseModel):
     model: str
     use_embedding: bool
     feature_names: list[str]
+    table: ThresholdTable | None = Field(
+        default=None,
+        description="quality_target -> the answer score a cascade needs to accept this model's "
+        "answer, fitted out of fold (absent: the gateway's fixed SWITCHYARD_GATEWAY_CASCADE_ACCEPT).",
+    )
 
 
 class Manifest(BaseModel):
@@ -273,6 +278,14 @@ class LoadedRouter:
             raise ValueError(f"this router has no cascade scorer for {model!r} (has: {have})")
         emb = self.embed(prompts) if self.cascade.use_embedding else None
         return [float(p) for p in self.cascade.scores(prompts, answers, emb)]
+
+    def cascade_threshold(self, model: str, quality_target: float) -> float | None:
+        """The answer score at which a cascade accepts ``model``'s answer for ``quality_target``
+        (None: this router has no fitted table for that model)."""
+        spec = self.manifest.cascade
+        if self.cascade is None or spec is None or spec.model != model or spec.table is None:
+            return None
+        return spec.table.threshold(quality_target)
 
     def policy(self, catalog) -> RoutingPolicy:  # noqa: ANN001 - Catalog, avoids a cycle in docs
         """A :class:`RoutingPolicy` over this router's calibration."""

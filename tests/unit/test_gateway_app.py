@@ -3,6 +3,7 @@ limits, knobs, router fallback, cascade accounting, streaming, events and metric
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -108,7 +109,7 @@ async def events(gw, broker) -> list:
 async def test_routed_call_answers_in_openai_shape_and_emits_one_event(stack) -> None:
     client, upstream, router, broker, gw = stack
     r = await client.post(
-        "/v1/chat/completions", json=body(switchyard={"task": "gsm8k", "quality_target": 0.9})
+        "/v1/chat/completions", json=body(switchyard={"task": "astronomy", "quality_target": 0.9})
     )
     assert r.status_code == 200, r.text
     data = r.json()
@@ -117,10 +118,10 @@ async def test_routed_call_answers_in_openai_shape_and_emits_one_event(stack) ->
     assert r.headers["x-switchyard-route"] == "route"
     cost = float(r.headers["x-switchyard-cost-usd"])
     assert cost == pytest.approx(CATALOG.model(WEAK).price.cost(10, 2))
-    assert router.seen[0].task == "gsm8k" and router.seen[0].quality_target == 0.9
+    assert router.seen[0].task == "astronomy" and router.seen[0].quality_target == 0.9
     [ev] = await events(gw, broker)
     call = CallEvent.model_validate(ev)
-    assert call.request_id == rid and call.chosen_model == WEAK and call.task == "gsm8k"
+    assert call.request_id == rid and call.chosen_model == WEAK and call.task == "astronomy"
     assert (
         call.router_version == "v-test" and call.scores[WEAK] == 0.9 and call.cost_usd == pytest.approx(cost)
     )
@@ -266,3 +267,33 @@ async def test_redaction_keeps_only_the_hash(stack, tmp_path) -> None:
     await client.post("/v1/chat/completions", json=body())
     [ev] = await events(gw, broker)
     assert ev["prompt"] is None and len(ev["prompt_hash"]) == 64
+
+
+@pytest.mark.parametrize(("accept", "answered_by"), [(0.55, WEAK), (0.7, STRONG)])
+async def test_cascade_accepts_at_the_routers_threshold_for_the_target(
+    stack, accept: float, answered_by: str
+) -> None:
+    """gsm8k is a cascade by the catalog's task default; the cheap answer is accepted when the
+    router's answer scorer clears the threshold the router fitted for the request's target."""
+    client, upstream, router, broker, gw = stack
+    svc = gw.service
+    seen: list[float] = []
+
+    async def route_with_table(req: RouteRequest) -> RouteResult:
+        seen.append(req.quality_target)
+        res = await router.route(req)
+        return dataclasses.replace(res, cascade_model=WEAK, cascade_accept=accept)
+
+    async def router_score(question: str, answer: str, model: str) -> float | None:
+        return 0.6 if model == WEAK else None
+
+    svc.route_fn = route_with_table
+    svc.scorer.router_score = router_score
+    r = await client.post(
+        "/v1/chat/completions", json=body(switchyard={"task": "gsm8k", "quality_target": 0.9})
+    )
+    assert r.status_code == 200 and r.headers["x-switchyard-route"] == "cascade"
+    assert r.json()["model"] == answered_by and seen == [0.9]
+    [ev] = await events(gw, broker)
+    assert ev["attempts"][0]["model"] == WEAK and ev["attempts"][0]["accepted_score"] == pytest.approx(0.6)
+    assert ev["escalated"] is (answered_by == STRONG)

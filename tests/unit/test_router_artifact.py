@@ -107,3 +107,40 @@ def test_smoke_check_scores_real_text(tmp_path: Path) -> None:
         from services.router.base import Query
 
         router.scores([Query("   ", None)])
+
+
+def test_cascade_table_travels_in_the_artefact_and_reaches_the_route(tmp_path: Path) -> None:
+    from services.gateway.routing import RouteResult, _with_cascade
+    from services.router.artifact import CascadeSpec
+    from services.router.cascade import FEATURE_NAMES
+
+    rng = np.random.default_rng(0)
+    d = 384 + len(VOCAB)
+    params = {
+        "w1": rng.normal(size=(d, 8)) * 0.1,
+        "b1": np.zeros(8),
+        "w2": rng.normal(size=(8, 2)),
+        "b2": np.zeros(2),
+    }
+    table = ThresholdTable(targets=[0.9, 1.0], thresholds=[0.4, 0.8], candidates=MODELS, n=50)
+    cal = Calibration(models=MODELS, strong_model=MODELS[0], global_table=table)
+    k = len(FEATURE_NAMES)
+    spec = CascadeSpec(model=MODELS[1], use_embedding=False, feature_names=list(FEATURE_NAMES), table=table)
+    cparams = {"coef": np.zeros(k), "intercept": np.zeros(1), "mean": np.zeros(k), "std": np.ones(k)}
+    save_router(
+        tmp_path / "c",
+        kind="mlp",
+        models=MODELS,
+        task_vocab=VOCAB,
+        head_params=params,
+        calibration=cal,
+        encoder=EncoderConfig(max_length=64),
+        cascade=(spec, cparams),
+    )
+    r = load_router(str(tmp_path / "c"))
+    assert r.cascade_threshold(MODELS[1], 0.95) == pytest.approx(0.6)
+    assert r.cascade_threshold(MODELS[0], 0.95) is None  # no table for another model
+    res = RouteResult({}, r.version, MODELS[0], MODELS, 0.1, 0.0, False)
+    out = _with_cascade(r, res, 0.9)
+    assert out.cascade_model == MODELS[1] and out.cascade_accept == pytest.approx(0.4)
+    assert r.answer_scores(["q"], ["a"], MODELS[1])[0] == pytest.approx(0.5)  # no encoder pass needed
