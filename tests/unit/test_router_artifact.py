@@ -24,7 +24,7 @@ MODELS = ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
 VOCAB = ["gsm8k", "high_school_mathematics"]
 
 
-def _save(path: Path, seed: int = 0) -> str:
+def _save(path: Path, seed: int = 0, cascade: tuple | None = None) -> str:
     rng = np.random.default_rng(seed)
     d = 384 + len(VOCAB)
     params = {
@@ -43,6 +43,7 @@ def _save(path: Path, seed: int = 0) -> str:
         head_params=params,
         calibration=cal,
         encoder=EncoderConfig(max_length=64),
+        cascade=cascade,
     ).version
 
 
@@ -114,29 +115,11 @@ def test_cascade_table_travels_in_the_artefact_and_reaches_the_route(tmp_path: P
     from services.router.artifact import CascadeSpec
     from services.router.cascade import FEATURE_NAMES
 
-    rng = np.random.default_rng(0)
-    d = 384 + len(VOCAB)
-    params = {
-        "w1": rng.normal(size=(d, 8)) * 0.1,
-        "b1": np.zeros(8),
-        "w2": rng.normal(size=(8, 2)),
-        "b2": np.zeros(2),
-    }
     table = ThresholdTable(targets=[0.9, 1.0], thresholds=[0.4, 0.8], candidates=MODELS, n=50)
-    cal = Calibration(models=MODELS, strong_model=MODELS[0], global_table=table)
     k = len(FEATURE_NAMES)
     spec = CascadeSpec(model=MODELS[1], use_embedding=False, feature_names=list(FEATURE_NAMES), table=table)
     cparams = {"coef": np.zeros(k), "intercept": np.zeros(1), "mean": np.zeros(k), "std": np.ones(k)}
-    save_router(
-        tmp_path / "c",
-        kind="mlp",
-        models=MODELS,
-        task_vocab=VOCAB,
-        head_params=params,
-        calibration=cal,
-        encoder=EncoderConfig(max_length=64),
-        cascade=(spec, cparams),
-    )
+    _save(tmp_path / "c", cascade=(spec, cparams))
     r = load_router(str(tmp_path / "c"))
     assert r.cascade_threshold(MODELS[1], 0.95) == pytest.approx(0.6)
     assert r.cascade_threshold(MODELS[0], 0.95) is None  # no table for another model
