@@ -81,6 +81,15 @@ def train_cmd(
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
     device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
     top_layers: int = typer.Option(1, min=1, max=6, help="finetune: trainable top encoder layers (6 = all)."),
+    rule: str = typer.Option(
+        "gap", help="Routing rule to serve: gap, absolute, need (gap won leave-tasks-out)."
+    ),
+    cold_start_coverage: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="Share of held-out tasks that must each keep the target in the cold-start table (0: pooled).",
+    ),
 ) -> None:
     """Train a router on the bootstrap data; print its model reference."""
     import shutil
@@ -105,7 +114,17 @@ def train_cmd(
         _data_dir(data_dir), [d.strip() for d in datasets.split(",") if d.strip()], max_rows
     )
     models = [m for m in bench.models if m in cat.model_ids]
-    cfg = TrainConfig(kind=kind, device=device, **({"epochs": epochs} if epochs else {}))
+    from services.router.policy import RULES
+
+    if rule not in RULES:
+        raise _fail(f"unknown rule {rule!r} (known: {', '.join(RULES)})")
+    cfg = TrainConfig(
+        kind=kind,
+        device=device,
+        rule=rule,
+        cold_start_coverage=cold_start_coverage,
+        **({"epochs": epochs} if epochs else {}),
+    )
     try:
         enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8, backend=backend)
     except ValueError as exc:

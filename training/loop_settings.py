@@ -85,6 +85,12 @@ class LoopSettings(BaseSettings):
         description="Leave-tasks-out folds of the cold-start calibration (unseen tasks); fewer than "
         "`router train`'s 10 to keep alert -> serving short.",
     )
+    cold_start_coverage: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Cold-start table: share of held-out tasks that must each keep the target.",
+    )
     encoder_backend: str = Field(
         default="torch",
         pattern="^(torch|onnx)$",

@@ -484,6 +484,7 @@ class RunExecutor:
             epochs=s.epochs,
             calibration_folds=s.calibration_folds,
             cold_folds=s.cold_folds,
+            cold_start_coverage=s.cold_start_coverage,
             ensemble=s.ensemble,
             warm_epochs=s.warm_epochs,
         )
