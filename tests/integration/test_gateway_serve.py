@@ -122,7 +122,8 @@ def metrics(gateway) -> str:
 
 def test_openai_client_non_stream_routes_and_reports_cost(client, gsm8k) -> None:
     prompt = gsm8k.iloc[3]["prompt"]
-    raw, resp = ask(client, prompt, extra_body={"switchyard": {"task": "gsm8k", "quality_target": 0.9}})
+    knobs = {"task": "gsm8k", "quality_target": 0.9, "mode": "route"}  # gsm8k's catalog default is cascade
+    raw, resp = ask(client, prompt, extra_body={"switchyard": knobs})
     catalog_ids = set(load_catalog().model_ids)
     assert resp.model in catalog_ids
     assert resp.choices[0].message.content
@@ -130,6 +131,9 @@ def test_openai_client_non_stream_routes_and_reports_cost(client, gsm8k) -> None
     assert raw.headers["x-switchyard-route"] == "route"
     assert float(raw.headers["x-switchyard-cost-usd"]) > 0
     assert raw.headers["x-switchyard-router-version"].startswith("mlp-")
+    # without a mode, gsm8k takes its catalog default: a cascade from the cheapest candidate
+    raw, resp = ask(client, prompt, extra_body={"switchyard": {"task": "gsm8k"}})
+    assert raw.headers["x-switchyard-route"] == "cascade" and resp.model in catalog_ids
 
 
 def test_openai_client_stream(client, gsm8k) -> None:
