@@ -56,7 +56,7 @@ class Benchmark:
 
     @property
     def models(self) -> list[str]:
-        return [c[len(LABEL):] for c in self.frame.columns if c.startswith(LABEL)]
+        return [c[len(LABEL) :] for c in self.frame.columns if c.startswith(LABEL)]
 
     def labels(self, models: Iterable[str] | None = None) -> pd.DataFrame:
         models = list(models) if models is not None else self.models
@@ -114,7 +114,7 @@ def load_mmlu(data_dir: Path, drop_contaminated: bool = True) -> Benchmark:
     skip = _contaminated(root / "contaminated_prompts.jsonl") if drop_contaminated else set()
     parts = []
     for f in files:
-        subject = f.stem[len("mmlu_"):]
+        subject = f.stem[len("mmlu_") :]
         df = pd.read_csv(f)
         df = df[~df["prompt"].str.strip().isin(skip)]
         parts.append(

@@ -53,11 +53,10 @@ from .splits import kfold, task_folds
 from .train import (
     TrainConfig,
     TrainingSet,
-    cascade_design,
     fit_calibration,
-    fit_cascade,
     fit_cascade_table,
     fit_cold_start,
+    oof_cascade_scores,
     oof_logits,
     prepare,
 )
@@ -381,15 +380,8 @@ def run_evaluation(
     if len(g_rows):
         gts = ts.subset(ds == "gsm8k")
         gfolds = kfold(gts.frame["prompt_hash"], cfg.folds, cfg.seed)
-        p_ok = np.full(len(g_rows), 0.5)
-        for fo in np.unique(gfolds):
-            fit = fit_cascade(gts.subset(gfolds != fo), MIXTRAL, seed=cfg.seed)
-            if fit is None:
-                continue
-            spec, params = fit
-            x = cascade_design(gts, gfolds == fo, MIXTRAL, use_embedding=spec.use_embedding)
-            z = ((x - params["mean"]) / params["std"]) @ params["coef"] + params["intercept"][0]
-            p_ok[gfolds == fo] = sigmoid(z)
+        scored = oof_cascade_scores(gts, MIXTRAL, gfolds, seed=cfg.seed)
+        p_ok = np.full(len(g_rows), 0.5) if scored is None else scored
         ys, yw = gts.labels[:, si], gts.labels[:, wi]
         # the cascade policy at its target: acceptance thresholds fitted on the other folds only
         accept = {t: np.zeros(len(g_rows), bool) for t in TARGETS}

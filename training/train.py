@@ -403,9 +403,7 @@ def fit_cold_start(
     ``coverage`` with ``tasks``: on that share of the held-out tasks each, see
     :func:`services.router.calibration.fit_table`)."""
     strong = models.index(strong_model)
-    both = comparable_rows(labels, strong)
-    base = both if both.any() else np.ones(len(labels), bool)
-    platt = {m: fit_platt(logits[base, j], labels[base, j]) for j, m in enumerate(models)}
+    platt, base = _comparable_platt(logits, labels, models, strong)
     a = np.array([platt[m].a for m in models])
     b = np.array([platt[m].b for m in models])
     probs = sigmoid(a * logits + b)
@@ -420,9 +418,24 @@ def fit_cold_start(
         groups=tasks,
         coverage=coverage,
     )
+    return platt, table.model_copy(update={"candidates": _graded_candidates(labels, base, models)})
+
+
+def _comparable_platt(
+    logits: np.ndarray, labels: np.ndarray, models: list[str], strong: int
+) -> tuple[dict[str, Platt], np.ndarray]:
+    """Platt per model on the rows graded for the strong model and another (all rows if none):
+    rows graded for one model only (live outcomes of a drifting task) would drag the fit."""
+    both = comparable_rows(labels, strong)
+    base = both if both.any() else np.ones(len(labels), bool)
+    return {m: fit_platt(logits[base, j], labels[base, j]) for j, m in enumerate(models)}, base
+
+
+def _graded_candidates(labels: np.ndarray, base: np.ndarray, models: list[str]) -> list[str]:
+    """Models graded on at least half of the ``base`` rows: the candidates of a shared table (rows
+    graded for one model only would crowd out every model but the one the router usually picks)."""
     graded = (~np.isnan(labels[base])).mean(axis=0) >= 0.5
-    table = table.model_copy(update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]})
-    return platt, table
+    return [m for m, g in zip(models, graded, strict=True) if g]
 
 
 def fit_calibration(
@@ -440,12 +453,11 @@ def fit_calibration(
     """Platt per model (and per task where it has rows), then threshold tables on the result
     (``confidence``: see :func:`services.router.calibration.fit_table`)."""
     strong = models.index(strong_model)
-    both = comparable_rows(labels, strong)
     # The global Platt serves every task without its own: fit it on the comparable rows. Rows
     # graded for one model only (live outcomes of a drifting task) belong to their task's own
     # Platt; in the global fit they dragged the small tasks' calibration towards the drift.
-    base = both if both.any() else np.ones(len(labels), bool)
-    platt = {m: fit_platt(logits[base, j], labels[base, j]) for j, m in enumerate(models)}
+    platt, base = _comparable_platt(logits, labels, models, strong)
+    both = comparable_rows(labels, strong)
     tasks_arr = np.array(tasks)
     task_platt: dict[str, dict] = {}
     for t in sorted(set(tasks)):
@@ -475,13 +487,7 @@ def fit_calibration(
     global_table = fit_table(
         probs[use], labels[use], prices, models, strong, rule=rule, confidence=confidence
     )
-    # Candidates for unknown tasks: models graded on at least half of the comparable rows (rows
-    # graded for one model only, i.e. live feedback, would crowd out every model but the one the
-    # router usually picks).
-    graded = (~np.isnan(labels[both] if both.any() else labels)).mean(axis=0) >= 0.5
-    global_table = global_table.model_copy(
-        update={"candidates": [m for m, g in zip(models, graded, strict=True) if g]}
-    )
+    global_table = global_table.model_copy(update={"candidates": _graded_candidates(labels, base, models)})
     task_tables = {}
     for t in own:
         rows = tasks_arr == t
@@ -531,21 +537,32 @@ def fit_cascade_table(
     if rows.sum() < 100:
         return None
     sub = ts.subset(rows)
-    fold = kfold(sub.frame["prompt_hash"], folds, seed)
-    score = np.full(len(sub.frame), np.nan)
-    for f in np.unique(fold):
-        fit = fit_cascade(sub.subset(fold != f), model, seed=seed)
-        if fit is None:
-            return None
-        spec, params = fit
-        x = cascade_design(sub, fold == f, model, use_embedding=spec.use_embedding)
-        z = ((x - params["mean"]) / params["std"]) @ params["coef"] + params["intercept"][0]
-        score[fold == f] = sigmoid(z)
+    score = oof_cascade_scores(sub, model, kfold(sub.frame["prompt_hash"], folds, seed), seed=seed)
+    if score is None:
+        return None
     # the strong model always qualifies (score 1), the cheap one when its answer scores >= t
     scores = np.stack([np.ones(len(score)), score], axis=1)
     labels = sub.labels[:, [si, wi]]
-    table = fit_table(scores, labels, np.array([2.0, 1.0]), [strong_model, model], 0, rule="absolute")
-    return table
+    return fit_table(scores, labels, np.array([2.0, 1.0]), [strong_model, model], 0, rule="absolute")
+
+
+def oof_cascade_scores(ts: TrainingSet, model: str, folds: np.ndarray, *, seed: int = 0) -> np.ndarray | None:
+    """Out-of-fold P(``model``'s answer acceptable) per row, each fold scored by a scorer fitted on
+    the others and applied as serving applies it (:class:`services.router.cascade.CascadeScorer`)."""
+    from services.router.cascade import CascadeScorer
+
+    out = np.full(len(ts.frame), np.nan)
+    for f in np.unique(folds):
+        fit = fit_cascade(ts.subset(folds != f), model, seed=seed)
+        if fit is None:
+            return None
+        spec, params = fit
+        test = folds == f
+        part = ts.frame[test]
+        scorer = CascadeScorer(model, params, use_embedding=spec.use_embedding)
+        emb = ts.embeddings[test] if spec.use_embedding else None
+        out[test] = scorer.scores(part["prompt"].tolist(), part["response:" + model].tolist(), emb)
+    return out
 
 
 def cascade_design(

@@ -66,11 +66,9 @@ class Calibration(_Model):
     unknown_platt: dict[str, Platt] = Field(default_factory=dict)
     unknown_table: ThresholdTable | None = None
 
-    def is_unknown(self, task: str | None, known: set[str] | frozenset[str] | None = None) -> bool:
+    def is_unknown(self, task: str | None) -> bool:
         """Whether ``task`` is served by the cold-start calibration (when the router has one)."""
-        if self.unknown_table is None:
-            return False
-        return task is None or task not in (known if known is not None else set(self.known_tasks))
+        return self.unknown_table is not None and (task is None or task not in self.known_tasks)
 
     def apply(self, logits: np.ndarray, tasks: Sequence[str | None]) -> np.ndarray:
         """Calibrated probabilities for raw ``logits`` (n, n_models)."""
@@ -79,8 +77,7 @@ class Calibration(_Model):
         a = np.tile(base_a, (len(tasks), 1))
         b = np.tile(base_b, (len(tasks), 1))
         rows: dict[str, list[int]] = {}
-        known = set(self.known_tasks)
-        cold = [r for r, t in enumerate(tasks) if self.is_unknown(t, known)]
+        cold = [r for r, t in enumerate(tasks) if self.is_unknown(t)]
         if cold and self.unknown_platt:
             a[cold] = [self.unknown_platt.get(m, Platt()).a for m in self.models]
             b[cold] = [self.unknown_platt.get(m, Platt()).b for m in self.models]
