@@ -627,7 +627,7 @@ def main() -> None:
 
 
 def print_table(results: dict[str, Any]) -> None:
-    """The README table from a results dict."""
+    """The markdown table (docs/api.md) from a results dict."""
     print(
         "| upstream | clients | direct p50/p95/p99 ms | gateway p50/p95/p99 ms | added p50/p95/p99 ms "
         "| per-request overhead p50/p99 ms | gateway req/s | errors | router fall-backs | load 1m "

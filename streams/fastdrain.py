@@ -5,7 +5,7 @@ faust-streaming's ``Consumer._drain_messages`` delivers every fetched record wit
 ``asyncio.wait`` per record, so that a rebalance (``suspend_flow``) can interrupt a delivery that
 blocks on a full stream buffer. A profile of the worker shows that this costs about half of
 Faust's whole per-record consume path (bench: ~8,500 -> ~16,000-19,000 records per CPU-second
-for an agent that does nothing; see README "Streams" -> "Benchmark").
+for an agent that does nothing; see docs/streams.md, "Benchmark").
 
 :func:`install` rewrites that one call (and nothing else of the upstream loop) into
 :func:`deliver`, which keeps the semantics:

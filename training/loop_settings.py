@@ -74,8 +74,8 @@ class LoopSettings(BaseSettings):
     )
     warm_start: bool = Field(
         default=False,
-        description="Start the challenger's final fit from the champion's head (see README: measured "
-        "worse than a cold start in the demo).",
+        description="Start the challenger's final fit from the champion's head (docs/closed-loop.md: "
+        "measured worse than a cold start in the demo).",
     )
     warm_epochs: int = Field(default=3, ge=1, description="Epochs of a warm-started challenger's final fit.")
     calibration_folds: int = Field(default=3, ge=2)

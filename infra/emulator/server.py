@@ -2,7 +2,7 @@
 
 One process on purpose: faults, drift and counters are process state that the admin endpoints
 change, and one uvloop/httptools process already serves thousands of requests per second here
-(see the README, emulator "Measured").
+(see docs/development.md, emulator "Measured").
 """
 
 from __future__ import annotations

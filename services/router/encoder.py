@@ -9,7 +9,7 @@ Two backends (``EncoderConfig.backend``): ``torch`` (default) and ``onnx`` — O
 (see :mod:`services.router.onnx_backend`; the exported / int8-quantised model is cached under the
 state dir). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
 torch fp32). ``SWITCHYARD_ENCODER_THREADS`` sets ONNX Runtime's intra-op threads (default 1: one
-thread per replica, see the README's "Scoring speed").
+thread per replica, see docs/router.md, "Scoring speed").
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ class Encoder:
         int8 runs one prompt at a time: dynamic quantisation scales each activation tensor by the
         range of the whole batch (padding included), so batching would make a prompt's vector
         depend on its neighbours (cosine ~0.99 between the two); on CPU batching buys little
-        with ONNX Runtime anyway (see the README's "Scoring speed")."""
+        with ONNX Runtime anyway (see docs/router.md, "Scoring speed")."""
         if self.config.quantize_int8:
             bs = 1
         out = np.zeros((len(ids), EMBED_DIM), dtype=np.float32)

@@ -20,7 +20,7 @@ class RouterSettings(BaseSettings):
     quantize_int8: bool | None = Field(
         default=None,
         description="Override the artefact's encoder: int8 dynamic quantisation on CPU "
-        "(see the README, 'Scoring speed'). Default: what the router was trained with.",
+        "(see docs/router.md, 'Scoring speed'). Default: what the router was trained with.",
     )
     backend: str | None = Field(
         default=None,
