@@ -13,7 +13,7 @@ KAFKA_LIBS := $(SWITCHYARD_STATE_DIR)/kafka-libs
 export SWITCHYARD_DATA_DIR ?= $(if $(wildcard $(CURDIR)/../shared/data/routellm),$(abspath $(CURDIR)/../shared/data),$(CURDIR)/data)
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock data up down status topics test test-unit demo router bench lint clean
+.PHONY: help setup lock data up down status topics test test-unit test-slow demo router bench lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -55,14 +55,17 @@ topics: ## create/update the Kafka topics from their definition
 test: setup up ## the whole suite: unit, integration (real Kafka, MLflow, Ray), e2e
 	$(VENV)/bin/pytest -q -ra $(PYTEST_ARGS)
 
-test-unit: setup ## unit tests only (no services)
-	$(VENV)/bin/pytest -q -m "not integration and not e2e" $(PYTEST_ARGS)
+test-unit: setup ## the fast, pure unit tier: no services, no ONNX export, fine-tuning or subprocesses
+	$(VENV)/bin/pytest -q -m "not integration and not e2e and not slow" $(PYTEST_ARGS)
+
+test-slow: setup ## unit tests that export ONNX, fine-tune or run subprocesses (no services)
+	$(VENV)/bin/pytest -q -m "slow and not integration and not e2e" $(PYTEST_ARGS)
 
 demo: setup up ## run the main job end to end on the embedded default
 	$(PY) -m infra.demo
 
 router: setup up ## train the production router on all bootstrap data, register it, make it champion
-	$(SY) router train --kind mlp --backend onnx --int8 --register --promote
+	$(SY) train router --kind mlp --backend onnx --int8 --register --promote
 
 bench: setup up ## measurements (not tests): router speed, emulator load, streams, gateway; JSON under bench/results
 	@mkdir -p bench/results

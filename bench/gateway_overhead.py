@@ -5,38 +5,35 @@ in-memory broker. ``python bench/gateway_overhead.py`` prints p50/p99 ms and req
 import asyncio
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
-from test_emitter import Broker, FakeProducer  # noqa: E402
-from test_gateway_app import CATALOG, KEY, FakeRouter, Upstream, body  # noqa: E402
-
+from services.catalog import load_catalog
 from services.gateway.app import create_app
 from services.gateway.bootstrap import build_gateway
 from services.gateway.emitter import EmitterConfig, EventEmitter
 from services.gateway.settings import GatewaySettings, hash_key
-from services.providers.anthropic import AnthropicAdapter
-from services.providers.openai import OpenAIAdapter
+from services.gateway.testing import Broker, FakeProducer, FakeRouter, Upstream, mock_adapters
 from services.providers.pool import ProviderPool
+
+CATALOG = load_catalog()
+KEY = "sk-bench"
+
+
+def body() -> dict:
+    return {"model": "switchyard/auto", "messages": [{"role": "user", "content": "What is 2+2?"}]}
 
 logging.disable(logging.WARNING)
 
 
 async def main():
     up, router, broker = Upstream(), FakeRouter(), Broker()
-    t = httpx.MockTransport(up)
-    adapters = {
-        p.name: (AnthropicAdapter(p, transport=t) if p.kind == "anthropic" else OpenAIAdapter(p, transport=t))
-        for p in CATALOG.providers
-    }
-    pool = ProviderPool(CATALOG, adapters=adapters)
+    pool = ProviderPool(CATALOG, adapters=mock_adapters(CATALOG, httpx.MockTransport(up)))
     em = EventEmitter(
-        EmitterConfig(bootstrap="x:1", spool_dir=__import__("pathlib").Path(tempfile.mkdtemp())),
+        EmitterConfig(bootstrap="x:1", spool_dir=Path(tempfile.mkdtemp())),
         lambda: FakeProducer(broker),
     )
     gw = build_gateway(

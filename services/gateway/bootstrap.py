@@ -68,6 +68,7 @@ def build_gateway(
         breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_reset_s),
         on_breaker_change=metrics.set_breaker,
         max_models=settings.max_models_per_request,
+        wire=settings.providers_transport,
     )
     if emitter is None and settings.events_enabled:
         k = kafka or KafkaSettings()

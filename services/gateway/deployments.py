@@ -9,6 +9,7 @@ place (``reconfigure``) without redeploying anything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -24,10 +25,11 @@ from ray.serve.handle import DeploymentHandle
 
 from services.catalog import load_catalog
 from services.contracts.settings import KafkaSettings
+from services.router.settings import RouterSettings
 
 from .app import create_app
 from .bootstrap import build_gateway
-from .routing import RouterConfig, RouteRequest, RouteResult, RouterRuntime
+from .routing import RouterConfig, RouteRequest, RouteResult, RouterRuntime, default_loader
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -43,13 +45,14 @@ def _quiet_logs() -> None:
 
 
 def _set_threads(n: int) -> None:
-    """The encoder's intra-op threads (before any router loads); 0 keeps Ray's default."""
+    """torch's intra-op threads (before any router loads); 0 keeps Ray's default. ONNX Runtime
+    gets its count through the loader (``RouterSettings.encoder_options``)."""
     if n <= 0:
         return
     import os
     import sys
 
-    os.environ["OMP_NUM_THREADS"] = os.environ["SWITCHYARD_ENCODER_THREADS"] = str(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)  # read by OpenMP (torch) itself, not by our code
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(n)
 
@@ -111,10 +114,13 @@ class RouterAdmission:
 class RouterDeployment:
     """Router replicas: batched scoring + the routing policy; hot-swappable via ``user_config``."""
 
-    def __init__(self, settings: GatewaySettings):
+    def __init__(self, settings: GatewaySettings, router: RouterSettings):
         _quiet_logs()
         _set_threads(settings.router_threads)
-        self.runtime = RouterRuntime(load_catalog(settings.catalog_path))
+        options = router.encoder_options(settings.router_threads, settings.state_dir)
+        self.runtime = RouterRuntime(
+            load_catalog(settings.catalog_path), functools.partial(default_loader, **options)
+        )
         self._route_batch.set_max_batch_size(settings.router_batch_size)
         self._route_batch.set_batch_wait_timeout_s(settings.router_batch_wait_s)
         self._swap_lock = asyncio.Lock()
@@ -220,6 +226,9 @@ class GatewayArgs(BaseModel):
     ingress_replicas: int | None = Field(default=None, ge=1)
     settings: dict[str, Any] = Field(default_factory=dict, description="Further GatewaySettings fields.")
     kafka: dict[str, Any] = Field(default_factory=dict, description="Further KafkaSettings fields.")
+    router: dict[str, Any] = Field(
+        default_factory=dict, description="RouterSettings fields (the serving encoder's overrides)."
+    )
 
     def gateway_settings(self) -> GatewaySettings:
         fields = {
@@ -236,6 +245,9 @@ class GatewayArgs(BaseModel):
         }
         return GatewaySettings(**{**self.settings, **fields})
 
+    def router_settings(self) -> RouterSettings:
+        return RouterSettings(**self.router)
+
     def kafka_settings(self) -> KafkaSettings:
         fields = {"bootstrap": self.kafka_bootstrap, "topic_prefix": self.topic_prefix}
         return KafkaSettings(**{**self.kafka, **{k: v for k, v in fields.items() if v is not None}})
@@ -246,16 +258,22 @@ class GatewayArgs(BaseModel):
         s, k = self.gateway_settings(), self.kafka_settings()
         settings = s.model_dump(mode="json", exclude={"router_ref", "api_keys", "api_key_hashes"})
         settings["api_key_hashes"] = s.key_hashes()
-        return GatewayArgs(router_ref=s.router_ref, settings=settings, kafka=k.model_dump(mode="json"))
+        return GatewayArgs(
+            router_ref=s.router_ref,
+            settings=settings,
+            kafka=k.model_dump(mode="json"),
+            router=self.router_settings().model_dump(mode="json"),
+        )
 
 
-def _code_version(settings: GatewaySettings, kafka: KafkaSettings) -> str:
+def _code_version(settings: GatewaySettings, kafka: KafkaSettings, router: RouterSettings) -> str:
     """A hash of this package's gateway code and of everything bound into the deployments."""
     h = hashlib.sha256()
     for f in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
         h.update(f.read_bytes())
     h.update(settings.model_dump_json().encode())
     h.update(kafka.model_dump_json().encode())
+    h.update(router.model_dump_json().encode())
     return h.hexdigest()[:16]
 
 
@@ -263,6 +281,7 @@ def build_app(args: GatewayArgs) -> Application:
     """The Serve application: ``ChatIngress`` → handle → ``RouterDeployment`` (GPU when asked)."""
     settings = args.gateway_settings()
     kafka = args.kafka_settings()
+    router_settings = args.router_settings()
     load_catalog(settings.catalog_path)  # fail here, loudly, on a broken catalog
     # The model ref lives only in user_config: changing it reconfigures in place, never redeploys.
     # Plain API keys never travel to the replicas: only their hashes do.
@@ -276,7 +295,7 @@ def build_app(args: GatewayArgs) -> Application:
     # A stable code version: redeploying with only a new router ref (user_config) reconfigures the
     # running replicas in place instead of replacing them (imperative serve.run otherwise draws a
     # random version per call, which restarts every replica).
-    version = _code_version(shared, kafka)
+    version = _code_version(shared, kafka, router_settings)
     router = RouterDeployment.options(
         version=version,
         _internal=True,
@@ -284,7 +303,7 @@ def build_app(args: GatewayArgs) -> Application:
         logging_config=logging_config,
         ray_actor_options=actor,
         user_config=RouterConfig(router_ref=settings.router_ref).model_dump(),
-    ).bind(shared)
+    ).bind(shared, router_settings)
     return ChatIngress.options(
         version=version,
         _internal=True,

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.catalog import Catalog
 from services.router.base import Query, Router
+from services.router.policy import RoutingPolicy, ScoreRatioPolicy
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class RouteRequest:
     quality_target: float
     max_cost_usd: float | None = None
     candidates: list[str] | None = None
+    request_id: str | None = None  # the gateway's id, so the router's log lines name the request
 
 
 @dataclass(frozen=True)
@@ -72,24 +74,15 @@ class SwapStatus:
     history: list[str] = field(default_factory=list)
 
 
-def encoder_overrides() -> dict[str, Any]:
-    """``SWITCHYARD_ROUTER_DEVICE`` / ``_QUANTIZE_INT8`` / ``_BACKEND``: serving-side overrides of
-    the artefact's encoder; unset ones keep what its manifest records (the backend it was trained
-    with)."""
-    from services.router.settings import RouterSettings
-
-    s = RouterSettings()
-    return {"device": s.device, "quantize_int8": s.quantize_int8, "backend": s.backend}
-
-
-def default_loader(ref: str) -> Router:
-    """Load a router with the router package's loader (MLflow URI or path) and smoke-check it."""
+def default_loader(ref: str, **encoder_options: Any) -> Router:
+    """Load a router with the router package's loader (MLflow URI or path) and smoke-check it;
+    ``encoder_options`` (``RouterSettings.encoder_options``) go to ``load_router``."""
     try:
         from services.router import artifact  # the router area's loader
     except ImportError as exc:  # pragma: no cover - depends on the router area
         raise RouterLoadFailed(f"router loader unavailable: {exc}") from exc
     try:
-        router = artifact.load_router(ref, **encoder_overrides())
+        router = artifact.load_router(ref, **encoder_options)
         if hasattr(artifact, "smoke_check"):
             artifact.smoke_check(router)
     except Exception as exc:  # noqa: BLE001 - any failure keeps the old router
@@ -159,12 +152,10 @@ class RouterRuntime:
         log.info("router swapped %s -> %s (%s) in %.1fs", old, router.version, ref, time.perf_counter() - t0)
         return True
 
-    def _make_policy(self, router: Router) -> Any:
+    def _make_policy(self, router: Router) -> RoutingPolicy | ScoreRatioPolicy:
         calibration = getattr(router, "calibration", None)
         if calibration is None:
-            return None
-        from services.router.policy import RoutingPolicy
-
+            return ScoreRatioPolicy(self.catalog)
         return RoutingPolicy(self.catalog, calibration)
 
     def route(self, requests: Sequence[RouteRequest]) -> list[RouteResult | Exception]:
@@ -180,7 +171,9 @@ class RouterRuntime:
             try:
                 res = self._decide(router.version, policy, r, {m: float(p) for m, p in row.items()})
                 out.append(_with_cascade(router, res, r.quality_target))
+                log.debug("request %s: %s chose %s: %s", r.request_id, router.version, res.model, res.reason)
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch
+                log.info("request %s: router %s could not decide: %s", r.request_id, router.version, exc)
                 out.append(exc)
         return out
 
@@ -197,12 +190,10 @@ class RouterRuntime:
     def _decide(self, version: str, policy: Any, req: RouteRequest, scores: dict[str, float]) -> RouteResult:
         known = set(self.catalog.model_ids)
         scores = {m: p for m, p in scores.items() if m in known}
-        if policy is not None:
-            d = policy.decide(scores, req.task, req.quality_target, req.max_cost_usd, req.candidates)
-            return RouteResult(
-                scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
-            )
-        return simple_decide(self.catalog, version, req, scores)
+        d = policy.decide(scores, req.task, req.quality_target, req.max_cost_usd, req.candidates)
+        return RouteResult(
+            scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
+        )
 
 
 def _with_cascade(router: Router, res: RouteResult, quality_target: float) -> RouteResult:
@@ -213,30 +204,3 @@ def _with_cascade(router: Router, res: RouteResult, quality_target: float) -> Ro
         return res
     accept = threshold(spec.model, quality_target)
     return res if accept is None else replace(res, cascade_model=spec.model, cascade_accept=accept)
-
-
-def simple_decide(catalog: Catalog, version: str, req: RouteRequest, scores: dict[str, float]) -> RouteResult:
-    """Policy for routers without calibration: the cheapest candidate whose score reaches
-    ``quality_target`` × the strong model's score (the strong model when none does)."""
-    pool = [
-        m
-        for m in (req.candidates or catalog.task_defaults(req.task or "default").candidates or scores)
-        if m in scores
-    ]
-    if not pool:
-        raise RouterLoadFailed("router scored none of the candidates")
-    strong = catalog.strong_model
-    line = req.quality_target * scores.get(strong, max(scores[m] for m in pool))
-    ok = [m for m in pool if scores[m] >= line]
-    if req.max_cost_usd is not None:
-        ok = [m for m in ok if catalog.model(m).price.cost(512, 256) <= req.max_cost_usd] or ok
-    chosen = (
-        min(ok, key=catalog.blended_price)
-        if ok
-        else (strong if strong in pool else max(pool, key=scores.get))
-    )
-    margin = scores[chosen] - line
-    ranking = sorted(pool, key=lambda m: -scores[m])
-    return RouteResult(
-        scores, version, chosen, ranking, line, margin, abs(margin) < 0.02, "cheapest over target × strong"
-    )

@@ -26,6 +26,8 @@ from services.contracts.events import (
 from services.contracts.topics import CALLS, FEEDBACK
 from services.errors import BadRequest, SwitchyardError, UnknownModel, UpstreamError
 from services.providers.pool import MidStreamError, ProviderPool
+from services.request_context import bound
+from services.router.policy import cascade_ladder
 
 from .auth import Caller
 from .emitter import EventEmitter
@@ -157,7 +159,8 @@ class ChatService:
     async def chat(self, ctx: CallContext) -> ChatResult:
         """Answer a non-streamed request; emit its call event whatever happens."""
         try:
-            body = await self._answer(ctx)
+            with bound(ctx.request_id):  # upstream headers and provider log lines carry it
+                body = await self._answer(ctx)
         except SwitchyardError as exc:
             self._finish(ctx, error=exc)
             raise
@@ -179,10 +182,11 @@ class ChatService:
             # A cascade must read the whole cheap answer before it can accept it: answer, then stream it.
             result = await self.chat(ctx)
             return StreamResult(_replay_as_sse(result.body, ctx), result.headers)
-        payload = await self._prepare(ctx)
-        order = self.pool.fallback_order(ctx.model or "", ctx.route.ranking if ctx.route else ())
         try:
-            handle = await self.pool.stream(order, payload, ctx.attempts)
+            with bound(ctx.request_id):
+                payload = await self._prepare(ctx)
+                order = self.pool.fallback_order(ctx.model or "", ctx.route.ranking if ctx.route else ())
+                handle = await self.pool.stream(order, payload, ctx.attempts)
         except SwitchyardError as exc:
             self._finish(ctx, error=exc)
             raise
@@ -192,9 +196,10 @@ class ChatService:
         async def events() -> AsyncIterator[bytes]:
             error: SwitchyardError | None = None
             try:
-                async for chunk in handle.chunks:
-                    chunk["model"] = handle.model
-                    yield _sse(chunk)
+                with bound(ctx.request_id):
+                    async for chunk in handle.chunks:
+                        chunk["model"] = handle.model
+                        yield _sse(chunk)
                 ctx.prompt_tokens, ctx.completion_tokens = (
                     handle.usage.prompt_tokens,
                     handle.usage.completion_tokens,
@@ -230,13 +235,15 @@ class ChatService:
         if ctx.mode is RoutingMode.PASSTHROUGH:
             ctx.model = ctx.request.model
             return
-        candidates = self.catalog.task_defaults(ctx.task).candidates
+        defaults = self.catalog.task_defaults(ctx.task)
+        target = ctx.quality_target if ctx.quality_target is not None else defaults.quality_target
         rr = RouteRequest(
             ctx.request.last_user_text(),
             ctx.task,
-            ctx.quality_target or 0.95,
+            target,
             ctx.knobs.max_cost_usd,
-            candidates,
+            defaults.candidates,
+            request_id=ctx.request_id,
         )
         t0 = time.perf_counter()
         try:
@@ -305,18 +312,15 @@ class ChatService:
         return result.body
 
     def _ladder(self, ctx: CallContext, cheapest_first: bool) -> list[str]:
-        """Escalation rungs: cascade starts at the cheapest candidate, hybrid at the routed model;
-        each next rung is pricier, the strong model last."""
+        """Escalation rungs (the policy's :func:`cascade_ladder`) for this call."""
         assert ctx.route is not None and ctx.model is not None
-        price = self.catalog.blended_price
-        ranked = [m for m in ctx.route.ranking if m in self.catalog.model_ids] or [ctx.model]
-        start = min(ranked, key=price) if cheapest_first else ctx.model
-        rungs = sorted({m for m in ranked if price(m) >= price(start)} - {start}, key=price)
-        ladder = [start, *rungs]
-        strong = self.catalog.strong_model
-        if strong not in ladder:
-            ladder.append(strong)
-        return ladder[: self.pool.max_models]
+        return cascade_ladder(
+            self.catalog,
+            ctx.route.ranking,
+            ctx.model,
+            cheapest_first=cheapest_first,
+            limit=self.pool.max_models,
+        )
 
     async def _cascade(
         self, ctx: CallContext, payload: dict[str, Any], ladder: list[str], always_score: bool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,6 +80,10 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = Field(default=5, ge=1)
     breaker_reset_s: float = Field(default=10.0, gt=0)
     max_models_per_request: int = Field(default=4, ge=1)
+    providers_transport: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="The upstream wire: aiohttp (far less CPU per call) or httpx's own httpcore.",
+    )
     # cascade
     judge_model: str | None = Field(default="switchyard/judge", description="Judge for cascades; None = off.")
     judge_provider: str = "emulator-openai"

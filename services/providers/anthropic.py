@@ -96,6 +96,7 @@ class AnthropicAdapter:
         provider: Provider,
         max_connections: int = 200,
         transport: httpx.AsyncBaseTransport | None = None,
+        wire: str = "aiohttp",
     ):
         self.name = provider.name
         self.timeouts = Timeouts.of(provider)
@@ -103,7 +104,9 @@ class AnthropicAdapter:
         key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
         if key:
             headers["x-api-key"] = key
-        self._client = make_client(provider.base_url, self.timeouts, headers, max_connections, transport)
+        self._client = make_client(
+            provider.base_url, self.timeouts, headers, max_connections, transport, wire
+        )
 
     async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion:
         """One non-streamed Messages call, answered as an OpenAI chat completion."""

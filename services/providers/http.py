@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from typing import Any
 import httpx
 
 from services.errors import UpstreamError, UpstreamTimeout
+from services.request_context import UPSTREAM_HEADER, current_request_id
 
 from .base import Timeouts
 
@@ -29,16 +29,18 @@ def make_client(
     headers: dict[str, str],
     max_connections: int = 200,
     transport: httpx.AsyncBaseTransport | None = None,
+    wire: str = "aiohttp",
 ) -> httpx.AsyncClient:
     """One pooled client per upstream; the read timeout is the first-token timeout.
 
     The wire is aiohttp (:class:`AiohttpTransport`, far less CPU per call than httpcore) unless a
-    ``transport`` is given or ``SWITCHYARD_PROVIDERS_TRANSPORT=httpx``."""
-    if transport is None and os.environ.get("SWITCHYARD_PROVIDERS_TRANSPORT", "aiohttp") == "aiohttp":
+    ``transport`` is given or ``wire`` is ``httpx`` (``SWITCHYARD_GATEWAY_PROVIDERS_TRANSPORT``)."""
+    if transport is None and wire == "aiohttp":
         from .aiohttp_transport import AiohttpTransport
 
         transport = AiohttpTransport(max_connections)
     return httpx.AsyncClient(
+        event_hooks={"request": [_tag_request]},
         base_url=base_url.rstrip("/"),
         headers=headers,
         timeout=httpx.Timeout(
@@ -47,6 +49,13 @@ def make_client(
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         transport=transport,
     )
+
+
+async def _tag_request(request: httpx.Request) -> None:
+    """Send the gateway's request id upstream, so the upstream's logs can be joined with ours."""
+    request_id = current_request_id()
+    if request_id is not None:
+        request.headers[UPSTREAM_HEADER] = request_id
 
 
 def parse_retry_after(value: str | None) -> float | None:

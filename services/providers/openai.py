@@ -27,6 +27,7 @@ class OpenAIAdapter:
         provider: Provider,
         max_connections: int = 200,
         transport: httpx.AsyncBaseTransport | None = None,
+        wire: str = "aiohttp",
     ):
         self.name = provider.name
         self.timeouts = Timeouts.of(provider)
@@ -34,7 +35,9 @@ class OpenAIAdapter:
         key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
         if key:
             headers["authorization"] = f"Bearer {key}"
-        self._client = make_client(provider.base_url, self.timeouts, headers, max_connections, transport)
+        self._client = make_client(
+            provider.base_url, self.timeouts, headers, max_connections, transport, wire
+        )
 
     async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion:
         """One non-streamed completion, in OpenAI shape."""

@@ -25,6 +25,7 @@ from tenacity import (
 from services.catalog import Catalog, ModelEntry
 from services.contracts.events import Attempt
 from services.errors import AllUpstreamsFailed, CircuitOpen, UnknownModel, UpstreamError
+from services.request_context import current_request_id
 
 from .anthropic import AnthropicAdapter
 from .base import ChatAdapter, Completion, StreamUsage
@@ -73,11 +74,11 @@ class StreamHandle:
                     await gen.aclose()
 
 
-def build_adapter(kind: str, provider: Any, max_connections: int) -> ChatAdapter:
-    """The adapter for a catalog provider kind."""
+def build_adapter(kind: str, provider: Any, max_connections: int, wire: str = "aiohttp") -> ChatAdapter:
+    """The adapter for a catalog provider kind; ``wire``: ``aiohttp`` or ``httpx`` (httpcore)."""
     if kind == "anthropic":
-        return AnthropicAdapter(provider, max_connections)
-    return OpenAIAdapter(provider, max_connections)
+        return AnthropicAdapter(provider, max_connections, wire=wire)
+    return OpenAIAdapter(provider, max_connections, wire=wire)
 
 
 class ProviderPool:
@@ -93,6 +94,7 @@ class ProviderPool:
         max_connections: int = 200,
         max_models: int = 4,
         clock: Callable[[], float] = time.monotonic,
+        wire: str = "aiohttp",
     ):
         self.catalog = catalog
         self.retry = retry or RetryPolicy()
@@ -103,7 +105,7 @@ class ProviderPool:
         self.adapters: dict[str, ChatAdapter] = (
             adapters
             if adapters is not None
-            else {p.name: build_adapter(p.kind, p, max_connections) for p in catalog.providers}
+            else {p.name: build_adapter(p.kind, p, max_connections, wire) for p in catalog.providers}
         )
         self.breakers: dict[str, CircuitBreaker] = {}
 
@@ -201,7 +203,13 @@ class ProviderPool:
                             model_id, t0, "error", error=exc.message[:300], http_status=exc.http_status
                         )
                     )
-                    log.info("upstream %s failed for %s: %s", entry.provider, model_id, exc.message)
+                    log.info(
+                        "request %s: upstream %s failed for %s: %s",
+                        current_request_id(),
+                        entry.provider,
+                        model_id,
+                        exc.message,
+                    )
                     raise
                 breaker.record_success()
                 return result

@@ -173,6 +173,8 @@ class LoadedRouter:
         cache_size: int = 4096,
         quantize_int8: bool | None = None,
         backend: str | None = None,
+        threads: int | None = None,
+        onnx_cache_dir: Path | None = None,
     ) -> None:
         self.path = path
         self.manifest = manifest
@@ -190,6 +192,8 @@ class LoadedRouter:
             except ValueError as exc:
                 raise RouterLoadError(str(exc)) from exc
         self._device = device
+        self._threads = threads
+        self._onnx_cache_dir = onnx_cache_dir
         self.encoder_weights: Path | None = None  # fine-tuned encoder tensors (set by load_local)
         self._encoder = None
         self._lock = threading.Lock()
@@ -215,7 +219,13 @@ class LoadedRouter:
             from .encoder import Encoder, EncoderError
 
             try:
-                enc = Encoder(self.encoder_config, device=self._device, weights_override=self.encoder_weights)
+                enc = Encoder(
+                    self.encoder_config,
+                    device=self._device,
+                    weights_override=self.encoder_weights,
+                    threads=self._threads,
+                    onnx_cache_dir=self._onnx_cache_dir,
+                )
             except EncoderError as exc:
                 if self.encoder_weights is None:
                     raise
@@ -332,8 +342,10 @@ def load_local(
     device: str | None = None,
     quantize_int8: bool | None = None,
     backend: str | None = None,
+    threads: int | None = None,
+    onnx_cache_dir: Path | None = None,
 ) -> LoadedRouter:
-    """Load and verify an artefact directory."""
+    """Load and verify an artefact directory (encoder options as :func:`load_router`)."""
     path = Path(path)
     manifest = _verify(path)
     arrays = _load_arrays(path / HEAD_FILE)
@@ -370,6 +382,8 @@ def load_local(
         device=device,
         quantize_int8=quantize_int8,
         backend=backend,
+        threads=threads,
+        onnx_cache_dir=onnx_cache_dir,
     )
     if manifest.encoder_override is not None:
         name = manifest.encoder_override
@@ -413,19 +427,30 @@ def load_router(
     device: str | None = None,
     quantize_int8: bool | None = None,
     backend: str | None = None,
+    threads: int | None = None,
+    onnx_cache_dir: Path | None = None,
 ) -> LoadedRouter:
     """Load a router from a local directory or an MLflow URI; raises :class:`RouterLoadError`.
 
     ``quantize_int8`` and ``backend`` (``torch``/``onnx``) override the artefact's encoder settings
-    (its manifest's ``encoder``); ``None`` keeps what the router was trained with.
+    (its manifest's ``encoder``); ``None`` keeps what the router was trained with. ``threads`` and
+    ``onnx_cache_dir`` go to the :class:`~services.router.encoder.Encoder` (its defaults: 1 thread,
+    ``.state/cache/onnx``).
     """
+    local = {
+        "device": device,
+        "quantize_int8": quantize_int8,
+        "backend": backend,
+        "threads": threads,
+        "onnx_cache_dir": onnx_cache_dir,
+    }
     if not isinstance(ref, str) or not ref.strip():
         raise RouterLoadError("empty router reference")
     ref = ref.strip()
     if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         t0 = time.perf_counter()
         path = _download(ref, tracking_uri or MLflowSettings().tracking_uri)
-        router = load_local(path, source=ref, device=device, quantize_int8=quantize_int8, backend=backend)
+        router = load_local(path, source=ref, **local)
         log.info("loaded router %s from %s in %.1fs", router.version, ref, time.perf_counter() - t0)
         return router
     path = Path(ref)
@@ -434,7 +459,7 @@ def load_router(
             f"router reference {ref!r} is neither an existing directory "
             "nor an MLflow URI (models:/..., runs:/...)"
         )
-    return load_local(path, device=device, quantize_int8=quantize_int8, backend=backend)
+    return load_local(path, **local)
 
 
 SMOKE_QUERIES = (

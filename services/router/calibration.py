@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .heads import sigmoid
+from .policy import choose
 
 MIN_TASK_ROWS = 120
 TARGETS = [round(x, 3) for x in np.linspace(0.5, 1.0, 101)]
@@ -137,8 +138,6 @@ def quality_curve(
 
     ``scores``/``labels`` are (n, M) with NaN where a model is not a candidate for that row.
     """
-    from .policy import choose
-
     q = np.empty(len(thresholds))
     c = np.empty(len(thresholds))
     rows = np.arange(len(scores))
@@ -171,8 +170,6 @@ def _bound_terms(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float, int]:
     """Per threshold: mean and variance of the chosen model's correctness, its covariance with
     the strong model's; and the strong model's mean and variance (rows = comparable rows)."""
-    from .policy import choose
-
     rows = np.arange(len(scores))
     ys = labels[:, strong]
     mq, vq, cqs = (np.empty(len(grid)) for _ in range(3))
@@ -193,8 +190,6 @@ def _group_ratios(
     groups: np.ndarray,
 ) -> np.ndarray:
     """(threshold, group): each group's quality as a share of the strong model's on its rows."""
-    from .policy import choose
-
     names = sorted(set(groups.tolist()))
     members = [groups == n for n in names]
     ref = np.array([max(np.nanmean(labels[m, strong]), 1e-9) for m in members])

@@ -8,8 +8,9 @@ dynamic quantisation of the linear layers for CPU serving.
 Two backends (``EncoderConfig.backend``): ``torch`` (default) and ``onnx`` — ONNX Runtime on CPU
 (see :mod:`services.router.onnx_backend`; the exported / int8-quantised model is cached under the
 state dir). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
-torch fp32). ``SWITCHYARD_ENCODER_THREADS`` sets ONNX Runtime's intra-op threads (default 1: one
-thread per replica, see docs/router.md, "Scoring speed").
+torch fp32). ``Encoder(threads=...)`` sets ONNX Runtime's intra-op threads (default 1: one
+thread per replica, see docs/router.md, "Scoring speed"; the gateway passes
+``SWITCHYARD_GATEWAY_ROUTER_THREADS``).
 """
 
 from __future__ import annotations
@@ -213,7 +214,7 @@ class Encoder:
                 raise EncoderError(f"cannot load encoder from {self.model_dir}: {exc}") from exc
             return m.eval()
 
-        n = threads if threads is not None else int(os.environ.get("SWITCHYARD_ENCODER_THREADS", "1"))
+        n = threads if threads is not None else 1
         try:
             self.session, self.onnx_path = load_session(
                 name=self.config.name,

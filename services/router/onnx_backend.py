@@ -41,9 +41,10 @@ class OnnxExportError(RuntimeError):
     """The ONNX model could not be exported, quantised or loaded."""
 
 
-def onnx_cache_dir() -> Path:
-    """``$SWITCHYARD_STATE_DIR/cache/onnx`` (default ``.state/cache/onnx``)."""
-    return Path(os.environ.get("SWITCHYARD_STATE_DIR", ".state")) / "cache" / "onnx"
+def onnx_cache_dir(state_dir: Path | str = ".state") -> Path:
+    """Where exported encoders are cached under a state dir: ``<state_dir>/cache/onnx``
+    (entrypoints pass their ``SWITCHYARD_STATE_DIR``; the default is relative to the cwd)."""
+    return Path(state_dir) / "cache" / "onnx"
 
 
 def model_path(cache_dir: Path, name: str, weights_sha256: str, int8: bool) -> Path:

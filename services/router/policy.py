@@ -15,19 +15,26 @@ The cheapest qualifying candidate wins; when none qualifies the strong model (or
 candidate) answers. :func:`escalation` is the same decision as one number for two candidates.
 ``quality_target`` → threshold comes from the per-task calibration tables
 (global for unknown tasks), see :mod:`services.router.calibration`.
+
+This module is the one home of the policy: :class:`RoutingPolicy` (calibrated routers),
+:class:`ScoreRatioPolicy` (routers without calibration), :func:`cascade_ladder` (the rungs a
+cascade or hybrid call climbs). The default quality target of a task comes from the catalog
+(``TaskDefaults.quality_target``), never from a constant here.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.catalog import Catalog
 
-from .calibration import Calibration
+if TYPE_CHECKING:  # calibration fits its tables with :func:`choose`: the import runs one way
+    from .calibration import Calibration
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +229,76 @@ def _margin(
 def ranking(scores: dict[str, float], models: Sequence[str]) -> list[str]:
     """Models by score, best first (the router's own fallback order)."""
     return sorted(models, key=lambda m: -scores.get(m, float("-inf")))
+
+
+RATIO_RULE = "ratio"
+
+
+class ScoreRatioPolicy:
+    """The policy for a router without calibration: the cheapest candidate whose raw score
+    reaches ``quality_target`` × the strong model's score (the strong model when none does).
+    Same ``decide`` as :class:`RoutingPolicy`."""
+
+    def __init__(self, catalog: Catalog, *, low_margin: float = LOW_MARGIN) -> None:
+        self.catalog = catalog
+        self.low_margin = low_margin
+
+    def decide(
+        self,
+        scores: dict[str, float],
+        task: str | None,
+        quality_target: float,
+        max_cost_usd: float | None = None,
+        candidates: list[str] | None = None,
+        *,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> Decision:
+        catalog = self.catalog
+        asked = candidates or catalog.task_defaults(task or "default").candidates or scores
+        pool = [m for m in asked if m in scores]
+        if not pool:
+            raise PolicyError("the router scored none of the candidates")
+        p_tok = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
+        c_tok = DEFAULT_COMPLETION_TOKENS if completion_tokens is None else completion_tokens
+        strong = catalog.strong_model
+        line = quality_target * scores.get(strong, max(scores[m] for m in pool))
+        ok = [m for m in pool if scores[m] >= line]
+        if max_cost_usd is not None:
+            ok = [m for m in ok if catalog.model(m).price.cost(p_tok, c_tok) <= max_cost_usd] or ok
+        if ok:
+            chosen = min(ok, key=catalog.blended_price)
+        else:
+            chosen = strong if strong in pool else max(pool, key=scores.__getitem__)
+        margin = scores[chosen] - line
+        strong_price = catalog.blended_price(strong)
+        return Decision(
+            model=chosen,
+            ranking=sorted(pool, key=lambda m: -scores[m]),
+            threshold=line,
+            quality_target=quality_target,
+            rule=RATIO_RULE,
+            task_calibrated=False,
+            expected_cost_usd=catalog.model(chosen).price.cost(p_tok, c_tok),
+            relative_cost=catalog.blended_price(chosen) / strong_price if strong_price else 1.0,
+            margin=margin,
+            low_margin=abs(margin) < self.low_margin,
+            reason="cheapest over target × strong",
+        )
+
+
+def cascade_ladder(
+    catalog: Catalog, ranking: Sequence[str], routed: str, *, cheapest_first: bool, limit: int
+) -> list[str]:
+    """The rungs a cascade climbs: from the cheapest ranked candidate (``cheapest_first``, the
+    cascade) or from the routed model (hybrid), then each pricier ranked candidate by price, the
+    strong model last; at most ``limit`` rungs."""
+    price = catalog.blended_price
+    known = set(catalog.model_ids)
+    ranked = [m for m in ranking if m in known] or [routed]
+    start = min(ranked, key=price) if cheapest_first else routed
+    rungs = sorted({m for m in ranked if price(m) >= price(start)} - {start}, key=price)
+    ladder = [start, *rungs]
+    if catalog.strong_model not in ladder:
+        ladder.append(catalog.strong_model)
+    return ladder[:limit]

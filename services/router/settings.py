@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -27,3 +29,20 @@ class RouterSettings(BaseSettings):
         pattern="^(torch|onnx)$",
         description="Override the artefact's encoder backend (torch or onnx). Default: its manifest's.",
     )
+    onnx_cache_dir: Path | None = Field(
+        default=None,
+        description="Where the ONNX export of the encoder is cached; default <gateway state dir>/cache/onnx.",
+    )
+
+    def encoder_options(self, threads: int, state_dir: Path) -> dict[str, object]:
+        """Keyword arguments of ``load_router`` for the serving encoder: the overrides set here
+        (unset ones keep the artefact's manifest), ``threads`` (0: the encoder's default) and the
+        ONNX cache (absolute, so every replica finds the same files)."""
+        cache = self.onnx_cache_dir or Path(state_dir) / "cache" / "onnx"
+        return {
+            "device": self.device,
+            "quantize_int8": self.quantize_int8,
+            "backend": self.backend,
+            "threads": threads or None,
+            "onnx_cache_dir": cache.resolve(),
+        }

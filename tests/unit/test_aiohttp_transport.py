@@ -24,6 +24,7 @@ async def _chat(request: web.Request) -> web.Response:
             "echo": body,
             "auth": request.headers.get("authorization"),
             "ct": request.headers.get("content-type"),
+            "rid": request.headers.get("x-request-id"),
         }
     )
 
@@ -88,18 +89,36 @@ def _client(base: str, read_s: float = 2.0) -> httpx.AsyncClient:
     return make_client(base, Timeouts(1.0, read_s, 5.0), {"authorization": "Bearer k"})
 
 
-def test_default_client_uses_aiohttp(monkeypatch):
+def test_default_client_uses_aiohttp():
     c = _client("http://127.0.0.1:1/v1")
     assert isinstance(c._transport, AiohttpTransport)
-    monkeypatch.setenv("SWITCHYARD_PROVIDERS_TRANSPORT", "httpx")
-    assert not isinstance(_client("http://127.0.0.1:1/v1")._transport, AiohttpTransport)
+    plain = make_client("http://127.0.0.1:1/v1", Timeouts(1.0, 2.0, 5.0), {}, wire="httpx")
+    assert not isinstance(plain._transport, AiohttpTransport)
+
+
+def test_gateway_setting_chooses_the_wire():
+    from services.catalog import load_catalog
+    from services.gateway.settings import GatewaySettings
+    from services.providers.pool import ProviderPool
+
+    catalog = load_catalog(None)
+    wire = GatewaySettings(providers_transport="httpx").providers_transport
+    pool = ProviderPool(catalog, wire=wire)
+    assert not any(isinstance(a._client._transport, AiohttpTransport) for a in pool.adapters.values())
+    default = ProviderPool(catalog).adapters.values()
+    assert all(isinstance(a._client._transport, AiohttpTransport) for a in default)
 
 
 async def test_post_json_round_trip(server):
     c = _client(server)
     try:
         out = await post_json(c, "up", "/chat", {"q": "héllo", "n": [1, 2]}, 5.0)
-        assert out == {"echo": {"q": "héllo", "n": [1, 2]}, "auth": "Bearer k", "ct": "application/json"}
+        assert out == {
+            "echo": {"q": "héllo", "n": [1, 2]},
+            "auth": "Bearer k",
+            "ct": "application/json",
+            "rid": None,
+        }
         # the pooled connection is reused for a second call
         assert (await post_json(c, "up", "/chat", {"q": 2}, 5.0))["echo"] == {"q": 2}
     finally:
@@ -158,5 +177,18 @@ async def test_gzip_body_decoded_once_and_status_headers(server):
         with pytest.raises(UpstreamError) as exc:
             await post_json(c, "up", "/status", {}, 5.0)
         assert exc.value.http_status == 429 and exc.value.retry_after_s == 0.5
+    finally:
+        await c.aclose()
+
+
+@pytest.mark.parametrize("wire", ["aiohttp", "httpx"])
+async def test_the_bound_request_id_goes_upstream(server, wire):
+    from services.request_context import bound
+
+    c = make_client(server, Timeouts(1.0, 2.0, 5.0), {}, wire=wire)
+    try:
+        with bound("req_abc"):
+            assert (await post_json(c, "up", "/chat", {}, 5.0))["rid"] == "req_abc"
+        assert (await post_json(c, "up", "/chat", {}, 5.0))["rid"] is None
     finally:
         await c.aclose()

@@ -9,35 +9,7 @@ from pathlib import Path
 from services.contracts.events import CallEvent, RoutingMode
 from services.contracts.topics import CALLS
 from services.gateway.emitter import EmitterConfig, EventEmitter, Spool
-
-
-class Broker:
-    """What a Kafka cluster looks like to a producer: up or down, and a log of records."""
-
-    def __init__(self, up: bool = True):
-        self.up = up
-        self.log: list[tuple[str, bytes | None, bytes]] = []
-
-
-class FakeProducer:
-    def __init__(self, broker: Broker):
-        self.broker = broker
-
-    async def start(self) -> None:
-        if not self.broker.up:
-            raise ConnectionError("broker down")
-
-    async def stop(self) -> None:
-        pass
-
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None) -> asyncio.Future:
-        fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        if self.broker.up:
-            self.broker.log.append((topic, key, value or b""))
-            fut.set_result(None)
-        else:
-            fut.set_exception(TimeoutError("request timed out"))
-        return fut
+from services.gateway.testing import Broker, FakeProducer
 
 
 def event(i: int) -> CallEvent:

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_emitter import Broker, FakeProducer
-from test_providers import chunk, completion, sse
 
 from services.catalog import load_catalog
 from services.contracts.events import CallEvent, FeedbackEvent
@@ -19,8 +17,13 @@ from services.gateway.bootstrap import build_gateway
 from services.gateway.emitter import EmitterConfig, EventEmitter
 from services.gateway.routing import RouteRequest, RouteResult
 from services.gateway.settings import GatewaySettings, hash_key
-from services.providers.anthropic import AnthropicAdapter
-from services.providers.openai import OpenAIAdapter
+from services.gateway.testing import (
+    Broker,
+    FakeProducer,
+    FakeRouter,
+    Upstream,
+    mock_adapters,
+)
 from services.providers.pool import ProviderPool, RetryPolicy
 
 CATALOG = load_catalog()
@@ -28,57 +31,10 @@ STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 KEY = "sk-test-123"
 
 
-class Upstream:
-    def __init__(self) -> None:
-        self.fail: set[str] = set()
-        self.calls: list[str] = []
-        self.judge_grade = "1"
-
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        model = body["model"]
-        self.calls.append(model)
-        if model == "switchyard/judge":
-            return httpx.Response(200, json=completion(model, f"GRADE: {self.judge_grade}"))
-        if model in self.fail:
-            return httpx.Response(500, json={"error": {"message": "down"}})
-        if body.get("stream"):
-            return httpx.Response(
-                200,
-                content=sse([chunk(model, "Hel"), chunk(model, "lo", "stop")]),
-                headers={"content-type": "text/event-stream"},
-            )
-        return httpx.Response(200, json=completion(model, f"answer from {model}"))
-
-
-class FakeRouter:
-    def __init__(self) -> None:
-        self.broken = False
-        self.seen: list[RouteRequest] = []
-
-    async def route(self, req: RouteRequest) -> RouteResult:
-        if self.broken:
-            raise RuntimeError("router replica died")
-        self.seen.append(req)
-        scores = {WEAK: 0.9, STRONG: 0.95}
-        return RouteResult(scores, "v-test", WEAK, [STRONG, WEAK], 0.1, 0.05, low_margin=False)
-
-    async def status(self) -> dict:
-        return {"loaded": not self.broken, "version": "v-test"}
-
-
 @pytest.fixture
 def stack(tmp_path: Path):
     upstream, router, broker = Upstream(), FakeRouter(), Broker()
-    transport = httpx.MockTransport(upstream)
-    adapters = {
-        p.name: (
-            AnthropicAdapter(p, transport=transport)
-            if p.kind == "anthropic"
-            else OpenAIAdapter(p, transport=transport)
-        )
-        for p in CATALOG.providers
-    }
+    adapters = mock_adapters(CATALOG, httpx.MockTransport(upstream))
     pool = ProviderPool(
         CATALOG, retry=RetryPolicy(initial_s=0.001, max_s=0.001, jitter_s=0), adapters=adapters
     )
@@ -297,3 +253,27 @@ async def test_cascade_accepts_at_the_routers_threshold_for_the_target(
     [ev] = await events(gw, broker)
     assert ev["attempts"][0]["model"] == WEAK and ev["attempts"][0]["accepted_score"] == pytest.approx(0.6)
     assert ev["escalated"] is (answered_by == STRONG)
+
+
+async def test_one_request_id_reaches_the_router_and_every_upstream_call(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    upstream.fail.add(WEAK)  # the routed model fails: the fallback call must carry the id too
+    r = await client.post("/v1/chat/completions", json=body())
+    assert r.status_code == 200, r.text
+    rid = r.headers["x-switchyard-request-id"]
+    assert router.seen[-1].request_id == rid
+    assert len(upstream.request_ids) >= 2 and set(upstream.request_ids) == {rid}
+    upstream.fail.clear()
+    upstream.request_ids.clear()
+    s = await client.post("/v1/chat/completions", json=body(stream=True, switchyard={"mode": "route"}))
+    assert s.status_code == 200
+    assert set(upstream.request_ids) == {s.headers["x-switchyard-request-id"]} != {rid}
+
+
+async def test_a_zero_quality_target_is_kept_not_replaced_by_the_default(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"quality_target": 0.0}))
+    assert r.status_code == 200, r.text
+    assert router.seen[-1].quality_target == 0.0
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"task": "astronomy"}))
+    assert router.seen[-1].quality_target == CATALOG.task_defaults("astronomy").quality_target

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.catalog import load_catalog
-from services.gateway.routing import RouteRequest, RouterLoadFailed, RouterRuntime, simple_decide
+from services.gateway.routing import RouteRequest, RouterLoadFailed, RouterRuntime
+from services.router.policy import PolicyError, ScoreRatioPolicy
 
 CATALOG = load_catalog()
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -59,10 +60,22 @@ def test_one_bad_request_does_not_fail_its_batch() -> None:
 
 def test_simple_policy_respects_cost_cap_and_candidates() -> None:
     scores = {STRONG: 0.95, WEAK: 0.94, "gpt-3.5-turbo-1106": 0.95}
-    r = simple_decide(CATALOG, "v", RouteRequest("q", None, 0.99), scores)
+    policy = ScoreRatioPolicy(CATALOG)
+    r = policy.decide(scores, None, 0.99)
     assert r.model == "gpt-3.5-turbo-1106"  # cheapest reaching 0.99 * 0.95
-    r = simple_decide(CATALOG, "v", RouteRequest("q", None, 0.99, candidates=[STRONG, WEAK]), scores)
-    assert r.model == STRONG
+    assert r.rule == "ratio" and not r.task_calibrated
+    assert policy.decide(scores, None, 0.99, candidates=[STRONG, WEAK]).model == STRONG
+    # a cap no candidate over the line meets keeps the line: the cap never lowers quality here
+    assert policy.decide(scores, None, 0.99, max_cost_usd=1e-9).model == "gpt-3.5-turbo-1106"
+    with pytest.raises(PolicyError):
+        policy.decide(scores, None, 0.99, candidates=["not-scored"])
+
+
+def test_uncalibrated_router_is_served_by_the_ratio_policy() -> None:
+    rt = RouterRuntime(CATALOG, lambda ref: FakeRouter(ref, weak=0.99))
+    rt.swap("v1")
+    [r] = rt.route([RouteRequest("q", None, 0.9, request_id="req_x")])
+    assert r.model == WEAK and r.reason == "cheapest over target × strong"
 
 
 def test_reasoning_switch_only_for_hard_queries() -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from services.catalog import load_catalog
 from services.errors import AllUpstreamsFailed, UpstreamError
+from services.gateway.testing import chunk, completion, sse
 from services.providers.anthropic import AnthropicAdapter, to_messages_request
 from services.providers.breaker import BreakerState
 from services.providers.http import parse_retry_after
@@ -24,33 +25,6 @@ STRONG = "gpt-4-1106-preview"
 WEAK = "mistralai/Mixtral-8x7B-Instruct-v0.1"
 CLAUDE = "claude-v2"
 MSGS = {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "What is 2+2?"}]}
-
-
-def completion(model: str, text: str = "4") -> dict:
-    return {
-        "id": "c1",
-        "object": "chat.completion",
-        "created": 1,
-        "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
-    }
-
-
-def sse(chunks: list[dict], done: bool = True) -> bytes:
-    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks)
-    return (body + ("data: [DONE]\n\n" if done else "")).encode()
-
-
-def chunk(model: str, text: str | None, finish: str | None = None) -> dict:
-    delta = {"content": text} if text is not None else {}
-    return {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": model,
-        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-    }
 
 
 class Upstream:

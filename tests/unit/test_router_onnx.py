@@ -156,9 +156,15 @@ def test_failed_export_gives_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
         Encoder(EncoderConfig(backend="onnx"), device="cpu", onnx_cache_dir=tmp_path)
 
 
-def test_cache_dir_follows_the_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SWITCHYARD_STATE_DIR", str(tmp_path))
-    assert onnx_backend.onnx_cache_dir() == tmp_path / "cache" / "onnx"
+def test_cache_dir_follows_the_state_dir(tmp_path: Path) -> None:
+    from services.router.settings import RouterSettings
+
+    assert onnx_backend.onnx_cache_dir(tmp_path) == tmp_path / "cache" / "onnx"
+    # the gateway's replicas cache under the gateway's state dir unless told otherwise
+    opts = RouterSettings().encoder_options(0, tmp_path / "state")
+    assert opts["onnx_cache_dir"] == (tmp_path / "state" / "cache" / "onnx").resolve()
+    assert opts["threads"] is None  # 0 = the encoder's default
+    assert RouterSettings(onnx_cache_dir=tmp_path / "x").encoder_options(2, tmp_path)["threads"] == 2
     a = onnx_backend.model_path(tmp_path, "all-MiniLM-L6-v2", "1" * 64, False)
     b = onnx_backend.model_path(tmp_path, "all-MiniLM-L6-v2", "1" * 64, True)
     c = onnx_backend.model_path(tmp_path, "all-MiniLM-L6-v2", "2" * 64, False)
@@ -168,7 +174,7 @@ def test_cache_dir_follows_the_state_dir(tmp_path: Path, monkeypatch: pytest.Mon
 def test_router_artefact_records_and_overrides_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.gateway.routing import encoder_overrides
+    from services.router.settings import RouterSettings
     from services.router.artifact import RouterLoadError, load_router, save_router
     from services.router.calibration import Calibration, ThresholdTable
 
@@ -195,12 +201,18 @@ def test_router_artefact_records_and_overrides_the_backend(
         load_router(str(tmp_path / "r"), backend="tvm")
 
     # the gateway passes SWITCHYARD_ROUTER_* overrides through; unset ones keep the manifest's
+    def overrides() -> dict:
+        opts = RouterSettings().encoder_options(0, tmp_path)
+        return {k: opts[k] for k in ("device", "quantize_int8", "backend")}
+
     for k in ("SWITCHYARD_ROUTER_BACKEND", "SWITCHYARD_ROUTER_QUANTIZE_INT8", "SWITCHYARD_ROUTER_DEVICE"):
         monkeypatch.delenv(k, raising=False)
-    assert encoder_overrides() == {"device": None, "quantize_int8": None, "backend": None}
+    assert overrides() == {"device": None, "quantize_int8": None, "backend": None}
     monkeypatch.setenv("SWITCHYARD_ROUTER_BACKEND", "torch")
     monkeypatch.setenv("SWITCHYARD_ROUTER_QUANTIZE_INT8", "false")
-    assert encoder_overrides() == {"device": None, "quantize_int8": False, "backend": "torch"}
+    assert overrides() == {"device": None, "quantize_int8": False, "backend": "torch"}
+    r3 = load_router(str(tmp_path / "r"), **RouterSettings().encoder_options(0, tmp_path))
+    assert r3.encoder_config.backend == "torch" and not r3.encoder_config.quantize_int8
 
 
 def test_concurrent_processes_build_the_same_cache_safely(onnx_int8: Encoder, onnx_dir: Path) -> None:

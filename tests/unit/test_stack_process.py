@@ -13,6 +13,7 @@ from infra.stack import Kafka, StackError, _Service
 from services.contracts.settings import StackSettings
 
 ROOT = Path(__file__).resolve().parents[2]
+SUBPROCESS = pytest.mark.slow  # starts real processes: the slow tier, not `make test-unit`
 
 
 class _NeverReady(_Service):
@@ -33,6 +34,7 @@ class _Crasher(_NeverReady):
         return [sys.executable, "-c", "import sys; print('port already in use', flush=True); sys.exit(3)"]
 
 
+@SUBPROCESS
 def test_not_ready_in_time_points_at_the_log(tmp_path: Path) -> None:
     svc = _NeverReady(StackSettings(state_dir=tmp_path, ready_timeout_s=1.5))
     with pytest.raises(StackError) as info:
@@ -47,12 +49,14 @@ def test_not_ready_in_time_points_at_the_log(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
+@SUBPROCESS
 def test_crash_at_start_shows_the_log_tail(tmp_path: Path) -> None:
     svc = _Crasher(StackSettings(state_dir=tmp_path, ready_timeout_s=10))
     with pytest.raises(StackError, match=r"exited during start-up(.|\n)*port already in use"):
         svc.start()
 
 
+@SUBPROCESS
 def test_a_recycled_pid_is_not_ours(tmp_path: Path) -> None:
     svc = _NeverReady(StackSettings(state_dir=tmp_path))
     svc.dir.mkdir(parents=True)
@@ -81,6 +85,7 @@ def test_generated_kraft_config(tmp_path: Path) -> None:
     assert f"log.dirs={tmp_path.resolve() / 'kafka' / 'data'}" in props
 
 
+@SUBPROCESS
 def test_data_fetch_skips_when_present(data_dir: Path) -> None:
     env = {**os.environ, "SWITCHYARD_DATA_DIR": str(data_dir), "SWITCHYARD_DATA_DOWNLOAD": "false"}
     res = subprocess.run([sys.executable, "-m", "switchyard.cli", "data", "fetch"], capture_output=True, text=True,
@@ -89,6 +94,7 @@ def test_data_fetch_skips_when_present(data_dir: Path) -> None:
     assert "nothing to download" in res.stdout
 
 
+@SUBPROCESS
 def test_data_fetch_refuses_when_missing_and_offline(tmp_path: Path) -> None:
     env = {**os.environ, "SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_DATA_DOWNLOAD": "false"}
     res = subprocess.run([sys.executable, "-m", "switchyard.cli", "data", "fetch"], capture_output=True, text=True,
