@@ -341,14 +341,13 @@ async def open_loop(
 def router_ceiling(router_ref: str, prompts: list[dict], batch: int = 32, seconds: float = 10.0) -> dict:
     """Queries/s and CPU ms/query of the router's own batched scoring, in-process, distinct prompts."""
     # one intra-op thread, like the router replica (Ray gives it OMP_NUM_THREADS=1)
-    os.environ.setdefault("SWITCHYARD_ENCODER_THREADS", "1")
     import torch
 
-    torch.set_num_threads(int(os.environ["SWITCHYARD_ENCODER_THREADS"]))
+    torch.set_num_threads(1)
     from services.router.artifact import load_router
     from services.router.base import Query
 
-    r = load_router(router_ref)
+    r = load_router(router_ref, threads=1)
     qs = [Query(p["prompt"], p["task"]) for p in prompts]
     r.scores(qs[:batch])  # warm up (loads the encoder)
     n, i = 0, batch
@@ -477,7 +476,7 @@ def main() -> None:
     prefix = f"bench{int(time.time())}."
     kafka = os.environ.get("SWITCHYARD_KAFKA_BOOTSTRAP", "127.0.0.1:9092")
     try:
-        from infra.topics import apply_topics
+        from services.contracts.topic_admin import apply_topics
         from services.contracts.topics import CALLS, FEEDBACK
 
         asyncio.run(apply_topics(kafka, prefix, specs=(CALLS, FEEDBACK), max_replication=1))

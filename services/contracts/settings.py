@@ -37,15 +37,19 @@ class StackSettings(BaseSettings):
     model_config = _config("SWITCHYARD_")
 
     state_dir: Path = Field(default=Path(".state"), description="Logs, pid files, Kafka/MLflow data.")
-    host: str = "127.0.0.1"
-    kafka_port: int = Field(default=9092, ge=1, le=65535)
-    kafka_controller_port: int = Field(default=9093, ge=1, le=65535)
-    kafka_heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$")
+    host: str = Field(default="127.0.0.1", description="The address every local service binds to.")
+    kafka_port: int = Field(default=9092, ge=1, le=65535, description="The local broker's client listener.")
+    kafka_controller_port: int = Field(
+        default=9093, ge=1, le=65535, description="The local broker's KRaft controller listener."
+    )
+    kafka_heap: str = Field(default="512m", pattern=r"^\d+[mMgG]$", description="The local broker's heap.")
     kafka_libs_dir: Path | None = Field(
         default=None, description="Kafka runtime jars; default <state_dir>/kafka-libs (filled by make setup)."
     )
-    mlflow_port: int = Field(default=5000, ge=1, le=65535)
-    ready_timeout_s: float = Field(default=180.0, gt=0)
+    mlflow_port: int = Field(default=5000, ge=1, le=65535, description="The local MLflow server's port.")
+    ready_timeout_s: float = Field(
+        default=180.0, gt=0, description="How long `make up` waits for each service to answer."
+    )
 
     @property
     def kafka_libs(self) -> Path:
@@ -69,12 +73,12 @@ class KafkaSettings(BaseSettings):
         default_factory=lambda: StackSettings().kafka_bootstrap,
         description="host:port list; default: the local stack's broker (SWITCHYARD_KAFKA_PORT).",
     )
-    client_id: str = "switchyard"
+    client_id: str = Field(default="switchyard", description="Kafka client id (suffixed per component).")
     topic_prefix: str = Field(
         default="",
         description="Prepended to every topic name (tests use a unique prefix per test).",
     )
-    request_timeout_ms: int = Field(default=15000, gt=0)
+    request_timeout_ms: int = Field(default=15000, gt=0, description="Kafka client request timeout.")
 
     @field_validator("bootstrap")
     @classmethod
@@ -93,5 +97,7 @@ class MLflowSettings(BaseSettings):
         default_factory=lambda: StackSettings().mlflow_uri,
         description="default: the local stack's server (SWITCHYARD_MLFLOW_PORT).",
     )
-    registered_model: str = "switchyard-router"
-    experiment: str = "switchyard-router"
+    registered_model: str = Field(
+        default="switchyard-router", description="The registered model routers are versions of."
+    )
+    experiment: str = Field(default="switchyard-router", description="The experiment training runs log to.")

@@ -24,8 +24,8 @@ class GatewaySettings(BaseSettings):
     router_ref: str = Field(
         default="models:/switchyard-router@champion", description="Router model: MLflow URI or local path."
     )
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="The HTTP address the gateway serves on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="The HTTP port the gateway serves on.")
     state_dir: Path = Field(default=Path(".state"), description="Ray temp dir and the spool live here.")
     spool_dir: Path | None = Field(
         default=None, description="Event spool; default <state_dir>/gateway/spool."
@@ -38,19 +38,21 @@ class GatewaySettings(BaseSettings):
     )
     rate_limit_rps: float = Field(default=0.0, ge=0, description="Requests/s per key; 0 = unlimited.")
     rate_limit_burst: int = Field(default=0, ge=0, description="Bucket size; default 2 × rate (at least 1).")
-    max_body_bytes: int = Field(default=1_000_000, gt=0)
+    max_body_bytes: int = Field(default=1_000_000, gt=0, description="Larger request bodies get a 413.")
     redact_prompts: bool = Field(default=False, description="Keep only prompt hashes in events.")
     access_log: bool = Field(
         default=False, description="Serve's per-request access log lines (costly on CPU)."
     )
     # events
-    events_enabled: bool = True
-    emitter_queue_size: int = Field(default=10000, gt=0)
+    events_enabled: bool = Field(default=True, description="Log every call and feedback to Kafka.")
+    emitter_queue_size: int = Field(
+        default=10000, gt=0, description="Events held in memory before the emitter spools to disk."
+    )
     # router deployment
-    router_replicas: int = Field(default=1, ge=1)
+    router_replicas: int = Field(default=1, ge=1, description="Router deployment replicas.")
     router_num_gpus: float = Field(default=0.0, ge=0, description="GPU share per router replica; 0 = CPU.")
-    router_num_cpus: float = Field(default=0.5, ge=0)
-    router_batch_size: int = Field(default=32, ge=1)
+    router_num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs reserved per router replica.")
+    router_batch_size: int = Field(default=32, ge=1, description="Most requests one router call scores.")
     router_batch_wait_s: float = Field(
         default=0.0,
         ge=0,
@@ -64,9 +66,11 @@ class GatewaySettings(BaseSettings):
         "default for the replica (its whole CPUs, at least 1). More than 1 only pays on idle cores.",
     )
     router_timeout_s: float = Field(default=2.0, gt=0, description="Past this the catalog default is used.")
-    ingress_replicas: int = Field(default=1, ge=1)
-    ingress_num_cpus: float = Field(default=0.5, ge=0)
-    ingress_max_ongoing_requests: int = Field(default=256, ge=1)
+    ingress_replicas: int = Field(default=1, ge=1, description="HTTP ingress replicas.")
+    ingress_num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs reserved per ingress replica.")
+    ingress_max_ongoing_requests: int = Field(
+        default=256, ge=1, description="Requests one ingress replica serves at once."
+    )
     direct_ingress: bool = Field(
         default=False,
         description="Ray Serve direct ingress on a Ray this process starts: the ChatIngress replica "
@@ -74,19 +78,23 @@ class GatewaySettings(BaseSettings):
         "replica per node.",
     )
     # providers
-    retry_initial_s: float = Field(default=0.05, gt=0)
-    retry_max_s: float = Field(default=2.0, gt=0)
-    max_retry_after_s: float = Field(default=5.0, ge=0)
-    breaker_failures: int = Field(default=5, ge=1)
-    breaker_reset_s: float = Field(default=10.0, gt=0)
-    max_models_per_request: int = Field(default=4, ge=1)
+    retry_initial_s: float = Field(default=0.05, gt=0, description="First retry backoff (exponential).")
+    retry_max_s: float = Field(default=2.0, gt=0, description="Longest retry backoff.")
+    max_retry_after_s: float = Field(
+        default=5.0, ge=0, description="A longer upstream Retry-After falls back to the next model instead."
+    )
+    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a breaker.")
+    breaker_reset_s: float = Field(default=10.0, gt=0, description="How long a breaker stays open.")
+    max_models_per_request: int = Field(
+        default=4, ge=1, description="Most models one request may try (fallbacks and cascade rungs)."
+    )
     providers_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="The upstream wire: aiohttp (far less CPU per call) or httpx's own httpcore.",
     )
     # cascade
     judge_model: str | None = Field(default="switchyard/judge", description="Judge for cascades; None = off.")
-    judge_provider: str = "emulator-openai"
+    judge_provider: str = Field(default="emulator-openai", description="The catalog provider of the judge.")
     cascade_accept: float = Field(default=0.5, ge=0, le=1, description="Scorer confidence needed to accept.")
     hard_query_margin: float = Field(
         default=0.1,

@@ -9,16 +9,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class RouterSettings(BaseSettings):
-    """Which router artefact to serve and where to run it."""
+    """How the gateway's router replicas run the artefact's encoder (the artefact itself is
+    `SWITCHYARD_GATEWAY_ROUTER_REF`, moved at run time through the deployment's `user_config`)."""
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_ROUTER_", env_file=None, extra="ignore")
 
-    model_ref: str = Field(
-        default="models:/switchyard-router@champion",
-        description="A local artefact directory or an MLflow URI (models:/name@alias, models:/name/N).",
-    )
     device: str | None = Field(default=None, description="cuda/cpu; default: cuda when available.")
-    batch_size: int = Field(default=64, ge=1, le=4096)
     quantize_int8: bool | None = Field(
         default=None,
         description="Override the artefact's encoder: int8 dynamic quantisation on CPU "
