@@ -41,7 +41,9 @@ class Provider(_Strict):
     name: str
     kind: Literal["openai", "anthropic"] = "openai"
     base_url: str
-    api_key_env: str | None = Field(default=None, description="Env var holding the key; never the key itself.")
+    api_key_env: str | None = Field(
+        default=None, description="Env var holding the key; never the key itself."
+    )
     timeout_connect_s: float = Field(default=2.0, gt=0)
     timeout_first_token_s: float = Field(default=20.0, gt=0)
     timeout_total_s: float = Field(default=120.0, gt=0)
@@ -88,7 +90,9 @@ class Catalog(_Strict):
         known = set(ids)
         for m in self.models:
             if m.provider not in providers:
-                raise ValueError(f"model {m.id!r}: unknown provider {m.provider!r} (known: {sorted(providers)})")
+                raise ValueError(
+                    f"model {m.id!r}: unknown provider {m.provider!r} (known: {sorted(providers)})"
+                )
             if m.tier not in self.tiers:
                 raise ValueError(f"model {m.id!r}: unknown tier {m.tier!r} (tiers: {self.tiers})")
             bad = [f for f in m.fallbacks if f not in known]
@@ -102,6 +106,32 @@ class Catalog(_Strict):
             if bad:
                 raise ValueError(f"task {task!r}: unknown candidate models {bad}")
         return self
+
+    def fallback_chain(self, model_id: str) -> list[str]:
+        """Every model ``model_id`` may fall back to, transitively, breadth first (the pool's order)."""
+        chain: list[str] = []
+        queue = list(self.model(model_id).fallbacks)
+        while queue:
+            m = queue.pop(0)
+            if m != model_id and m not in chain:
+                chain.append(m)
+                queue += self.model(m).fallbacks
+        return chain
+
+    def resilience_warnings(self) -> list[str]:
+        """Models whose requests fail outright when their upstream fails: no fallback at all, or
+        fallbacks on the same provider only (one provider outage takes them all)."""
+        out = []
+        for m in self.models:
+            chain = self.fallback_chain(m.id)
+            if not chain:
+                out.append(f"model {m.id!r} has no fallback: its requests fail whenever {m.provider} does")
+            elif all(self.model(f).provider == m.provider for f in chain):
+                out.append(
+                    f"model {m.id!r} falls back only to models on its own provider {m.provider!r} "
+                    f"({', '.join(chain)}): an outage of {m.provider} fails its requests"
+                )
+        return out
 
     def model(self, model_id: str) -> ModelEntry:
         for m in self.models:

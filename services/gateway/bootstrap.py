@@ -9,7 +9,8 @@ from typing import Any
 
 from services.catalog import Catalog, load_catalog
 from services.contracts.settings import KafkaSettings
-from services.providers.pool import BreakerPolicy, ProviderPool, RetryPolicy
+from services.providers.breaker import BreakerPolicy
+from services.providers.pool import ProviderPool, RetryPolicy
 
 from .app import Gateway
 from .auth import KeyStore, RateLimiter
@@ -57,6 +58,8 @@ def build_gateway(
 ) -> Gateway:
     """Wire the gateway from settings; unset collaborators are the real ones."""
     catalog = catalog or load_catalog(settings.catalog_path)
+    for warning in catalog.resilience_warnings():
+        log.warning("catalog: %s", warning)
     metrics = GatewayMetrics()
     pool = pool or ProviderPool(
         catalog,
@@ -65,7 +68,13 @@ def build_gateway(
             max_s=settings.retry_max_s,
             max_retry_after_s=settings.max_retry_after_s,
         ),
-        breaker=BreakerPolicy(settings.breaker_failures, settings.breaker_reset_s),
+        breaker=BreakerPolicy(
+            failure_rate=settings.breaker_failure_rate,
+            min_calls=settings.breaker_min_calls,
+            window_s=settings.breaker_window_s,
+            reset_timeout_s=settings.breaker_reset_s,
+            half_open_probes=settings.breaker_half_open_probes,
+        ),
         on_breaker_change=metrics.set_breaker,
         max_models=settings.max_models_per_request,
         wire=settings.providers_transport,

@@ -84,8 +84,12 @@ def swap(router_ref: str = typer.Argument(..., help="New router: models:/name@al
 
 
 @config_app.command("validate")
-def validate(catalog: Path = typer.Argument(None, help="Catalog YAML (default: the built-in one).")) -> None:  # noqa: B008
-    """Validate a catalog file; exit 1 with the offending fields on error."""
+def validate(
+    catalog: Path = typer.Argument(None, help="Catalog YAML (default: the built-in one)."),  # noqa: B008
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 on resilience warnings too."),
+) -> None:
+    """Validate a catalog file; exit 1 with the offending fields on error. Warns about models
+    without a fallback on another provider (their requests fail whenever that provider does)."""
     from services.catalog import CatalogError, load_catalog
 
     try:
@@ -93,6 +97,11 @@ def validate(catalog: Path = typer.Argument(None, help="Catalog YAML (default: t
     except CatalogError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+    warnings = cat.resilience_warnings()
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if warnings and strict:
+        raise typer.Exit(1)
     typer.echo(
         f"ok: {len(cat.models)} models, {len(cat.providers)} providers, tiers {cat.tiers}, "
         f"strong {cat.strong_model}, default {cat.default_model}"

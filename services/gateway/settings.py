@@ -83,8 +83,17 @@ class GatewaySettings(BaseSettings):
     max_retry_after_s: float = Field(
         default=5.0, ge=0, description="A longer upstream Retry-After falls back to the next model instead."
     )
-    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open a breaker.")
-    breaker_reset_s: float = Field(default=10.0, gt=0, description="How long a breaker stays open.")
+    breaker_failure_rate: float = Field(
+        default=0.5, gt=0, le=1, description="Share of failed calls in the window that opens a breaker."
+    )
+    breaker_min_calls: int = Field(
+        default=20, ge=1, description="Calls the window must hold before its failure share can open it."
+    )
+    breaker_window_s: float = Field(default=10.0, gt=0, description="The breaker's rolling window.")
+    breaker_reset_s: float = Field(default=5.0, gt=0, description="How long an open breaker stays open.")
+    breaker_half_open_probes: int = Field(
+        default=5, ge=1, description="Probe calls a half-open breaker admits; their failure share decides."
+    )
     max_models_per_request: int = Field(
         default=4, ge=1, description="Most models one request may try (fallbacks and cascade rungs)."
     )

@@ -29,7 +29,7 @@ from services.request_context import current_request_id
 
 from .anthropic import AnthropicAdapter
 from .base import ChatAdapter, Completion, StreamUsage
-from .breaker import BreakerState, CircuitBreaker
+from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .openai import OpenAIAdapter
 
 log = logging.getLogger(__name__)
@@ -45,12 +45,6 @@ class RetryPolicy:
     max_s: float = 2.0
     jitter_s: float = 0.05
     max_retry_after_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class BreakerPolicy:
-    failure_threshold: int = 5
-    reset_timeout_s: float = 10.0
 
 
 class MidStreamError(UpstreamError):
@@ -72,6 +66,14 @@ class StreamHandle:
             if gen is not None:
                 with contextlib.suppress(Exception):
                     await gen.aclose()
+
+
+def counts_against_upstream(exc: UpstreamError) -> bool:
+    """Whether a failure says the upstream is unhealthy (its breaker counts it): 5xx, 408,
+    timeouts, transport errors and malformed answers do; a client 4xx (the request's own fault)
+    and a 429 (rate limiting: the retry waits its ``Retry-After``) do not."""
+    status = exc.http_status
+    return status is None or status >= 500 or status == 408
 
 
 def build_adapter(kind: str, provider: Any, max_connections: int, wire: str = "aiohttp") -> ChatAdapter:
@@ -144,11 +146,7 @@ class ProviderPool:
         b = self.breakers.get(key)
         if b is None:
             b = self.breakers[key] = CircuitBreaker(
-                key,
-                self._breaker_policy.failure_threshold,
-                self._breaker_policy.reset_timeout_s,
-                clock=self._clock,
-                on_change=self._on_breaker_change,
+                key, self._breaker_policy, clock=self._clock, on_change=self._on_breaker_change
             )
         return b
 
@@ -186,7 +184,8 @@ class ProviderPool:
         )
         async for attempt in retrying:
             with attempt:
-                if not breaker.allow():
+                ticket = breaker.acquire()
+                if ticket is None:
                     attempts.append(
                         Attempt(
                             model=model_id, provider=entry.provider, status="skipped", error="circuit open"
@@ -197,7 +196,10 @@ class ProviderPool:
                 try:
                     result = await fn(adapter, entry.upstream)
                 except UpstreamError as exc:
-                    breaker.record_failure()
+                    if counts_against_upstream(exc):
+                        breaker.record_failure(ticket)
+                    else:
+                        breaker.record_ignored(ticket)
                     attempts.append(
                         self._attempt(
                             model_id, t0, "error", error=exc.message[:300], http_status=exc.http_status
@@ -211,7 +213,10 @@ class ProviderPool:
                         exc.message,
                     )
                     raise
-                breaker.record_success()
+                except BaseException:  # cancelled (the client went away) or a bug: no verdict
+                    breaker.record_cancelled(ticket)
+                    raise
+                breaker.record_success(ticket)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 

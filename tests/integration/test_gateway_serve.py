@@ -61,7 +61,7 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
     import ray
     from ray import serve
 
-    from infra.topics import apply_topics
+    from services.contracts.topic_admin import apply_topics
     from services.gateway.deployments import GatewayArgs
     from services.gateway.local import deploy, start_ray
 
@@ -76,7 +76,9 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
         settings={
             "api_keys": [KEY],
             "max_body_bytes": 200_000,
-            "breaker_failures": 3,
+            "breaker_min_calls": 3,
+            "breaker_failure_rate": 1.0,
+            "breaker_half_open_probes": 1,
             "breaker_reset_s": 2.0,
             "retry_initial_s": 0.02,
             "retry_max_s": 0.1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,24 @@ def test_fallback_and_default_must_exist(tmp_path: Path) -> None:
     doc["default_model"] = "ghost"
     with pytest.raises(CatalogError, match="default_model"):
         load_catalog(_write(tmp_path, doc))
+
+
+def test_models_without_a_fallback_on_another_provider_are_flagged(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from services.gateway.cli import config_app
+
+    assert load_catalog().resilience_warnings() == []  # the built-in catalog: every chain leaves its provider
+    raw = yaml.safe_load(resources.files("services").joinpath("catalog.yaml").read_text())
+    strong = next(m for m in raw["models"] if m["id"] == raw["strong_model"])
+    strong.pop("fallbacks")
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    warnings = load_catalog(path).resilience_warnings()
+    assert any(raw["strong_model"] in w and "no fallback" in w for w in warnings)
+    # models whose chain only reaches the strong model stay on one provider now
+    assert any("mistralai/Mixtral-8x7B-Instruct-v0.1" in w and "own provider" in w for w in warnings)
+    runner = CliRunner()
+    assert runner.invoke(config_app, ["validate", str(path)]).exit_code == 0  # warns
+    strict = runner.invoke(config_app, ["validate", str(path), "--strict"])
+    assert strict.exit_code == 1 and "no fallback" in strict.output

@@ -114,11 +114,11 @@ async def test_router_failure_uses_catalog_default_and_flags_the_event(stack) ->
 
 async def test_all_upstreams_down_is_502_naming_the_upstream(stack) -> None:
     client, upstream, router, broker, gw = stack
-    upstream.fail.update({WEAK, STRONG})
+    upstream.fail.update({WEAK, STRONG, "claude-v2"})
     r = await client.post("/v1/chat/completions", json=body())
     assert r.status_code == 502
     err = r.json()["error"]
-    assert err["type"] == "upstream_error" and "emulator-openai" in err["message"]
+    assert err["type"] == "upstream_error" and "emulator-anthropic" in err["message"]  # the last one tried
     [ev] = await events(gw, broker)
     assert ev["status"] == "error"
 

@@ -15,10 +15,10 @@ from services.catalog import load_catalog
 from services.errors import AllUpstreamsFailed, UpstreamError
 from services.gateway.testing import chunk, completion, sse
 from services.providers.anthropic import AnthropicAdapter, to_messages_request
-from services.providers.breaker import BreakerState
+from services.providers.breaker import BreakerPolicy, BreakerState
 from services.providers.http import parse_retry_after
 from services.providers.openai import OpenAIAdapter
-from services.providers.pool import BreakerPolicy, MidStreamError, ProviderPool, RetryPolicy
+from services.providers.pool import MidStreamError, ProviderPool, RetryPolicy
 
 CATALOG = load_catalog()
 STRONG = "gpt-4-1106-preview"
@@ -75,7 +75,7 @@ def pool_for(upstream: Upstream, **kw) -> ProviderPool:
 
 def test_fallback_order_follows_ranking_then_catalog_chain() -> None:
     pool = ProviderPool(CATALOG, adapters={}, max_models=5)
-    assert pool.fallback_order(WEAK) == [WEAK, STRONG]
+    assert pool.fallback_order(WEAK) == [WEAK, STRONG, CLAUDE]  # the chain leaves the provider at the end
     order = pool.fallback_order("mistralai/mistral-7b-chat", ranking=[WEAK, "gpt-3.5-turbo-1106"])
     assert order[:3] == ["mistralai/mistral-7b-chat", WEAK, "gpt-3.5-turbo-1106"]
     assert "mistralai/mixtral-8x7b-chat" in order  # the catalog chain comes after the ranking
@@ -171,7 +171,7 @@ async def test_breaker_opens_skips_upstream_and_closes_after_probe() -> None:
     states: list = []
     pool = pool_for(
         up,
-        breaker=BreakerPolicy(failure_threshold=3, reset_timeout_s=10),
+        breaker=BreakerPolicy(failure_rate=1.0, min_calls=3, reset_timeout_s=10, half_open_probes=1),
         clock=lambda: now[0],
         on_breaker_change=lambda n, s: states.append((n, s)),
     )
@@ -273,3 +273,48 @@ def test_anthropic_request_maps_params() -> None:
     body = to_messages_request({**MSGS, "max_tokens": 50, "stop": "x", "temperature": 0.2}, "claude-v2")
     assert body["max_tokens"] == 50 and body["stop_sequences"] == ["x"] and body["temperature"] == 0.2
     assert to_messages_request(MSGS, "c")["max_tokens"] > 0
+
+
+async def test_client_errors_and_rate_limits_never_open_the_breaker() -> None:
+    up = Upstream({WEAK: [status(400), status(422), status(429, {"retry-after": "0"})], STRONG: [ok]})
+    pool = pool_for(up, breaker=BreakerPolicy(failure_rate=0.5, min_calls=2))
+    for _ in range(5):
+        await pool.complete([WEAK, STRONG], MSGS, [])
+    assert pool.breaker(WEAK).state is BreakerState.CLOSED and pool.breaker(WEAK).window() == (0, 0)
+    up.script[WEAK] = [status(503)]
+    await pool.complete([WEAK, STRONG], MSGS, [])  # 5xx do count: three tries, all failed
+    assert pool.breaker(WEAK).state is BreakerState.OPEN
+
+
+async def test_a_probe_cancelled_by_its_client_does_not_leave_the_breaker_half_open() -> None:
+    now = [0.0]
+    hang = asyncio.Event()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if body["model"] == WEAK and not hang.is_set():
+            await asyncio.sleep(30)  # the probe hangs until its client gives up
+        return httpx.Response(200, json=completion(body["model"]))
+
+    pool = pool_for(
+        Upstream({}),
+        breaker=BreakerPolicy(min_calls=1, failure_rate=1.0, reset_timeout_s=5, half_open_probes=1),
+        clock=lambda: now[0],
+    )
+    pool.adapters = {
+        p.name: OpenAIAdapter(p, transport=httpx.MockTransport(handler))
+        for p in CATALOG.providers
+        if p.kind == "openai"
+    }
+    b = pool.breaker(WEAK)
+    b.record_failure(b.acquire())
+    now[0] = 5.0  # half-open: one probe slot
+    probe = asyncio.create_task(pool.complete([WEAK], MSGS, []))
+    await asyncio.sleep(0.05)
+    assert b.acquire() is None  # the slot is taken by the hanging probe
+    probe.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await probe
+    hang.set()  # the upstream is healthy again: the next request must be let through and close it
+    model, _ = await pool.complete([WEAK, STRONG], MSGS, [])
+    assert model == WEAK and b.state is BreakerState.CLOSED
