@@ -1,10 +1,15 @@
-"""The event emitter: Kafka off the hot path, with a local spool when the broker is away.
+"""The event emitter: every event durable on local disk within a group commit, Kafka off the
+hot path.
 
-``emit`` never waits: it puts the record on a bounded asyncio queue (or, when the queue is full,
-appends it to the spool). A background task sends queued records with an idempotent
-``acks=all`` producer. When the broker is unreachable, records go to an append-only JSON-lines
-spool file; once the broker answers again the spool is replayed in order before anything newer
-is sent, and progress through it is checkpointed so an acknowledged record is not sent twice.
+``emit`` never waits: it appends the record to an in-memory group. A committer task writes each
+group to an append-only JSON-lines log (the spool) with one ``write`` + ``fsync`` in a worker
+thread, so an event whose client got its answer is on disk at most one group commit later
+(``commit_interval_s``, plus the fsync itself: the loss window a ``kill -9`` can hit). A sender
+task drains the log to Kafka with an idempotent ``acks=all`` producer, in order, checkpointing
+its position after each acknowledged chunk and deleting a segment once it is all acknowledged.
+When the broker is away the log simply grows; when it is back the sender catches up in order.
+After a crash the log is replayed from the checkpoint: nothing durable is lost, and at most the
+last unacknowledged chunk is sent twice (consumers are idempotent on ``request_id``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,8 +42,9 @@ class EmitterConfig:
     spool_dir: Path
     topic_prefix: str = ""
     client_id: str = "switchyard-gateway"
-    queue_size: int = 10000
+    queue_size: int = 10000  # events held in memory waiting for a group commit; more spill at once
     batch_size: int = 500
+    commit_interval_s: float = 0.0  # extra wait to gather a group (0: the fsync in progress gathers it)
     request_timeout_ms: int = 5000
     linger_ms: int = 5
     retry_backoff_s: float = 1.0
@@ -90,17 +97,27 @@ def kafka_producer_factory(cfg: EmitterConfig) -> Callable[[], Producer]:
 
 
 class Spool:
-    """An append-only JSON-lines file of records waiting for the broker, replayed in order.
+    """An append-only JSON-lines log of records not yet acknowledged by Kafka, sent in order.
 
-    Replay works on a sealed segment (the live file renamed aside) with a position file, so new
-    records keep appending while old ones drain, and a crash mid-replay resumes where it was.
+    Sending works on a sealed segment (the live file renamed aside) with a position file, so new
+    records keep appending while old ones drain, and a crash mid-send resumes where it was.
+    ``append`` (a worker thread's) and ``seal`` take one lock, so a record is never appended to
+    a segment that is already being sent.
     """
 
     def __init__(self, directory: Path):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.live = self.dir / SPOOL_NAME
-        self.pending = sum(self._count(p) for p in self.segments()) + self._count(self.live)
+        self._lock = threading.Lock()
+        # written by one side each: appended (the committer), acknowledged (the sender)
+        self._appended = sum(self._count(p) for p in self.segments()) + self._count(self.live)
+        self._acked = 0
+
+    @property
+    def pending(self) -> int:
+        """Records on disk that Kafka has not acknowledged yet."""
+        return max(0, self._appended - self._acked)
 
     def _count(self, path: Path) -> int:
         if not path.exists():
@@ -119,14 +136,16 @@ class Spool:
             return 0
 
     def append(self, records: list[Record]) -> None:
-        """Append records durably (flushed and fsynced) at the end of the live file."""
+        """Append records durably (written and fsynced) at the end of the live file."""
         if not records:
             return
-        with self.live.open("a", encoding="utf-8") as f:
-            f.write("".join(r.line() for r in records))
-            f.flush()
-            os.fsync(f.fileno())
-        self.pending += len(records)
+        data = "".join(r.line() for r in records)
+        with self._lock:
+            with self.live.open("a", encoding="utf-8") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            self._appended += len(records)
 
     def segments(self) -> list[Path]:
         """Sealed segments, oldest first."""
@@ -134,8 +153,9 @@ class Spool:
 
     def seal(self) -> None:
         """Move the live file aside as the newest segment (nothing is lost or reordered)."""
-        if self.live.exists() and self.live.stat().st_size:
-            self.live.rename(self.dir / f"segment-{time.time_ns():020d}.jsonl")
+        with self._lock:
+            if self.live.exists() and self.live.stat().st_size:
+                self.live.rename(self.dir / f"segment-{time.time_ns():020d}.jsonl")
 
     def unsent(self, segment: Path) -> tuple[int, list[Record]]:
         """The position already sent and the records after it."""
@@ -148,7 +168,7 @@ class Spool:
         tmp = self._pos_file(segment).with_suffix(".pos.tmp")
         tmp.write_text(str(pos + sent))
         tmp.replace(self._pos_file(segment))
-        self.pending = max(0, self.pending - sent)
+        self._acked += sent
 
     def finish(self, segment: Path) -> None:
         segment.unlink(missing_ok=True)
@@ -161,103 +181,145 @@ class Spool:
 
 
 class EventEmitter:
-    """Bounded queue → idempotent Kafka producer, with an append-only spool when Kafka is away."""
+    """In-memory group → fsynced local log → idempotent Kafka producer, in order."""
 
     def __init__(self, cfg: EmitterConfig, producer_factory: Callable[[], Producer] | None = None):
         self.cfg = cfg
         self._factory = producer_factory or kafka_producer_factory(cfg)
-        self.queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=cfg.queue_size)
-        self._wake = asyncio.Event()
+        self._group: list[Record] = []  # emitted, not yet on disk
+        self._committing: list[Record] = []  # being written by the committer now
+        self._have_group = asyncio.Event()
+        self._wake = asyncio.Event()  # new records on disk for the sender
         self.spool = Spool(cfg.spool_dir)
         self._producer: Producer | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
         self.sent = 0
         self.connected = False
 
     # -- hot path ---------------------------------------------------------------------------------
 
     def emit(self, spec: TopicSpec, event: Event, key: str | None = None) -> None:
-        """Queue an event for ``spec``'s topic; never blocks (a full queue spills to the spool)."""
-        record = Record(topic_name(spec, self.cfg.topic_prefix), key, event.model_dump_json())
-        try:
-            self.queue.put_nowait(record)
+        """Hand an event to the next group commit; never waits on Kafka. A group over
+        ``queue_size`` (the committer cannot keep up, or is not running) is written at once."""
+        self._group.append(Record(topic_name(spec, self.cfg.topic_prefix), key, event.model_dump_json()))
+        if len(self._group) > self.cfg.queue_size:
+            log.warning("emitter: %d events waiting for a group commit; writing them now", len(self._group))
+            group, self._group = self._group, []
+            self.spool.append(group)
             self._wake.set()
-        except asyncio.QueueFull:
-            log.warning("emitter queue full (%d); spooling %s", self.queue.qsize(), record.key)
-            self.spool.append([record])
+        else:
+            self._have_group.set()
 
     @property
     def queue_depth(self) -> int:
-        return self.queue.qsize()
+        """Events not yet on disk (the loss window of a crash now)."""
+        return len(self._group) + len(self._committing)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the background sender (connecting to Kafka happens there, with retries)."""
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="switchyard-emitter")
+        """Start the committer and the sender (connecting to Kafka happens there, with retries)."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._commit_loop(), name="switchyard-emitter-commit"),
+                asyncio.create_task(self._run(), name="switchyard-emitter-send"),
+            ]
+            if self._group:
+                self._have_group.set()
 
     async def stop(self, flush_timeout_s: float = 10.0) -> None:
-        """Send what is queued (within the timeout), spool the rest, close the producer."""
-        self._stopping = True
-        if self._task is not None:
-            try:
-                async with asyncio.timeout(flush_timeout_s):
-                    await self._drain_done()
-            except TimeoutError:
-                log.warning("emitter flush timed out; spooling %d queued records", self.queue.qsize())
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
-        leftover = []
-        while not self.queue.empty():
-            leftover.append(self.queue.get_nowait())
-        self.spool.append(leftover)
+        """Write what is in memory to disk, send what Kafka takes within the timeout (the rest
+        stays on disk for the next start), close the producer."""
+        await self._commit_now()
+        if self._tasks:
+            if self.spool.pending:
+                try:
+                    async with asyncio.timeout(flush_timeout_s):
+                        await self._drained()
+                except TimeoutError:
+                    log.warning("emitter: %d events left on disk for the next start", self.spool.pending)
+            for task in self._tasks:
+                task.cancel()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self._tasks = []
+        await self._commit_now()  # a group a cancelled commit left behind
         await self._close_producer()
 
-    async def _drain_done(self) -> None:
-        while not self.queue.empty() or (self.connected and self.spool.pending):
+    async def _drained(self) -> None:
+        while self.spool.pending or self.queue_depth:
+            if not self.connected and not any(not t.done() for t in self._tasks):
+                return
             await asyncio.sleep(0.02)
 
     async def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until nothing is queued or spooled; False if that did not happen in time."""
+        """Wait until every emitted event is acknowledged by Kafka; False if not in time."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.queue.empty() and not self.spool.pending and not self._inflight:
+            if not self.queue_depth and not self.spool.pending:
                 return True
             await asyncio.sleep(0.05)
         return False
 
-    # -- background sender ------------------------------------------------------------------------
+    # -- group commit -----------------------------------------------------------------------------
 
-    _inflight = 0
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._have_group.wait()
+            if self.cfg.commit_interval_s > 0:
+                await asyncio.sleep(self.cfg.commit_interval_s)
+            self._have_group.clear()
+            await self._commit_now()
+
+    async def _commit_now(self) -> None:
+        """Write the current group (one write + fsync, off the event loop)."""
+        if not self._group:
+            return
+        self._committing, self._group = self._group, []
+        try:
+            await asyncio.to_thread(self.spool.append, self._committing)
+        except OSError:
+            log.exception("emitter: cannot write %d events to %s", len(self._committing), self.spool.dir)
+            self._group[:0] = self._committing  # keep them for the next commit, in order
+            await asyncio.sleep(0.1)
+            self._have_group.set()
+        finally:
+            self._committing = []
+        self._wake.set()
+
+    # -- sender -----------------------------------------------------------------------------------
 
     async def _run(self) -> None:
         backoff = self.cfg.retry_backoff_s
         while True:
             try:
+                if not self.spool.pending:
+                    await self._wait_for_records(0.5)
+                    continue
                 if not await self._ensure_producer():
-                    await self._spool_queued()
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self.cfg.max_backoff_s)
                     continue
-                if self.spool.pending:
-                    await self._replay()
-                batch = await self._next_batch()
-                if batch:
-                    await self._send(batch)
+                await self._replay()
                 backoff = self.cfg.retry_backoff_s
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the sender must survive anything
-                log.warning("emitter: kafka unavailable (%s: %s); spooling", type(exc).__name__, exc)
+                log.warning("emitter: kafka away (%s: %s); events wait on disk", type(exc).__name__, exc)
                 await self._abort_producer()
-                await self._spool_queued()
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.cfg.max_backoff_s)
+
+    async def _wait_for_records(self, timeout_s: float) -> None:
+        # Wait on an Event with asyncio.timeout, not wait_for: on Python 3.11 wait_for can
+        # swallow a cancellation when the two race.
+        self._wake.clear()
+        if self.spool.pending:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
 
     async def _ensure_producer(self) -> bool:
         if self._producer is not None:
@@ -282,29 +344,6 @@ class EventEmitter:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(5):
                     await producer.stop()
-
-    async def _next_batch(self) -> list[Record]:
-        if self.queue.empty():
-            # Wait on an Event with asyncio.timeout, not wait_for(queue.get()): on Python 3.11
-            # wait_for can lose the item or swallow a cancellation when the two race.
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await self._wake.wait()
-            if self.queue.empty():
-                return []
-        batch: list[Record] = []
-        while len(batch) < self.cfg.batch_size and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        self._inflight += len(batch)  # taken off the queue, not yet acknowledged or spooled
-        return batch
-
-    async def _spool_queued(self) -> None:
-        batch = []
-        while not self.queue.empty():
-            batch.append(self.queue.get_nowait())
-        if batch:
-            self.spool.append(batch)
 
     async def _deliver(self, records: list[Record]) -> tuple[int, list[Record], BaseException | None]:
         """Send records in order; return (acknowledged count, failed records in order, an error).
@@ -349,31 +388,19 @@ class EventEmitter:
             async with asyncio.timeout(5):
                 await producer.stop()
 
-    async def _send(self, batch: list[Record]) -> None:
-        try:
-            acked, failed, error = await self._deliver(batch)
-        except BaseException:
-            self.spool.append(batch)
-            raise
-        finally:
-            self._inflight -= len(batch)
-        self.sent += acked
-        if failed:
-            self.spool.append(failed)
-            raise ConnectionError(f"{len(failed)} of {len(batch)} events not acknowledged: {error}")
-
     async def _replay(self) -> None:
-        """Send every spooled record in order, checkpointing after each acknowledged chunk; records
-        that fail again go back to the spool (never resent once acknowledged)."""
-        self.spool.seal()
+        """Send every record on disk in order, checkpointing after each acknowledged chunk;
+        records that fail go back to the end of the log (never resent once acknowledged)."""
+        await asyncio.to_thread(self.spool.seal)
         for segment in self.spool.segments():
             pos, records = self.spool.unsent(segment)
-            log.info("emitter replaying %d spooled records from %s", len(records), segment.name)
+            if len(records) > 10 * self.cfg.batch_size:
+                log.info("emitter: sending %d records from %s", len(records), segment.name)
             for i in range(0, len(records), self.cfg.batch_size):
                 chunk = records[i : i + self.cfg.batch_size]
                 acked, failed, error = await self._deliver(chunk)
                 if failed:
-                    self.spool.append(failed)
+                    await asyncio.to_thread(self.spool.append, failed)
                 self.spool.advance(segment, pos + i, len(chunk))
                 self.sent += acked
                 if failed:
