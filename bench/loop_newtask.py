@@ -35,8 +35,8 @@ async def publish(bootstrap: str, prefix: str, data_dir: Path, task: str, n: int
     """Outcomes (cheap model, real grade) and hard queries of ``n`` prompts of ``task``."""
     from aiokafka import AIOKafkaProducer
 
-    from infra.topics import apply_topics
     from services.contracts import HardQueryEvent, HardQueryReason, OutcomeEvent
+    from services.contracts.topic_admin import apply_topics
     from services.contracts.topics import HARD_QUERIES, OUTCOMES, topic_name
     from training.data import MIXTRAL, load_mmlu
 

@@ -280,8 +280,8 @@ def detect(args: argparse.Namespace) -> dict:
 async def _throughput(args: argparse.Namespace) -> dict:
     import httpx
 
-    from infra.topics import apply_topics
     from services.contracts import CallEvent, FeedbackEvent
+    from services.contracts.topic_admin import apply_topics
     from services.contracts.topics import CALLS, FEEDBACK, topic_name
     from streams.testing import Worker, free_port, produce, worker_env
 

@@ -59,7 +59,7 @@ def topics_apply(
     max_replication: int = typer.Option(None, help="Cap the replication factor (default: broker count)."),
 ) -> None:
     """Create or update every topic from its definition (idempotent)."""
-    from infra.topics import apply_topics
+    from services.contracts.topic_admin import apply_topics
 
     kafka = KafkaSettings()
     try:

@@ -35,9 +35,11 @@ def worker(
     import faust
 
     from services.contracts.settings import KafkaSettings
+    from services.contracts.topic_admin import apply_topics
+    from services.contracts.topics import streams_internal_topics
 
     from . import eventloop, gcpolicy
-    from .app import create_app, internal_input_topics
+    from .app import create_app
     from .settings import StreamsSettings
 
     overrides = {
@@ -55,18 +57,18 @@ def worker(
     # Before any event loop exists (topic creation below runs one): every loop is then this kind.
     loop = eventloop.install(settings.event_loop)
     if create_topics:
-        from infra.topics import apply_topics
-
         asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix))
     # evidently (the input-drift detector) takes seconds of CPU to import: do it before the
     # worker joins the group, so that it does not compete with the first batches it processes.
     importlib.import_module("evidently.presets")
     importlib.import_module("evidently.legacy.calculations.stattests.registry")  # the checks' tests
     app = create_app(settings, kafka)
-    from infra.topics import apply_topics
-
-    # The topics its own agents consume, created and visible before Faust subscribes to them.
-    asyncio.run(apply_topics(kafka.bootstrap, "", internal_input_topics(app), settings.replication))
+    # The topics its own agents consume, created and visible before Faust subscribes to them:
+    # Faust declares internal topics just before it subscribes, and a topic the broker's metadata
+    # does not list yet is dropped from the subscription ("Ignoring missing topic") until a later
+    # rebalance, leaving its agent silently without partitions.
+    internal = streams_internal_topics(settings.app_id, settings.replication)
+    asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix, internal, settings.replication))
     gcpolicy.apply(settings.gc_freeze, settings.gc_gen0)
     log.info(
         "streams worker %s on %s (prefix %r), web %s:%s, webhook %s, event loop %s",

@@ -373,6 +373,36 @@ class InputDrift:
     def current_rows(self) -> int:
         return len(self.current[self.columns[0]]) if self.columns else 0
 
+    @property
+    def reference_complete(self) -> bool:
+        return self.reference_rows >= self.cfg.reference_size
+
+    def to_state(self) -> dict[str, Any]:
+        """What must survive a restart or rebalance (JSON-able, for a changelog-backed table): the
+        firing flag and, once complete, the reference window (NaN and inf as null). The current
+        window is not kept: it refills from new calls, and only then is another check due."""
+        state: dict[str, Any] = {"firing": self.firing}
+        if self.reference_complete:
+            state["reference"] = {
+                c: [v if math.isfinite(v) else None for v in self.reference[c]] for c in self.columns
+            }
+        return state
+
+    @classmethod
+    def from_state(
+        cls, cfg: InputDriftConfig, columns: Sequence[str], state: dict[str, Any] | None
+    ) -> InputDrift:
+        """A detector restored from :meth:`to_state` (a fresh one for None)."""
+        det = cls(cfg, columns)
+        if state:
+            det.firing = bool(state.get("firing", False))
+            ref = state.get("reference") or {}
+            if all(c in ref for c in det.columns):
+                det.reference = {
+                    c: [float("nan") if v is None else float(v) for v in ref[c]] for c in det.columns
+                }
+        return det
+
     def add(self, rows: Sequence[dict[str, float]]) -> None:
         """Append feature rows (missing columns and None become NaN)."""
         self.add_columns({c: [row.get(c) for row in rows] for c in self.columns}, len(rows))

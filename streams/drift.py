@@ -111,7 +111,9 @@ class TaskMonitor:
     """Quality (per task and model), calibration and input-drift detectors for every task.
 
     Detector state lives in ``state`` (a dict or a changelog-backed table keyed by task), alert
-    state in ``alert_store``; evidently reports go to ``settings.reports_dir``.
+    state in ``alert_store``, the input-drift state that resolving needs (reference window, firing)
+    in ``input_store``: a monitor built again on the same stores (after a restart or rebalance)
+    carries on where the last one stopped. evidently reports go to ``settings.reports_dir``.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class TaskMonitor:
         reference: dict[str, dict[str, float]] | None = None,
         write_reports: bool = True,
         defer_reports: bool = False,
+        input_store: MutableMapping[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -131,7 +134,8 @@ class TaskMonitor:
         self.defer_reports = defer_reports
         self._recent: dict[str, deque[dict[str, float]]] = {}
         self._baseline: dict[str, list[dict[str, float]]] = {}
-        self._input: dict[str, InputDrift] = {}
+        self.input_store: MutableMapping[str, Any] = input_store if input_store is not None else {}
+        self._input: dict[str, InputDrift] = {}  # live detectors; their lasting state: input_store
 
     # -- quality and calibration (outcomes) -------------------------------------------------
     def on_outcomes(
@@ -191,11 +195,16 @@ class TaskMonitor:
         when an evidently check is due (run :meth:`check_input`)."""
         det = self._input.get(task)
         if det is None:
-            det = self._input[task] = InputDrift(self.settings.input_drift, FEATURE_COLUMNS)
+            det = self._input[task] = InputDrift.from_state(
+                self.settings.input_drift, FEATURE_COLUMNS, self.input_store.get(task)
+            )
+        had_reference = det.reference_complete
         if isinstance(features, dict):
             det.add_columns(features["columns"], int(features["n"]))
         else:
             det.add(features)
+        if det.reference_complete and not had_reference:  # once per task: the reference is fixed
+            self.input_store[task] = det.to_state()
         return det.due()
 
     def run_input_check(self, task: str) -> InputDriftResult:
@@ -208,8 +217,10 @@ class TaskMonitor:
         """Turn a check result into alerts (on the event loop: it writes the alert store)."""
         now = now or datetime.now(UTC)
         res = MonitorResult()
-        ch = self._input[task].transition(result)
+        det = self._input[task]
+        ch = det.transition(result)
         if ch is not None:
+            self.input_store[task] = det.to_state()
             job = None
             if ch.kind == "fire" and self.write_reports:
                 path = self._report_path(task, "input_drift", now)

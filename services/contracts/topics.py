@@ -54,6 +54,42 @@ DEADLETTER = TopicSpec("switchyard.deadletter.v1", None, DeadLetter, partitions=
 TOPICS: tuple[TopicSpec, ...] = (CALLS, FEEDBACK, OUTCOMES, ALERTS, HARD_QUERIES, RETRAIN, DEADLETTER)
 BY_NAME: dict[str, TopicSpec] = {t.name: t for t in TOPICS}
 
+# The streams worker's own topics, named after its app id (each worker group has its own): the
+# join's router features per task and batch, and the join's outcomes again as one record per task
+# and batch (a JSON array of the records on switchyard.outcomes.v1). Keyed by task, partitioned
+# as the outcomes, kept as long: what the consuming agent has not read yet survives as long.
+CALL_FEATURES_SUFFIX = "-call-features"
+TASK_OUTCOMES_SUFFIX = "-task-outcomes"
+
+
+def call_features_topic(app_id: str, replication: int = 3) -> TopicSpec:
+    """``<app_id>-call-features``: router features of a batch of calls of one task (by column)."""
+    return TopicSpec(
+        f"{app_id}{CALL_FEATURES_SUFFIX}",
+        "task",
+        Event,  # no contract of its own: ``{"n": rows, "columns": {column: [values]}}``
+        partitions=OUTCOMES.partitions,
+        replication=replication,
+        retention_ms=OUTCOMES.retention_ms,
+    )
+
+
+def task_outcomes_topic(app_id: str, replication: int = 3) -> TopicSpec:
+    """``<app_id>-task-outcomes``: a JSON array of one task's outcomes of a join batch, in order."""
+    return TopicSpec(
+        f"{app_id}{TASK_OUTCOMES_SUFFIX}",
+        "task",
+        OutcomeEvent,
+        partitions=OUTCOMES.partitions,
+        replication=replication,
+        retention_ms=OUTCOMES.retention_ms,
+    )
+
+
+def streams_internal_topics(app_id: str, replication: int = 3) -> tuple[TopicSpec, ...]:
+    """The streams worker's internal topics (its agents consume them), for ``apply_topics``."""
+    return (call_features_topic(app_id, replication), task_outcomes_topic(app_id, replication))
+
 
 def topic_name(spec: TopicSpec, prefix: str = "") -> str:
     """The topic's name as deployed (tests and tenants may add a prefix)."""

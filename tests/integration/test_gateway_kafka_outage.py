@@ -55,7 +55,7 @@ def private_kafka(tmp_path: Path, kafka_bootstrap):  # kafka_bootstrap: the stac
 
 async def test_broker_outage_loses_and_duplicates_nothing(private_kafka, data_dir, tmp_path: Path) -> None:
     from infra.emulator.testing import run_emulator
-    from infra.topics import apply_topics
+    from services.contracts.topic_admin import apply_topics
     from services.gateway.app import create_app
     from services.gateway.bootstrap import build_gateway
     from services.gateway.emitter import EmitterConfig, EventEmitter

@@ -14,7 +14,6 @@ import httpx
 import numpy as np
 import pytest
 
-from infra.topics import apply_topics
 from services.contracts import (
     AlertEvent,
     CallEvent,
@@ -25,6 +24,7 @@ from services.contracts import (
     RetrainRequest,
     prompt_hash,
 )
+from services.contracts.topic_admin import apply_topics
 from services.contracts.topics import (
     ALERTS,
     CALLS,
@@ -33,6 +33,7 @@ from services.contracts.topics import (
     HARD_QUERIES,
     OUTCOMES,
     RETRAIN,
+    task_outcomes_topic,
     topic_name,
 )
 from streams.testing import WebhookReceiver, free_port, produce, read_topic, run_worker, worker_env
@@ -170,7 +171,7 @@ def test_join_drift_alert_webhook_resolve_and_dead_letters(stack) -> None:
         no_score = json.dumps({"schema_version": 1, "request_id": "y"}).encode()
         # and on the monitor's input (the join's per-task batches): a batch with one broken item
         # keeps its valid outcome; a record that is not a batch at all
-        task_outcomes = f"{prefix}{env['SWITCHYARD_STREAMS_APP_ID']}-task-outcomes"
+        task_outcomes = topic_name(task_outcomes_topic(env["SWITCHYARD_STREAMS_APP_ID"]), prefix)
         good = OutcomeEvent(
             request_id="z",
             task=TASK,

@@ -11,7 +11,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from infra.topics import apply_topics, describe_topic_configs
+from services.contracts.topic_admin import apply_topics, describe_topic_configs
 from services.contracts.topics import TOPICS, TopicSpec
 
 pytestmark = pytest.mark.integration

@@ -1,9 +1,11 @@
-"""The worker's fast paths: record delivery without per-record tasks (``streams/fastdrain.py``)
-and the join's direct changelog writes (``BatchWrites.flush_direct``)."""
+"""The worker's fast paths: record delivery without per-record tasks
+(``streams/fastpaths/fastdrain.py``), the join's direct changelog writes
+(``BatchWrites.flush_direct``) and the outbox (``streams/fastpaths/outbox.py``), bulk and fallback."""
 
 from __future__ import annotations
 
 import asyncio
+import difflib
 import inspect
 import json
 import textwrap
@@ -12,8 +14,9 @@ from types import SimpleNamespace
 import pytest
 from faust.serializers import codecs
 
-from streams import fastdrain
-from streams.app import BatchWrites, Outbox
+from streams.batchwrites import BatchWrites
+from streams.fastpaths import fastdrain
+from streams.fastpaths.outbox import Outbox
 
 
 class FakeConsumer:
@@ -133,11 +136,20 @@ def test_the_installed_faust_loop_is_patched_at_its_one_delivery_call() -> None:
     source = textwrap.dedent(inspect.getsource(original))
     new = fastdrain.patched_source(source)
     assert new is not None and new.count("_switchyard_deliver(self, callback, message)") == 1
-    # only that call differs from upstream
-    assert new.replace("await _switchyard_deliver(self, callback, message)", "X") == fastdrain._CALL.sub(
-        "X", source
-    )
+    # a line diff against upstream: the one per-record delivery call is all that changes
+    diff = [d for d in difflib.ndiff(source.splitlines(), new.splitlines()) if d[:2] in ("- ", "+ ")]
+    removed = [d[2:] for d in diff if d.startswith("- ")]
+    added = [d[2:] for d in diff if d.startswith("+ ")]
+    call = "await _switchyard_deliver(self, callback, message)"
+    assert [a.strip() for a in added] == [call]
+    upstream_call = " ".join(r.strip() for r in removed).replace("( ", "(").replace(" )", ")")
+    assert upstream_call == "await self.wait_first(callback(message), self.suspend_flow.wait())"
+    indent = len(removed[0]) - len(removed[0].lstrip())
+    assert added[0] == " " * indent + call  # in the same block as the call it replaces
     assert patched.__code__.co_filename.startswith("<switchyard fastdrain")
+    # the installed method is that source: it calls deliver, upstream's does not
+    assert "_switchyard_deliver" in patched.__code__.co_names
+    assert "_switchyard_deliver" not in original.__code__.co_names
     assert fastdrain.patched_source("async def f(self):\n    await callback(message)\n") is None
 
 
@@ -176,58 +188,131 @@ def test_direct_changelog_writes_one_faust_readable_record_per_key_per_batch() -
     assert writes.flush_direct(emit) == 0 and len(sent) == 2
 
 
+class _Cluster:
+    def leader_for_partition(self, tp):
+        return 0
+
+
+def batch_records(batch) -> list[tuple[bytes | None, bytes | None]]:
+    """The (key, value) records appended to one of aiokafka's producer batches, in order."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    raw = bytes(batch._builder._builder.build())
+    return [(r.key, r.value) for r in DefaultRecordBatch(raw)]
+
+
 class FakeAiokafkaProducer:
-    """What ``Outbox`` uses of aiokafka's producer, with aiokafka's own default partitioner."""
+    """What the outbox uses of aiokafka's producer: aiokafka's own default partitioner and
+    message accumulator, and a cluster with two topics."""
 
     def __init__(self) -> None:
         from aiokafka.partitioner import DefaultPartitioner
+        from aiokafka.producer.message_accumulator import MessageAccumulator
 
         self._partitioner = DefaultPartitioner()
         self._txn_manager = None
         self._request_timeout_ms = 40000
-        self.sent: list = []
+        self._message_accumulator = MessageAccumulator(_Cluster(), 1_048_576, 0, 30)
         parts = {"out": {0, 1, 2, 3, 4, 5}, "log": {0, 1, 2}}
         self.client = SimpleNamespace(
             _wait_on_metadata=self._meta,
             cluster=SimpleNamespace(partitions_for_topic=parts.get, available_partitions_for_topic=parts.get),
         )
-        self._message_accumulator = SimpleNamespace(add_message=self._add)
 
     async def _meta(self, topic):
         return None
 
-    async def _add(self, tp, key, value, timeout):
-        self.sent.append((tp.topic, tp.partition, key, value))
+    def batches(self) -> list:
+        return [b for q in self._message_accumulator._batches.values() for b in q]
+
+    def appended(self) -> list[tuple[str, int, bytes | None, bytes | None]]:
+        """Every record in the producer's pending batches: (topic, partition, key, value)."""
+        return [
+            (tp.topic, tp.partition, k, v)
+            for tp, q in self._message_accumulator._batches.items()
+            for b in q
+            for k, v in batch_records(b)
+        ]
+
+
+class FakeFaustProducer:
+    """Faust's producer: the aiokafka one it runs, and its public ``send`` (recorded)."""
+
+    def __init__(self, aio) -> None:
+        self.aio = aio
+        self.sent: list = []
+
+    def _ensure_producer(self):
+        return self.aio
+
+    async def send(self, topic, key, value, partition, timestamp, headers):
+        self.sent.append((topic, partition, key, value))
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
 
 
-async def test_the_outbox_appends_each_record_where_send_would_put_it() -> None:
-    from aiokafka.partitioner import DefaultPartitioner
-
-    aio = FakeAiokafkaProducer()
-    faust_producer = SimpleNamespace(_ensure_producer=lambda: aio)
-    done = []
-    box = Outbox(done.append)
+def _fill(box: Outbox) -> list[bytes]:
     keys = [f"task-{i % 7}".encode() for i in range(20)]
     for i, k in enumerate(keys):
         box.add("out", k, b"v%d" % i)
     box.add("log", b"k", None, 2)  # an explicit partition, a tombstone
+    return keys
+
+
+async def test_the_outbox_appends_each_record_where_send_would_put_it() -> None:
+    """The default bulk path: records go straight into aiokafka's batches, no send per record."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    aio = FakeAiokafkaProducer()
+    faust_producer = FakeFaustProducer(aio)
+    done = []
+    box = Outbox(done.append)
+    assert box.bulk
+    keys = _fill(box)
     assert len(box) == 21
     assert await box.send(faust_producer) == 21 and len(box) == 0
+    assert faust_producer.sent == [] and box.bulk  # nothing went through the per-record send
     part = DefaultPartitioner()
     every = [0, 1, 2, 3, 4, 5]
     expected = [("out", part(k, every, every), k, b"v%d" % i) for i, k in enumerate(keys)]
-    assert sorted(r for r in aio.sent if r[0] == "out") == sorted(expected)
-    assert ("log", 2, b"k", None) in aio.sent
+    appended = aio.appended()
+    assert sorted(r for r in appended if r[0] == "out") == sorted(expected)
+    assert ("log", 2, b"k", None) in appended
     # order within a partition is kept
     for p in every:
-        got = [int(v[1:]) for t, q, _, v in aio.sent if t == "out" and q == p]
+        got = [int(v[1:]) for t, q, _, v in appended if t == "out" and q == p]
         assert got == sorted(got)
+    batches = aio.batches()
+    assert len(batches) == len({(t, p) for t, p, _, _ in appended})  # one batch per partition
+    assert all(not b._msg_futures for b in batches)  # no delivery future per record
+    for b in batches:
+        b.done(base_offset=0)
     await asyncio.sleep(0)  # done callbacks run on the loop
-    assert len(done) == len({(t, p) for t, p, _, _ in aio.sent})  # one watched future per partition
+    assert len(done) == len(batches)  # each batch's future is watched
     assert await box.send(faust_producer) == 0
     box.add("log", b"k", b"v", 7)
     with pytest.raises(ValueError, match="no partition 7"):
         await box.send(faust_producer)
+
+
+async def test_the_outbox_falls_back_to_faust_send_one_record_at_a_time(caplog) -> None:
+    """The fallback: Faust's public ``producer.send`` per record, in order, partitions kept."""
+    for box, aio in (
+        (Outbox(None, bulk=False), FakeAiokafkaProducer()),  # the start-up check said no
+        (Outbox(None), SimpleNamespace(_txn_manager=None)),  # a producer without the internals
+    ):
+        done = []
+        box.on_sent = done.append
+        faust_producer = FakeFaustProducer(aio)
+        keys = _fill(box)
+        with caplog.at_level("WARNING", logger="streams.fastpaths.outbox"):
+            assert await box.send(faust_producer) == 21
+        expected = [("out", None, k, b"v%d" % i) for i, k in enumerate(keys)] + [("log", 2, b"k", None)]
+        assert faust_producer.sent == expected  # the producer's partitioner picks, as Topic.send
+        assert not box.bulk
+        await asyncio.sleep(0)
+        assert len(done) == 2  # the last record's future of each (topic, partition) group
+        if isinstance(aio, FakeAiokafkaProducer):
+            assert aio.batches() == []  # nothing appended behind Faust's back
+    assert "fast path outbox off" in caplog.text and "MessageAccumulator._batches" in caplog.text

@@ -130,7 +130,7 @@ def test_a_failed_call_has_no_outcome_live_or_restored() -> None:
 def test_the_monitors_batch_records_decode_in_order_and_isolate_a_broken_item() -> None:
     import json
 
-    from streams.app import decode_outcomes
+    from streams.codecs import decode_outcomes
 
     j = join()
     outs = []

@@ -135,3 +135,63 @@ def test_monitor_alert_window_with_outcomes_out_of_time_order(tmp_path) -> None:
     assert [a.status for a in res.alerts] == [AlertStatus.FIRING]
     [req] = res.retrain
     assert req.window_start == base.replace(second=0) and req.window_end == base.replace(second=59)
+
+
+def test_an_input_drift_alert_resolves_after_a_restart(tmp_path) -> None:
+    from faust.serializers import codecs
+
+    from streams.drift import FEATURE_COLUMNS
+    from streams.settings import InputDriftConfig
+
+    settings = StreamsSettings(
+        state_dir=tmp_path,
+        input_drift=InputDriftConfig(reference_size=200, current_size=200, check_every=200),
+    )
+    tables: dict[str, dict] = {"detectors": {}, "alerts": {}, "input_drift": {}}
+    rng = np.random.default_rng(7)
+
+    def rows(n: int, shift: float) -> list[dict[str, float]]:
+        return [
+            dict(zip(FEATURE_COLUMNS, map(float, rng.normal(shift, 1.0, 6)), strict=True)) for _ in range(n)
+        ]
+
+    def worker_monitor(input_store: dict | None = None) -> TaskMonitor:
+        """The worker's monitor, built on its tables as recovered from their changelogs (JSON)."""
+        for name, table in tables.items():
+            tables[name] = {k: codecs.loads("json", codecs.dumps("json", v)) for k, v in table.items()}
+        return TaskMonitor(
+            settings,
+            tables["detectors"],
+            tables["alerts"],
+            write_reports=False,
+            input_store=tables["input_drift"] if input_store is None else input_store,
+        )
+
+    first = worker_monitor()
+    assert not first.add_features("t", rows(200, 0.0))  # the reference window
+    assert first.add_features("t", rows(200, 3.0))  # the traffic changed: a check is due
+    fired = first.check_input("t").alerts
+    assert [(a.status, a.detector) for a in fired] == [(AlertStatus.FIRING, "input_drift")]
+
+    # what the bug did: a monitor rebuilt without the input-drift state can never resolve it
+    forgetful = worker_monitor(input_store={})
+    forgetful.add_features("t", rows(400, 0.0))
+    assert forgetful.check_input("t").alerts == []
+    assert [a["detector"] for a in forgetful.firing()] == ["input_drift"]  # firing for ever
+
+    # restart: the monitor is rebuilt from the tables; the traffic is back to normal
+    again = worker_monitor()
+    assert again.add_features("t", rows(200, 0.0))
+    resolved = again.check_input("t").alerts
+    assert [(a.status, a.alert_id) for a in resolved] == [(AlertStatus.RESOLVED, fired[0].alert_id)]
+    assert again.firing() == []
+
+
+def test_the_worker_keeps_input_drift_state_in_a_changelogged_table(tmp_path) -> None:
+    from services.contracts.settings import KafkaSettings
+    from streams.app import create_app
+
+    app = create_app(StreamsSettings(state_dir=tmp_path, web_enabled=False), KafkaSettings())
+    w = app.switchyard
+    assert w.monitor.input_store is w.tables["input_drift"]
+    assert w.tables["input_drift"].changelog_topic.get_topic_name().endswith("-input-drift-changelog")

@@ -1,6 +1,6 @@
 """The worker's speed settings: its event loop (``EVENT_LOOP``), the producer appends without
 per-record futures (``Outbox``), Faust's per-record Monitor off (``FAUST_MONITOR``), and the
-fast record delivery (``fastdrain``) on uvloop."""
+fast record delivery (``fastdrain``) and the outbox (bulk and fallback) on uvloop."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,7 +22,9 @@ from faust.sensors import Monitor
 
 from services.contracts.settings import KafkaSettings
 from streams import eventloop
-from streams.app import Outbox, RecordQuietMonitor, _append_to_batches, create_app
+from streams.app import create_app
+from streams.fastpaths.outbox import Outbox, append_to_batches
+from streams.fastpaths.quiet_monitor import RecordQuietMonitor
 from streams.settings import StreamsSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,11 +116,11 @@ async def test_records_go_into_aiokafkas_batches_in_order_without_a_future_each(
     tp, other = TopicPartition("out", 3), TopicPartition("out", 1)
     await acc.add_message(tp, b"k0", b"before", 30)  # what the producer already holds is kept
     recs = [(b"k%d" % i, b"v%d" % i) for i in range(1, 200)] + [(b"gone", None)]
-    touched = await _append_to_batches(acc, tp, recs, 30)
+    touched = await append_to_batches(acc, tp, recs, 30)
     assert len(touched) == 1 and list(acc._batches[tp]) == touched
     assert _records(touched[0]) == [(b"k0", b"before"), *recs]
     assert len(touched[0]._msg_futures) == 1  # only add_message's record has its own future
-    assert await _append_to_batches(acc, other, [(None, b"x")], 30) == list(acc._batches[other])
+    assert await append_to_batches(acc, other, [(None, b"x")], 30) == list(acc._batches[other])
     # the batch future reports delivery of all its records
     touched[0].done(base_offset=10)
     assert touched[0].future.result().offset == 10
@@ -139,7 +142,7 @@ async def test_a_full_batch_is_handed_to_the_sender_and_the_rest_go_to_the_next(
                 sent.append(b)
 
     task = asyncio.ensure_future(sender())
-    touched = await asyncio.wait_for(_append_to_batches(acc, tp, recs, 30), 10)
+    touched = await asyncio.wait_for(append_to_batches(acc, tp, recs, 30), 10)
     assert len(touched) > 2  # it took several batches
     task.cancel()
     sent.extend(acc._batches[tp])
@@ -187,15 +190,23 @@ async def test_the_outbox_watches_each_batch_it_wrote_to() -> None:
 
 
 def test_faust_per_record_monitor_is_off_unless_asked(tmp_path) -> None:
+    from aiokafka.structs import TopicPartition as TP
+
     quiet = create_app(StreamsSettings(state_dir=tmp_path / "a", web_enabled=False), KafkaSettings())
-    assert type(quiet.monitor) is RecordQuietMonitor
-    m = quiet.monitor
-    assert m.on_message_in(None, 0, None) is None and m.on_stream_event_in(None, 0, None, None) is None
-    assert m.messages_received_total == 0
     loud = create_app(
         StreamsSettings(state_dir=tmp_path / "b", web_enabled=False, faust_monitor=True), KafkaSettings()
     )
-    assert type(loud.monitor) is Monitor
+    assert type(quiet.monitor) is RecordQuietMonitor and type(loud.monitor) is Monitor
+    tp = TP("calls", 0)
+    message = SimpleNamespace(tp=tp, offset=0, value=b"x", key=None)
+    for m in (quiet.monitor, loud.monitor):
+        for offset in range(3):
+            m.on_message_in(tp, offset, message)
+    # the same records in: Faust's Monitor counts them, the quiet one keeps no per-record state
+    assert loud.monitor.messages_received_total == 3 and loud.monitor.messages_received_by_topic["calls"] == 3
+    assert quiet.monitor.messages_received_total == 0 and not quiet.monitor.messages_received_by_topic
+    # what is not per record is Faust's own (commits, rebalances): inherited, not overridden
+    assert RecordQuietMonitor.on_commit_completed is Monitor.on_commit_completed
 
 
 @pytest.mark.parametrize("shift", [0.0, 0.25, 1.0])

@@ -1,5 +1,7 @@
-"""Create or update Kafka topics from their one definition (``services.contracts.topics``)
-with the real Kafka admin API."""
+"""Topic administration: create or update Kafka topics from their one definition
+(:mod:`services.contracts.topics`) with the real Kafka admin API (aiokafka's admin client).
+
+Used by ``switchyard topics apply``, the streams worker (its internal topics) and the tests."""
 
 from __future__ import annotations
 
@@ -10,13 +12,15 @@ from dataclasses import dataclass, field
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from services.contracts.topics import TOPICS, TopicSpec, topic_name
+from .topics import TOPICS, TopicSpec, topic_name
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TopicChange:
+    """What :func:`apply_topics` did to one topic."""
+
     topic: str
     action: str  # created | updated | unchanged
     details: list[str] = field(default_factory=list)
@@ -77,7 +81,9 @@ async def _wait_visible(admin: AIOKafkaAdminClient, names: set[str], timeout_ms:
         if not missing:
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(f"topics not visible in broker metadata after {timeout_ms} ms: {sorted(missing)}")
+            raise RuntimeError(
+                f"topics not visible in broker metadata after {timeout_ms} ms: {sorted(missing)}"
+            )
         await asyncio.sleep(0.1)
 
 

@@ -18,8 +18,11 @@ for an agent that does nothing; see docs/streams.md, "Benchmark").
   consumer stopping or crashing, as ``wait_first`` watches those too) and resumes it; if the
   watcher fires first the delivery is cancelled, as upstream cancels it.
 
-If the upstream source no longer contains the call (another faust-streaming version), nothing is
-patched and a warning says so: the worker then runs Faust's own loop, only slower.
+Private internals used: ``faust.transport.consumer.Consumer._drain_messages`` (its source is
+recompiled with the one call replaced) and the consumer's ``suspend_flow``/``wait_first``.
+Start-up check: faust-streaming inside the tested range (:mod:`.support`), the method exists and
+its source contains the call exactly once. Otherwise nothing is patched and a WARNING says so:
+the worker then runs Faust's own loop (the public behaviour), only slower.
 """
 
 from __future__ import annotations
@@ -32,12 +35,15 @@ import textwrap
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import support
+
 log = logging.getLogger(__name__)
 
 _CALL = re.compile(
     r"await\s+self\.wait_first\(\s*callback\(message\),\s*self\.suspend_flow\.wait\(\)\s*,?\s*\)"
 )
 _installed = False
+FALLBACK = "Faust's own record delivery (a wait_first per record), unpatched and slower"
 
 
 async def deliver(consumer: Any, callback: Callable[[Any], Coroutine[Any, Any, Any]], message: Any) -> None:
@@ -126,10 +132,13 @@ def install() -> bool:
 
     Returns whether the fast path is active."""
     global _installed
-    if _installed:
-        return True
     from faust.transport import consumer as fc
 
+    if not support.check("fastdrain", FALLBACK, ("faust-streaming",), [(fc.Consumer, "_drain_messages")]):
+        uninstall()
+        return False
+    if _installed:
+        return True
     original = fc.Consumer._drain_messages
     try:
         source = textwrap.dedent(inspect.getsource(original))
@@ -137,7 +146,7 @@ def install() -> bool:
         source = ""
     new = patched_source(source)
     if new is None:
-        log.warning("faust's Consumer._drain_messages has changed: running it unpatched (slower)")
+        log.warning("fast path fastdrain off (Consumer._drain_messages has changed): %s", FALLBACK)
         return False
     namespace: dict[str, Any] = dict(vars(fc))
     namespace["_switchyard_deliver"] = deliver
@@ -149,3 +158,14 @@ def install() -> bool:
     fc.Consumer._drain_messages = patched  # type: ignore[method-assign]
     _installed = True
     return True
+
+
+def uninstall() -> None:
+    """Put Faust's own ``_drain_messages`` back (when :func:`install` patched it)."""
+    global _installed
+    from faust.transport import consumer as fc
+
+    original = getattr(fc.Consumer._drain_messages, "__wrapped__", None)
+    if _installed and original is not None:
+        fc.Consumer._drain_messages = original  # type: ignore[method-assign]
+    _installed = False
