@@ -30,14 +30,13 @@ from services.catalog import load_catalog  # noqa: E402
 from services.router.artifact import load_local  # noqa: E402
 from services.router.encoder import EncoderConfig  # noqa: E402
 from training.collect import apply_fresh, holdout_mask, load_bootstrap, training_rows  # noqa: E402
-from training.compare import evaluate_router  # noqa: E402
 from training.data import GPT4, LABEL, MIXTRAL  # noqa: E402
-from training.embeddings import EmbeddingCache  # noqa: E402
-from training.gate import gate  # noqa: E402
-from training.loop_settings import LoopSettings  # noqa: E402
-from training.settings import TrainingSettings  # noqa: E402
+from training.embeddings import EmbeddingCache, LazyEncoder  # noqa: E402
+from training.evaluation.compare import evaluate_router  # noqa: E402
+from training.evaluation.gate import gate  # noqa: E402
+from training.loop.run import warm_start_params  # noqa: E402
+from training.settings import TrainSettings  # noqa: E402
 from training.train import TrainConfig, TrainingSet, task_vocab, train_router  # noqa: E402
-from training.worker import LazyEncoder, warm_start_params  # noqa: E402
 
 NEW_TASK = "professional_law"
 
@@ -58,12 +57,12 @@ def main() -> None:
     )
     a = ap.parse_args()
 
-    loop = LoopSettings()
+    loop = TrainSettings()
     data = Path(
         os.environ.get("SWITCHYARD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
     )
     catalog = load_catalog(None)
-    cache = EmbeddingCache(TrainingSettings().cache_dir, LazyEncoder(EncoderConfig()))
+    cache = EmbeddingCache(loop.cache_dir, LazyEncoder(EncoderConfig()))
     holdout_rows = loop.holdout_rows if a.holdout_rows is None else a.holdout_rows
     frame = load_bootstrap(
         data,

@@ -34,7 +34,7 @@ from services.router.encoder import Encoder, EncoderConfig
 from services.router.heads import features, make_head, sigmoid
 from training.data import GPT4, MIXTRAL, load_all
 from training.embeddings import EmbeddingCache
-from training.metrics import two_tier_curve
+from training.evaluation.metrics import two_tier_curve
 from training.splits import kfold
 from training.train import TrainConfig, fit_head, task_vocab
 

@@ -23,10 +23,10 @@ app.add_typer(contracts_app, name="contracts", help="Event contracts: JSON Schem
 from infra.emulator.cli import emulator_app; app.add_typer(emulator_app, name="emulator", help="Upstream emulator: recorded answers, faults, drift.")  # noqa: E402,E501,E702,I001
 from infra.replay.cli import replay_app; app.add_typer(replay_app, name="replay", help="Replay benchmark traffic; feedback; drift scenarios.")  # noqa: E402,E501,E702,I001
 from streams.cli import stream_app; app.add_typer(stream_app, name="stream", help="Streams worker: quality, drift, alerts.")  # noqa: E402,E501,E702,I001
-from training.cli import router_app; app.add_typer(router_app, name="router", help="Learned router.")  # noqa: E402,E702,I001
+from training.cli import router_app; app.add_typer(router_app, name="router", help="The router artefact: score, route, check, promote, roll back.")  # noqa: E402,E501,E702,I001
 from services.gateway.cli import serve_app; app.add_typer(serve_app, name="serve", help="Run the gateway (Ray Serve) locally; hot-swap its router.")  # noqa: E402,E501,E702,I001
 from services.gateway.cli import config_app; app.add_typer(config_app, name="config", help="Validate the model catalog; hash API keys.")  # noqa: E402,E501,E702,I001
-from training.loop_cli import train_app; app.add_typer(train_app, name="train", help="Closed loop: distil, retrain, gate, promote.")  # noqa: E402,E501,E702,I001
+from training.cli import train_app; app.add_typer(train_app, name="train", help="Produce routers: train, the closed loop, evaluations.")  # noqa: E402,E501,E702,I001
 
 
 @app.callback()

@@ -24,12 +24,11 @@ from services.contracts import HardQueryEvent, OutcomeEvent, prompt_hash
 from services.contracts.events import ContractError, Event
 from services.contracts.topics import HARD_QUERIES, OUTCOMES, TopicSpec, topic_name
 
-from .data import LABEL, DataNotFoundError, load_gsm8k, load_mmlu, load_routerbench
+from .data import LABEL, LOADERS, DataNotFoundError, check_datasets, labels_last
 from .splits import kfold
 
 log = logging.getLogger(__name__)
 
-LOADERS = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "routerbench": load_routerbench}
 WEIGHT = "weight"
 SOURCE = "source"
 FRESH = "fresh"
@@ -70,9 +69,7 @@ def load_bootstrap(
     up to ``holdout_rows`` more held-out rows per dataset (fold 0 of :func:`holdout_mask`, never
     trained on): the gate's per-task and per-dataset comparisons need more rows than a training
     subsample leaves them."""
-    unknown = [d for d in datasets if d not in LOADERS]
-    if unknown:
-        raise ValueError(f"unknown datasets {unknown} (known: {sorted(LOADERS)})")
+    check_datasets(datasets)
     frames = []
     for d in datasets:
         try:
@@ -91,9 +88,7 @@ def load_bootstrap(
         frames.append(f)
     if not frames:
         raise DataNotFoundError(f"no benchmark data under {data_dir}")
-    frame = pd.concat(frames, ignore_index=True)
-    label_cols = [c for c in frame.columns if c.startswith(LABEL)]
-    frame = frame[[c for c in frame.columns if not c.startswith(LABEL)] + label_cols].reset_index(drop=True)
+    frame = labels_last(pd.concat(frames, ignore_index=True))
     frame[WEIGHT] = 1
     frame[SOURCE] = "bootstrap"
     return frame

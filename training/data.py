@@ -202,6 +202,35 @@ def load_routerbench(data_dir: Path, splits: Iterable[str] = ("train", "test")) 
     return Benchmark(_finish(frame))
 
 
+LOADERS = {"mmlu": load_mmlu, "gsm8k": load_gsm8k, "routerbench": load_routerbench}
+DATASETS = tuple(LOADERS)
+
+
+def check_datasets(datasets: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the datasets no loader knows."""
+    unknown = [d for d in datasets if d not in LOADERS]
+    if unknown:
+        raise ValueError(f"unknown datasets {unknown} (known: {list(LOADERS)})")
+
+
+def labels_last(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``label:`` columns moved to the end (several benchmarks concatenated)."""
+    label_cols = [c for c in frame.columns if c.startswith(LABEL)]
+    return frame[[c for c in frame.columns if not c.startswith(LABEL)] + label_cols].reset_index(drop=True)
+
+
+def load_benchmark(
+    data_dir: Path, datasets: Iterable[str], max_rows: int | None = None, seed: int = 0
+) -> Benchmark:
+    """The chosen datasets in one table (optionally a deterministic per-dataset subsample)."""
+    datasets = list(datasets)
+    check_datasets(datasets)
+    frames = [LOADERS[d](data_dir).frame for d in datasets]
+    if max_rows:
+        frames = [f.sample(n=min(len(f), max_rows), random_state=seed) for f in frames]
+    return Benchmark(labels_last(pd.concat(frames, ignore_index=True)))
+
+
 def load_all(data_dir: Path) -> Benchmark:
     """Every benchmark present, in one table (labels NaN where a model was not graded)."""
     loaders = (load_mmlu, load_gsm8k, load_routerbench)

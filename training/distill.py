@@ -213,69 +213,67 @@ async def label_queries(
     stop = False
     streak = 0  # consecutive failed calls: an unavailable upstream ends distillation early
 
-    def failed() -> bool:
+    class Stop(Exception):
+        """The budget is spent or the upstream is down: distillation ends."""
+
+    async def budgeted(call, msgs: list[dict[str, Any]], price: str, max_out: int, what: str) -> str | None:  # noqa: ANN001
+        """One call that first reserves its worst-case cost: its text, or None when it failed."""
         nonlocal streak
-        counters["failed"] += 1
-        streak += 1
-        return streak >= max_failures
+        pin, pout = price_per_token(catalog, price, judge_model, judge_price_per_m)
+        reserve = estimate_prompt_tokens(msgs) * pin + max_out * pout
+        try:
+            budget.reserve(reserve)
+        except BudgetExceeded as exc:
+            log.info("distillation stops: %s", exc)
+            raise Stop from exc
+        try:
+            text, tin, tout = await call({"messages": msgs, "max_tokens": max_out, "temperature": 0})
+            budget.settle(reserve, tin * pin + tout * pout)
+        except UpstreamError as exc:
+            budget.settle(reserve, 0.0)
+            log.warning("%s failed: %s", what, exc.message)
+            counters["failed"] += 1
+            streak += 1
+            if streak >= max_failures:
+                raise Stop from exc
+            return None
+        streak = 0
+        return text
 
     for cand in cands[:max_queries]:
         lab = Labelled(cand)
-        for model in label_models:
-            msgs = [{"role": "user", "content": cand.prompt}]
-            pin, pout = price_per_token(catalog, model, judge_model, judge_price_per_m)
-            reserve = estimate_prompt_tokens(msgs) * pin + max_tokens * pout
-            try:
-                budget.reserve(reserve)
-            except BudgetExceeded as exc:
-                log.info("distillation stops: %s", exc)
-                stop = True
-                break
-            try:
-                text, tin, tout = await _ask(
-                    pool, model, {"messages": msgs, "max_tokens": max_tokens, "temperature": 0}
+        try:
+            for model in label_models:
+                text = await budgeted(
+                    lambda payload, model=model: _ask(pool, model, payload),
+                    [{"role": "user", "content": cand.prompt}],
+                    model,
+                    max_tokens,
+                    f"distillation call to {model}",
                 )
-                budget.settle(reserve, tin * pin + tout * pout)
-            except UpstreamError as exc:
-                budget.settle(reserve, 0.0)
-                log.warning("distillation call to %s failed: %s", model, exc.message)
-                if failed():
-                    stop = True
-                    break
-                continue
-            streak = 0
-            lab.answers[model] = text
-            jmsgs = [{"role": "user", "content": judge_prompt(cand.prompt, text)}]
-            jin, jout = price_per_token(catalog, judge_model, judge_model, judge_price_per_m)
-            jres = estimate_prompt_tokens(jmsgs) * jin + 16 * jout
-            try:
-                budget.reserve(jres)
-            except BudgetExceeded as exc:
-                log.info("distillation stops: %s", exc)
-                stop = True
-                break
-            try:
-                reply, tin, tout = await _judge(
-                    pool, judge_provider, judge_model, {"messages": jmsgs, "max_tokens": 16, "temperature": 0}
+                if text is None:
+                    continue
+                lab.answers[model] = text
+                reply = await budgeted(
+                    lambda payload: _judge(pool, judge_provider, judge_model, payload),
+                    [{"role": "user", "content": judge_prompt(cand.prompt, text)}],
+                    judge_model,
+                    16,
+                    "judge call",
                 )
-                budget.settle(jres, tin * jin + tout * jout)
-            except UpstreamError as exc:
-                budget.settle(jres, 0.0)
-                log.warning("judge call failed: %s", exc.message)
-                if failed():
-                    stop = True
-                    break
-                continue
-            streak = 0
-            try:
-                grade = parse_grade(reply)
-            except ValueError:
-                counters["unsure"] += 1
-                continue
-            if grade in (0.0, 1.0):
-                lab.labels[model] = grade
-            else:
-                counters["unsure"] += 1
+                if reply is None:
+                    continue
+                try:
+                    grade = parse_grade(reply)
+                except ValueError:
+                    counters["unsure"] += 1
+                    continue
+                if grade in (0.0, 1.0):
+                    lab.labels[model] = grade
+                else:
+                    counters["unsure"] += 1
+        except Stop:
+            stop = True
         if lab.labels:
             out.append(lab)
         if stop:
@@ -355,7 +353,7 @@ async def distill(
     out_dir: Path,
 ) -> tuple[pd.DataFrame, DistillReport]:
     """The whole step for one run: de-duplicate, cluster, label within budget, weight, export.
-    ``settings`` is a :class:`training.loop_settings.LoopSettings`."""
+    ``settings`` is a :class:`training.settings.TrainSettings`."""
     seen: dict[str, Candidate] = {}
     for h in hard_queries:
         prompt = h.prompt or lookup.get(h.prompt_hash, (None, None))[0]

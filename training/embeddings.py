@@ -2,6 +2,7 @@
 
 Heads retrain in seconds because the encoder pass (minutes on 2 CPU cores) runs once per prompt:
 ``<cache_dir>/emb-<key>.npz`` holds ``hashes`` and ``vectors``; new prompts are appended.
+:class:`LazyEncoder` loads the encoder only when a prompt is missing (the retrain worker).
 """
 
 from __future__ import annotations
@@ -14,9 +15,30 @@ from pathlib import Path
 import numpy as np
 
 from services.contracts import prompt_hash
-from services.router.encoder import Encoder, EncoderConfig
+from services.router.encoder import Encoder, EncoderConfig, weights_sha256
 
 log = logging.getLogger(__name__)
+
+
+class LazyEncoder:
+    """The encoder, loaded only when a prompt is missing from the embedding cache (loading it costs
+    a minute on a busy 2-core machine; the loop's prompts are usually all cached)."""
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        self.config = config or EncoderConfig()
+        self._enc: Encoder | None = None
+
+    @property
+    def dim(self) -> int:
+        return 384
+
+    def weights_sha256(self) -> str:
+        return weights_sha256()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if self._enc is None:
+            self._enc = Encoder(self.config)
+        return self._enc.encode(texts)
 
 
 class EmbeddingCache:

@@ -495,13 +495,14 @@ def train_finetuned_router(
     rule: str = "gap",
     extra: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, float]]:
-    """``switchyard router train --kind finetune``: out-of-fold fine-tunes fit the calibration,
+    """``switchyard train router --kind finetune``: out-of-fold fine-tunes fit the calibration,
     a final fine-tune on all rows gives the head and the encoder layers; the cascade scorer is
     fitted on the fine-tuned embeddings (the ones serving will compute)."""
     from services.router.artifact import save_router
 
+    from .cascade import fit_cascade
     from .splits import kfold, train_mask
-    from .train import TrainingSet, fit_calibration, fit_cascade, task_vocab
+    from .train import TrainingSet, fit_calibration, task_vocab
 
     if encoder.quantize_int8:
         raise ValueError("fine-tuning needs the fp32 encoder (int8 is a serving option)")

@@ -1,7 +1,7 @@
 """The routing policy: scores + quality target → the cheapest model expected to keep it.
 
 Rules (:data:`RULES`; the artefact's calibration names the one it serves, chosen on
-leave-tasks-out evaluation, see ``switchyard router eval``):
+leave-tasks-out evaluation, see ``switchyard train eval kinds``):
 
 - ``gap``: a candidate qualifies when its calibrated score is within ``threshold`` of the best
   candidate's, ``P(m) >= max_k P(k) - threshold``; with two tiers this is RouteLLM's ranking by

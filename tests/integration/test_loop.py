@@ -23,8 +23,9 @@ import yaml
 from services.contracts import HardQueryEvent, HardQueryReason, OutcomeEvent, RetrainRequest
 from services.contracts.settings import KafkaSettings, MLflowSettings
 from services.contracts.topics import HARD_QUERIES, OUTCOMES, topic_name
-from training.loop_settings import LoopSettings
-from training.worker import LoopContext, RunExecutor, consume, publish_request
+from training.loop.run import LoopContext, RunExecutor
+from training.loop.worker import consume, publish_request
+from training.settings import TrainSettings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def loop_env(
     kafka_bootstrap: str,  # noqa: ANN001
     mlflow_uri: str,
 ) -> dict:
-    from infra.topics import apply_topics
+    from services.contracts.topic_admin import apply_topics
 
     prefix = f"t{uuid.uuid4().hex[:10]}."
     asyncio.run(apply_topics(kafka_bootstrap, prefix))
@@ -63,7 +64,7 @@ def loop_env(
         registered_model=f"switchyard-loop-test-{uuid.uuid4().hex[:8]}",
         experiment="switchyard-loop-tests",
     )
-    loop = LoopSettings(
+    settings = TrainSettings(
         datasets=["mmlu", "gsm8k"],
         max_rows=150,
         epochs=3,
@@ -78,7 +79,7 @@ def loop_env(
         first_min_quality=0.5,
     )
     ctx = LoopContext(
-        loop=loop,
+        settings=settings,
         mlflow=ms,
         kafka=KafkaSettings(bootstrap=kafka_bootstrap, topic_prefix=prefix),
         data_dir=data_dir,
@@ -175,7 +176,7 @@ def test_retrain_request_runs_the_loop_and_registers_a_gated_challenger(
     assert run.collect["outcomes_kept"] == first_run["published"]
     # distillation went through the provider layer to the emulator, within budget
     d = run.distill
-    assert 0 < d["calls"] <= ctx.loop.budget_calls and 0 < d["spent_usd"] <= ctx.loop.budget_usd
+    assert 0 < d["calls"] <= ctx.settings.budget_calls and 0 < d["spent_usd"] <= ctx.settings.budget_usd
     assert d["labels"] > 0 and d["clusters"] >= 1
     if d["finetune_examples"]:
         lines = Path(d["finetune_path"]).read_text().splitlines()
@@ -195,7 +196,7 @@ def test_retrain_request_runs_the_loop_and_registers_a_gated_challenger(
     # first model: champion only if the gate passed
     assert (_alias(ctx, "champion") == run.model_version) is bool(run.verdict["passed"])
     # the same requests redelivered: no second run (idempotent)
-    from training.worker import plan
+    from training.loop.coalesce import plan
 
     again, decisions = plan(ctx.store(), first_run["requests"])
     assert again == [] and set(decisions.values()) == {"duplicate"}
@@ -211,7 +212,7 @@ def test_failing_gate_leaves_champion(loop_env: dict, first_run: dict) -> None:
     champion_before = _alias(ctx, "champion")
     # a drifting task without held-out rows can never be shown repaired: the gate must fail
     req = RetrainRequest(reason="impossible repair", source="operator", tasks=["no_such_task"])
-    from training.worker import run_requests
+    from training.loop.run import run_requests
 
     (run,), _ = run_requests(ctx, [req], RunExecutor(ctx))
     assert run.verdict is not None and run.verdict["passed"] is False

@@ -27,7 +27,7 @@ def test_train_register_alias_score(
 ) -> None:
     from typer.testing import CliRunner
 
-    from training.cli import router_app
+    from training.cli import router_app, train_app
 
     name = f"switchyard-router-test-{uuid.uuid4().hex[:8]}"
     env = {
@@ -39,12 +39,12 @@ def test_train_register_alias_score(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     env = {**os.environ, **env}
-    # train + register in-process (the same Typer command `switchyard router train` runs)
+    # train + register in-process (the same Typer command `switchyard train router` runs)
     runner = CliRunner()
     train = runner.invoke(
-        router_app,
+        train_app,
         [
-            "train",
+            "router",
             "--kind",
             "mlp",
             "--max-rows",

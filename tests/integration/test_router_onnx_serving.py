@@ -20,7 +20,7 @@ def test_onnx_int8_router_trains_registers_and_serves(
 
     from services.catalog import load_catalog
     from services.gateway.routing import RouteRequest, RouterRuntime
-    from training.cli import router_app
+    from training.cli import train_app
 
     name = f"switchyard-router-onnx-test-{uuid.uuid4().hex[:8]}"
     for k, v in {
@@ -33,9 +33,9 @@ def test_onnx_int8_router_trains_registers_and_serves(
     for k in ("SWITCHYARD_ROUTER_BACKEND", "SWITCHYARD_ROUTER_QUANTIZE_INT8", "SWITCHYARD_ROUTER_DEVICE"):
         monkeypatch.delenv(k, raising=False)
     res = CliRunner().invoke(
-        router_app,
+        train_app,
         [
-            "train",
+            "router",
             "--kind",
             "mlp",
             "--backend",

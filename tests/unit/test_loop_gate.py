@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.gate import Evaluation, GateConfig, TaskMetrics, gate, metrics_of
+from training.evaluation.gate import Evaluation, GateConfig, TaskMetrics, gate, metrics_of
 
 
 def tm(q: float, cost: float = 0.3, n: int = 100) -> TaskMetrics:
@@ -127,7 +127,7 @@ def rows_ev(
         q += qs
         s += ss
         metrics[task] = _metrics(qs, ss)
-    from training.gate import RowOutcomes
+    from training.evaluation.gate import RowOutcomes
 
     overall = _metrics(q, s)
     return Evaluation(

@@ -7,7 +7,7 @@ import pytest
 from services.catalog import load_catalog
 from services.contracts import CallEvent, prompt_hash
 from services.router.calibration import Calibration, ThresholdTable
-from training.shadow import shadow_decisions, summarise
+from training.evaluation.shadow import shadow_decisions, summarise
 
 STRONG, CHEAP = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 

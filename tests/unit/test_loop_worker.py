@@ -9,8 +9,10 @@ import pytest
 
 from services.contracts import RetrainRequest
 from services.contracts.settings import MLflowSettings
-from training.loop_settings import LoopSettings
-from training.worker import LoopContext, RunExecutor, RunStatus, RunStore, plan, run_requests
+from training.loop.coalesce import plan
+from training.loop.run import LoopContext, RunExecutor, run_requests
+from training.loop.state import RunStatus, RunStore
+from training.settings import TrainSettings
 
 
 def req(tasks: list[str], reason: str = "drift", ts: datetime | None = None) -> RetrainRequest:
@@ -91,7 +93,7 @@ class FakeExecutor(RunExecutor):
 @pytest.fixture
 def ctx(tmp_path: Path) -> LoopContext:
     return LoopContext(
-        loop=LoopSettings(),
+        settings=TrainSettings(),
         mlflow=MLflowSettings(tracking_uri="http://127.0.0.1:1"),
         kafka=None,
         data_dir=tmp_path,
@@ -131,7 +133,7 @@ def test_warm_start_reindexes_task_weights(tmp_path: Path) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from training.worker import warm_start_params
+    from training.loop.run import warm_start_params
 
     rng = np.random.default_rng(0)
     d, h, m = 384, 8, 2
@@ -179,7 +181,13 @@ def test_warm_start_does_not_leak_into_calibration(tmp_path: Path) -> None:
     easy = emb[:, 0] > 0
     labels = np.stack([(rng.random(n) < 0.9), (rng.random(n) < np.where(easy, 0.85, 0.3))], 1).astype(float)
     frame = pd.DataFrame(
-        {"prompt_hash": [f"h{i}" for i in range(n)], "task": "t", "prompt": "p", "dataset": "mmlu", "id": range(n)}
+        {
+            "prompt_hash": [f"h{i}" for i in range(n)],
+            "task": "t",
+            "prompt": "p",
+            "dataset": "mmlu",
+            "id": range(n),
+        }
     )
     ts = TrainingSet(frame, emb, ["t"] * n, labels, [GPT4, MIXTRAL])
     cfg = TrainConfig(epochs=3, calibration_folds=3)

@@ -10,7 +10,7 @@ import pytest
 from services.catalog import load_catalog
 from services.router.calibration import Calibration, Platt, ThresholdTable, fit_table
 from services.router.policy import RULES, RoutingPolicy, choose, escalation
-from training.evaluate import EvalConfig, pick_winner, realized, two_tier_row
+from training.evaluation.kinds import EvalConfig, pick_winner, realized, two_tier_row
 from training.splits import task_folds, train_mask
 from training.train import TrainConfig, TrainingSet, fit_cold_start, grouped_oof_logits
 
@@ -202,9 +202,9 @@ def test_cascade_table_lands_on_its_target_on_held_out_gsm8k(data_dir) -> None:
     """The cascade's acceptance threshold per target, fitted on other folds of real GSM8K
     answers, keeps the target (within 1.5 points) on the rows it never saw, and accepts more
     cheap answers at a lower target."""
+    from training.cascade import cascade_design, fit_cascade, fit_cascade_table
     from training.data import load_gsm8k
     from training.splits import kfold
-    from training.train import cascade_design, fit_cascade, fit_cascade_table
 
     bench = load_gsm8k(data_dir)
     f = bench.frame.reset_index(drop=True)

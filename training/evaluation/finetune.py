@@ -1,6 +1,6 @@
-"""Does fine-tuning the encoder beat the frozen-encoder MLP?  (``switchyard router finetune-eval``)
+"""Does fine-tuning the encoder beat the frozen-encoder MLP?  (``switchyard train eval finetune``)
 
-Same conventions as :mod:`training.evaluate`: folds are a pure function of the prompt hash
+Same conventions as :mod:`training.evaluation.kinds`: folds are a pure function of the prompt hash
 (:func:`training.splits.kfold`, so the MMLU rows fall in exactly the folds the main report uses),
 leave-subjects-out holds whole subject groups out (:func:`training.splits.leave_tasks_out`),
 bootstrap 95% intervals. Every fine-tuned model is compared with, on the very same rows:
@@ -27,12 +27,12 @@ import numpy as np
 from services.router.encoder import Encoder, EncoderConfig, pick_device
 from services.router.heads import features, sigmoid
 
-from .data import GPT4, MIXTRAL, Benchmark
-from .evaluate import HSM
-from .finetune import FinetuneConfig, HiddenStateCache, finetune_rows, predict
+from ..data import GPT4, MIXTRAL, Benchmark
+from ..finetune import FinetuneConfig, HiddenStateCache, finetune_rows, predict
+from ..splits import kfold, leave_tasks_out, train_mask
+from ..train import TrainConfig, fit_head, head_logits, prepare, task_vocab
+from .kinds import HSM
 from .metrics import bootstrap, oracle_curve, random_curve, two_tier_curve
-from .splits import kfold, leave_tasks_out, train_mask
-from .train import TrainConfig, fit_head, head_logits, prepare, task_vocab
 
 log = logging.getLogger(__name__)
 

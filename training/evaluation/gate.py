@@ -1,7 +1,7 @@
 """The promotion gate: challenger vs champion on the same held-out data (pure logic, no I/O).
 
-Both routers are measured by :func:`training.compare.evaluate_router` on one held-out split that
-includes the drifting tasks; this module only compares the two :class:`Evaluation` s:
+Both routers are measured by :func:`training.evaluation.compare.evaluate_router` on one held-out
+split that includes the drifting tasks; this module only compares the two :class:`Evaluation` s:
 
 1. per task: the challenger's quality (share of the strong model's quality kept by the policy at
    the quality target) is not worse than the champion's by more than that task's margin; tasks
@@ -46,6 +46,12 @@ class TaskMetrics(BaseModel):
     quality_ratio: float = Field(description="quality / strong_quality (1.0 = as good as always-strong).")
     cost_ratio: float = Field(description="Mean price of the chosen model / the strong model's price.")
     strong_share: float = Field(description="Share of rows sent to the strong model.")
+
+    @classmethod
+    def unmeasured(cls) -> TaskMetrics:
+        """A slice with no measurable row (every figure NaN)."""
+        nan = float("nan")
+        return cls(n=0, quality=nan, strong_quality=nan, quality_ratio=nan, cost_ratio=nan, strong_share=nan)
 
 
 class RowOutcomes(BaseModel):

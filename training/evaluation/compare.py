@@ -1,9 +1,17 @@
-"""Measure a router on held-out data the way it will serve: calibrated scores → the policy at the
-quality target → the chosen model's real graded answer. Feeds :mod:`training.gate`."""
+"""Compare two routers on held-out data: the one place that does it.
+
+Each router is measured the way it will serve (:func:`evaluate_router`): calibrated scores → the
+policy at the quality target → the chosen model's real graded answer. :func:`compare` measures
+the challenger and the champion on the same rows and asks :func:`training.evaluation.gate.gate`
+for the verdict; :class:`Comparison` writes it (``gate.json``, ``gate.png``) and flattens it into
+MLflow metrics. The retrain worker and ``bench/loop_gate_check.py`` call it.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +22,10 @@ from services.router.calibration import comparable_rows
 from services.router.heads import features
 from services.router.policy import choose
 
-from .data import GPT4, MIXTRAL
-from .gate import Evaluation, RowOutcomes, TaskMetrics
+from ..data import GPT4, MIXTRAL
+from ..train import TrainingSet
+from .gate import Evaluation, GateConfig, RowOutcomes, TaskMetrics, Verdict, gate, metrics_of
 from .metrics import ece, two_tier_curve
-from .train import TrainingSet
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +37,7 @@ def _task_metrics(labels: np.ndarray, chosen: np.ndarray, prices: np.ndarray, st
     keep = ~np.isnan(got) & ~np.isnan(ys)
     n = int(keep.sum())
     if n == 0:
-        return TaskMetrics(
-            n=0,
-            quality=float("nan"),
-            strong_quality=float("nan"),
-            quality_ratio=float("nan"),
-            cost_ratio=float("nan"),
-            strong_share=float("nan"),
-        )
+        return TaskMetrics.unmeasured()
     q, qs = float(got[keep].mean()), float(ys[keep].mean())
     return TaskMetrics(
         n=n,
@@ -111,6 +112,56 @@ def evaluate_router(
         ece=ece(probs, labels),
         rows=per_row,
     )
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A challenger against the champion (None: the first router) on the same held-out rows."""
+
+    challenger: Evaluation
+    champion: Evaluation | None
+    verdict: Verdict
+    drift_tasks: list[str]
+
+    def metrics(self) -> dict[str, float]:
+        """Flat MLflow metrics of both evaluations and the verdict."""
+        return {
+            **metrics_of("challenger", self.challenger),
+            **(metrics_of("champion", self.champion) if self.champion else {}),
+            "gate.passed": float(self.verdict.passed),
+        }
+
+    def write(self, out_dir: Path) -> list[Path]:
+        """``gate.json`` (verdict and both evaluations) and ``gate.png`` (per task) in ``out_dir``."""
+        js = out_dir / "gate.json"
+        js.write_text(
+            json.dumps(
+                {
+                    "verdict": self.verdict.model_dump(),
+                    "challenger": self.challenger.model_dump(),
+                    "champion": self.champion.model_dump() if self.champion else None,
+                },
+                indent=1,
+                default=str,
+            ),
+            encoding="utf-8",
+        )
+        png = plot_comparison(self.champion, self.challenger, self.drift_tasks, out_dir / "gate.png")
+        return [js, png]
+
+
+def compare(
+    challenger,  # noqa: ANN001 - a loaded router (services.router.artifact)
+    champion,  # noqa: ANN001 - the serving one, or None for the first router
+    holdout: TrainingSet,
+    catalog: Catalog,
+    cfg: GateConfig,
+    drift_tasks: list[str] | tuple[str, ...] = (),
+) -> Comparison:
+    """Measure both routers on ``holdout`` at ``cfg.quality_target`` and gate the challenger."""
+    ev_new = evaluate_router(challenger, holdout, catalog, cfg.quality_target)
+    ev_old = evaluate_router(champion, holdout, catalog, cfg.quality_target) if champion is not None else None
+    return Comparison(ev_new, ev_old, gate(ev_new, ev_old, cfg, drift_tasks), list(drift_tasks))
 
 
 def plot_comparison(

@@ -1,4 +1,4 @@
-"""The evaluation harness behind ``switchyard router eval``.
+"""Every router kind and routing rule, evaluated out of fold (``switchyard train eval kinds``).
 
 Every router kind is trained and scored out of fold two ways, and every routing rule
 (:data:`services.router.policy.RULES`) is measured on the same scores:
@@ -38,7 +38,10 @@ from services.router.encoder import EncoderConfig
 from services.router.heads import sigmoid
 from services.router.policy import RULES, choose, escalation
 
-from .data import GPT4, MIXTRAL, ROUTERBENCH_MODELS, Benchmark
+from ..cascade import fit_cascade_table, oof_cascade_scores
+from ..data import GPT4, MIXTRAL, ROUTERBENCH_MODELS, Benchmark
+from ..splits import kfold, task_folds
+from ..train import TrainConfig, TrainingSet, fit_calibration, fit_cold_start, oof_logits, prepare
 from .metrics import (
     Curve,
     cost_saving,
@@ -48,17 +51,6 @@ from .metrics import (
     oracle_curve,
     random_curve,
     two_tier_curve,
-)
-from .splits import kfold, task_folds
-from .train import (
-    TrainConfig,
-    TrainingSet,
-    fit_calibration,
-    fit_cascade_table,
-    fit_cold_start,
-    oof_cascade_scores,
-    oof_logits,
-    prepare,
 )
 
 log = logging.getLogger(__name__)

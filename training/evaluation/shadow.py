@@ -48,6 +48,15 @@ class ShadowSummary(BaseModel):
     per_task: dict[str, dict[str, float]]
 
 
+RATES = (
+    "agreement",
+    "served_relative_cost",
+    "shadow_relative_cost",
+    "shadow_strong_share",
+    "served_strong_share",
+)
+
+
 def summarise(decisions: Sequence[ShadowDecision], strong_model: str) -> ShadowSummary:
     """Agreement and would-be cost (relative to always-strong), overall and per task."""
 
@@ -63,27 +72,15 @@ def summarise(decisions: Sequence[ShadowDecision], strong_model: str) -> ShadowS
         }
 
     if not decisions:
-        return ShadowSummary(
-            calls=0,
-            agreement=float("nan"),
-            served_relative_cost=float("nan"),
-            shadow_relative_cost=float("nan"),
-            shadow_strong_share=float("nan"),
-            served_strong_share=float("nan"),
-            per_task={},
-        )
+        return ShadowSummary(calls=0, per_task={}, **dict.fromkeys(RATES, float("nan")))
     tasks: dict[str, list[ShadowDecision]] = {}
     for d in decisions:
         tasks.setdefault(d.task, []).append(d)
     overall = agg(decisions)
     return ShadowSummary(
         calls=len(decisions),
-        agreement=overall["agreement"],
-        served_relative_cost=overall["served_relative_cost"],
-        shadow_relative_cost=overall["shadow_relative_cost"],
-        shadow_strong_share=overall["shadow_strong_share"],
-        served_strong_share=overall["served_strong_share"],
         per_task={t: agg(v) for t, v in sorted(tasks.items())},
+        **{k: overall[k] for k in RATES},
     )
 
 
@@ -138,7 +135,7 @@ def log_shadow(mlflow_settings, version: str | None, summary: ShadowSummary, pat
     """Log the summary as an MLflow run (tag ``shadow_of``); tag the registered version with it."""
     import mlflow
 
-    from .promote import tag_version
+    from ..promote import tag_version
 
     mlflow.set_tracking_uri(mlflow_settings.tracking_uri)
     mlflow.set_experiment(mlflow_settings.experiment)
