@@ -136,9 +136,8 @@ def save_router(
         _save_arrays(out / ENCODER_WEIGHTS_FILE, encoder_weights)
         files.append(ENCODER_WEIGHTS_FILE)
     sums = {f: file_sha256(out / f) for f in files}
-    digest = hashlib.sha256(json.dumps([kind, list(models), sums], sort_keys=True).encode()).hexdigest()
     manifest = Manifest(
-        version=f"{kind}-{digest[:12]}",
+        version=content_version(kind, models, sums),
         kind=kind,
         created_utc=datetime.now(UTC).isoformat(timespec="seconds"),
         models=list(models),
@@ -302,6 +301,13 @@ class LoadedRouter:
         return RoutingPolicy(catalog, self.calibration)
 
 
+def content_version(kind: str, models: Sequence[str], sums: dict[str, str]) -> str:
+    """The version id of an artefact: its kind and a hash of its models and file checksums, so
+    the same id always means the same content."""
+    digest = hashlib.sha256(json.dumps([kind, list(models), sums], sort_keys=True).encode()).hexdigest()
+    return f"{kind}-{digest[:12]}"
+
+
 def _verify(path: Path) -> Manifest:
     mpath = path / MANIFEST
     if not path.is_dir():
@@ -332,6 +338,12 @@ def _verify(path: Path) -> Manifest:
     for name in (HEAD_FILE, CALIBRATION_FILE):
         if name not in manifest.files:
             raise RouterLoadError(f"{mpath} does not list {name}")
+    derived = content_version(manifest.kind, manifest.models, manifest.files)
+    if manifest.version != derived:
+        raise RouterLoadError(
+            f"{mpath}: version {manifest.version!r} does not match the artefact's content ({derived}): "
+            "the files were changed after it was saved"
+        )
     return manifest
 
 
@@ -494,4 +506,20 @@ def smoke_check(router: LoadedRouter, queries: Sequence[Query] = SMOKE_QUERIES) 
         bad = {m: p for m, p in row.items() if not (np.isfinite(p) and 0.0 <= p <= 1.0)}
         if bad:
             raise RouterLoadError(f"router {router.version}: scores out of [0, 1]: {bad}")
+    if len(out) > 1 and router.manifest.kind != "random":
+        flat = [m for m in router.models if np.ptp([row[m] for row in out]) < 1e-6]
+        if len(flat) == len(router.models):
+            raise RouterLoadError(
+                f"router {router.version}: the same scores for every smoke query (degenerate weights?)"
+            )
+    ranges = (router.manifest.training or {}).get("score_ranges")
+    if isinstance(ranges, dict):
+        margin = 0.25  # the smoke prompts are not the training rows: a generous band
+        for m, (lo, hi) in ranges.items():
+            got = [row[m] for row in out if m in row]
+            if got and (min(got) < lo - margin or max(got) > hi + margin):
+                raise RouterLoadError(
+                    f"router {router.version}: {m} scores {min(got):.3f}..{max(got):.3f} outside the "
+                    f"range its training recorded ({lo:.3f}..{hi:.3f})"
+                )
     return out

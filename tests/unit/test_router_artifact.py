@@ -13,6 +13,7 @@ from services.router.artifact import (
     HEAD_FILE,
     MANIFEST,
     RouterLoadError,
+    content_version,
     load_router,
     save_router,
     smoke_check,
@@ -93,9 +94,51 @@ def test_corrupt_or_tampered_files(tmp_path: Path) -> None:
     (tmp_path / "g" / HEAD_FILE).write_bytes(b"garbage")
     man = json.loads((tmp_path / "g" / MANIFEST).read_text())
     man["files"][HEAD_FILE] = file_sha256(tmp_path / "g" / HEAD_FILE)
+    man["version"] = content_version(man["kind"], man["models"], man["files"])
     (tmp_path / "g" / MANIFEST).write_text(json.dumps(man))
     with pytest.raises(RouterLoadError, match="cannot read weights"):
         load_router(str(tmp_path / "g"))
+
+
+def _zero_weights(path: Path, keep_version: bool) -> None:
+    """Edit an artefact's head to zeros and re-hash its manifest, as a tamperer would."""
+    from services.router.artifact import _save_arrays
+    from services.router.encoder import file_sha256
+
+    man = json.loads((path / MANIFEST).read_text())
+    d = 384 + len(VOCAB)
+    _save_arrays(
+        path / HEAD_FILE,
+        {"w1": np.zeros((d, 8)), "b1": np.zeros(8), "w2": np.zeros((8, 2)), "b2": np.zeros(2)},
+    )
+    man["files"][HEAD_FILE] = file_sha256(path / HEAD_FILE)
+    if not keep_version:
+        man["version"] = content_version(man["kind"], man["models"], man["files"])
+    (path / MANIFEST).write_text(json.dumps(man))
+
+
+def test_an_edited_artefact_cannot_keep_its_version_id(tmp_path: Path) -> None:
+    champion = _save(tmp_path / "c")
+    _zero_weights(tmp_path / "c", keep_version=True)
+    with pytest.raises(RouterLoadError, match="does not match the artefact's content"):
+        load_router(str(tmp_path / "c"))
+    _zero_weights(tmp_path / "c", keep_version=False)
+    assert load_router(str(tmp_path / "c")).version != champion  # loads, but never as the champion
+
+
+def test_smoke_check_refuses_degenerate_and_out_of_range_scores(tmp_path: Path, monkeypatch) -> None:
+    _save(tmp_path / "z")
+    router = load_router(str(tmp_path / "z"))
+    flat = [{MODELS[0]: 0.5, MODELS[1]: 0.5}] * 4  # what zero weights give for every prompt
+    monkeypatch.setattr(router, "scores", lambda queries: flat[: len(queries)])
+    with pytest.raises(RouterLoadError, match="same scores for every smoke query"):
+        smoke_check(router)
+    varied = [{MODELS[0]: 0.9 - i / 10, MODELS[1]: 0.2 + i / 10} for i in range(4)]
+    monkeypatch.setattr(router, "scores", lambda queries: varied[: len(queries)])
+    assert smoke_check(router) == varied
+    router.manifest.training["score_ranges"] = {MODELS[0]: [0.95, 0.99], MODELS[1]: [0.0, 1.0]}
+    with pytest.raises(RouterLoadError, match="outside the range its training recorded"):
+        smoke_check(router)
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from services.router.artifact import (  # noqa: E402
     ENCODER_WEIGHTS_FILE,
     MANIFEST,
     RouterLoadError,
+    content_version,
     load_router,
     save_router,
     smoke_check,
@@ -181,6 +182,7 @@ def test_corrupt_encoder_weights_are_refused(trained: dict) -> None:
     )
     m = json.loads((out2 / MANIFEST).read_text())
     m["files"][ENCODER_WEIGHTS_FILE] = file_sha256(out2 / ENCODER_WEIGHTS_FILE)
+    m["version"] = content_version(m["kind"], m["models"], m["files"])  # a consistent re-hash
     (out2 / MANIFEST).write_text(json.dumps(m))
     router = load_router(str(out2), device="cpu")
     with pytest.raises(RouterLoadError, match="do not fit"):
@@ -189,6 +191,7 @@ def test_corrupt_encoder_weights_are_refused(trained: dict) -> None:
     # garbage that is not safetensors at all (checksum updated): refused at load
     (out2 / ENCODER_WEIGHTS_FILE).write_bytes(b"not a safetensors file")
     m["files"][ENCODER_WEIGHTS_FILE] = file_sha256(out2 / ENCODER_WEIGHTS_FILE)
+    m["version"] = content_version(m["kind"], m["models"], m["files"])
     (out2 / MANIFEST).write_text(json.dumps(m))
     with pytest.raises(RouterLoadError, match="cannot read weights"):
         load_router(str(out2))
