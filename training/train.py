@@ -348,6 +348,26 @@ def head_logits(
     return np.concatenate([head.logits(x[i : i + chunk]) for i in range(0, len(x), chunk)])
 
 
+def score_ranges(
+    kind: str,
+    params: dict[str, np.ndarray],
+    options: dict[str, Any],
+    calibration: Calibration,
+    ts: TrainingSet,
+    vocab: list[str],
+) -> dict[str, list[float]]:
+    """Per model, the lowest and highest score the saved router serves on its own training rows,
+    tagged and untagged: the band a replica's smoke check holds a loaded router to."""
+    blank: list[str | None] = [None] * len(ts.tasks)
+
+    def served_scores(tasks: list[str] | list[str | None]) -> np.ndarray:
+        x = features(ts.embeddings, tasks, vocab)
+        return calibration.apply(head_logits(kind, params, options, x), tasks)
+
+    served = np.vstack([served_scores(ts.tasks), served_scores(blank)])
+    return {m: [float(served[:, j].min()), float(served[:, j].max())] for j, m in enumerate(ts.models)}
+
+
 def task_vocab(tasks: list[str]) -> list[str]:
     return sorted(set(tasks))
 
@@ -568,6 +588,7 @@ def train_router(
         "rows": len(ts.frame),
         "datasets": sorted(ts.frame["dataset"].unique()),
         "metrics": metrics,
+        "score_ranges": score_ranges(cfg.kind, params, opts, calibration, ts, vocab),
         **(extra or {}),
     }
     manifest = save_router(

@@ -163,6 +163,7 @@ def test_warm_start_reindexes_task_weights(tmp_path: Path) -> None:
     assert warm_start_params(Champion, ["a"], ["s", "other"]) is None  # different models: cold start
 
 
+@pytest.mark.slow  # trains two routers
 def test_warm_start_does_not_leak_into_calibration(tmp_path: Path) -> None:
     """The champion saw the training rows: calibration must come from fold models that did not,
     so a warm start changes the served head but not the out-of-fold calibration."""
@@ -209,3 +210,13 @@ def test_warm_start_does_not_leak_into_calibration(tmp_path: Path) -> None:
     head_cold = (tmp_path / "cold" / "head.safetensors").read_bytes()
     head_warm = (tmp_path / "warm" / "head.safetensors").read_bytes()
     assert head_cold != head_warm  # the warm start did reach the served head
+    # the saved router records the band of scores it serves on its own rows, and serves within it
+    from services.router.artifact import load_local
+
+    router = load_local(tmp_path / "cold")
+    ranges = router.manifest.training["score_ranges"]
+    assert set(ranges) == {GPT4, MIXTRAL}
+    served = router.scores_from_embeddings(emb[:50], [None] * 50)
+    for j, m in enumerate(router.models):
+        lo, hi = ranges[m]
+        assert 0 <= lo < hi <= 1 and lo - 1e-6 <= served[:, j].min() and served[:, j].max() <= hi + 1e-6
