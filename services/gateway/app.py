@@ -3,6 +3,7 @@ maps errors to the OpenAI error body."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -61,6 +62,7 @@ class Gateway:
         router_status: Callable[[], Awaitable[dict[str, Any]]],
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        health_timeout_s: float = 2.0,
     ):
         self.service = service
         self.keys = keys
@@ -70,6 +72,7 @@ class Gateway:
         self.router_status = router_status
         self.on_start = on_start
         self.on_stop = on_stop
+        self.health_timeout_s = health_timeout_s
         self.started = False
 
     async def start(self) -> None:
@@ -95,9 +98,16 @@ def _summarise(exc: ValidationError | RequestValidationError) -> tuple[str, str 
     return "; ".join(parts), param
 
 
-def error_response(exc: SwitchyardError) -> JSONResponse:
-    """The one mapping from our errors to an HTTP response with the OpenAI error body."""
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def error_response(exc: SwitchyardError, request_id: str | None = None) -> JSONResponse:
+    """The one mapping from our errors to an HTTP response with the OpenAI error body; every
+    error carries the request id (the call's own, or a fresh one for requests that never got
+    that far), so a client can quote it."""
+    headers = {**(exc.headers or {}), "x-switchyard-request-id": request_id or new_request_id()}
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+def _request_id(request: Request) -> str | None:
+    return getattr(request.state, "request_id", None)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -159,7 +169,7 @@ def create_app(gw: Gateway) -> FastAPI:
         log.log(exc.log_level, "%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
         if exc.status >= 400 and exc.status not in (502, 504):  # upstream errors are counted by the service
             gw.metrics.errors.labels(status=str(exc.status), code=exc.code).inc()
-        return error_response(exc)
+        return error_response(exc, _request_id(request))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -170,13 +180,14 @@ def create_app(gw: Gateway) -> FastAPI:
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kinds: dict[int, type[SwitchyardError]] = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}
         kind = kinds.get(exc.status_code, BadRequest if exc.status_code < 500 else SwitchyardError)
-        return error_response(kind(f"{exc.detail}: {request.method} {request.url.path}"))
+        error = kind(f"{exc.detail}: {request.method} {request.url.path}")
+        return error_response(error, _request_id(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         gw.metrics.errors.labels(status="500", code="internal_error").inc()
-        return error_response(SwitchyardError(f"internal error ({type(exc).__name__})"))
+        return error_response(SwitchyardError(f"internal error ({type(exc).__name__})"), _request_id(request))
 
     async def caller_of(request: Request) -> Caller:
         if not gw.started:
@@ -187,12 +198,13 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
+        request_id = (request.headers.get("x-request-id") or new_request_id())[:128]
+        request.state.request_id = request_id  # error responses name it too
         caller = await caller_of(request)
         req: ChatCompletionRequest = _parse(
             ChatCompletionRequest, await _read_body(request, gw.max_body_bytes)
         )
-        request_id = request.headers.get("x-request-id") or new_request_id()
-        ctx = gw.service.context(req, _header_knobs(request), caller, request_id[:128])
+        ctx = gw.service.context(req, _header_knobs(request), caller, request_id)
         if req.stream:
             result = await gw.service.chat_stream(ctx)
             return StreamingResponse(result.events, media_type="text/event-stream", headers=result.headers)
@@ -219,15 +231,20 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        """200 while requests are served: ``status`` is ``ok``, or ``degraded`` (the last good
+        router restored from the local cache, or no router: the catalog default answers). 503
+        only while the replica is starting (its first router load has not finished)."""
         if not gw.started:
             await gw.start()
         try:
-            router = await gw.router_status()
-        except Exception as exc:  # noqa: BLE001
-            router = {"loaded": False, "error": f"{type(exc).__name__}: {exc}"}
+            async with asyncio.timeout(gw.health_timeout_s):
+                router = await gw.router_status()
+        except Exception as exc:  # noqa: BLE001 - a dead or hung router replica
+            router = {"loaded": False, "error": f"{type(exc).__name__}: {exc}", "failed_swaps": None}
         emitter = gw.service.emitter
-        body = {
-            "ready": bool(router.get("loaded")),
+        body: dict[str, Any] = {
+            "ready": True,
+            "status": "ok",
             "router": router,
             "emitter": {
                 "connected": emitter.connected if emitter else None,
@@ -235,8 +252,15 @@ def create_app(gw: Gateway) -> FastAPI:
                 "spooled": emitter.spool.pending if emitter else 0,
             },
         }
-        if not body["ready"]:
-            return JSONResponse({**NotReady("router not loaded").body(), **body}, status_code=503)
+        default = gw.service.catalog.default_model
+        if router.get("loaded") and router.get("restored"):
+            body["status"] = "degraded"
+            body["reason"] = f"serving the last good router {router['restored']}: {router.get('last_error')}"
+        elif not router.get("loaded"):
+            if router.get("failed_swaps") == 0 and "error" not in router:
+                return JSONResponse({**NotReady("router not loaded yet").body(), **body, "ready": False}, 503)
+            body["status"] = "degraded"
+            body["reason"] = f"no router: requests are served by the catalog default {default}"
         return JSONResponse(body)
 
     @app.get("/metrics")

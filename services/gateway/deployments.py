@@ -119,7 +119,9 @@ class RouterDeployment:
         _set_threads(settings.router_threads)
         options = router.encoder_options(settings.router_threads, settings.state_dir)
         self.runtime = RouterRuntime(
-            load_catalog(settings.catalog_path), functools.partial(default_loader, **options)
+            load_catalog(settings.catalog_path),
+            functools.partial(default_loader, **options),
+            last_good=(settings.state_dir / "router" / "last-good").resolve(),
         )
         self._route_batch.set_max_batch_size(settings.router_batch_size)
         self._route_batch.set_batch_wait_timeout_s(settings.router_batch_wait_s)

@@ -4,10 +4,13 @@ batched scoring, the routing policy, and the hot swap (load → smoke-check → 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -72,6 +75,7 @@ class SwapStatus:
     swaps: int = 0
     failed_swaps: int = 0
     history: list[str] = field(default_factory=list)
+    restored: str | None = None  # the last good version restored from the local cache, if serving it
 
 
 def default_loader(ref: str, **encoder_options: Any) -> Router:
@@ -109,14 +113,24 @@ def smoke(router: Router, catalog: Catalog) -> None:
 
 
 class RouterRuntime:
-    """Holds the serving router; ``swap`` replaces it atomically or not at all."""
+    """Holds the serving router; ``swap`` replaces it atomically or not at all.
 
-    def __init__(self, catalog: Catalog, loader: Callable[[str], Router] = default_loader):
+    With a ``last_good`` directory, every router swapped in is also copied there (verified
+    artefact files only), and a replica that starts with no router and cannot load the one it is
+    asked for restores that copy instead of serving without a router."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        loader: Callable[[str], Router] = default_loader,
+        last_good: Path | None = None,
+    ):
         self.catalog = catalog
         self._loader = loader
         self._lock = threading.Lock()
         self._router: Router | None = None
         self._policy: Any = None
+        self.last_good = last_good
         self.status = SwapStatus()
 
     @property
@@ -129,9 +143,7 @@ class RouterRuntime:
             return True
         t0 = time.perf_counter()
         try:
-            router = self._loader(ref)
-            smoke(router, self.catalog)
-            policy = self._make_policy(router)
+            router, policy = self._load(ref)
         except Exception as exc:  # noqa: BLE001
             self.status.failed_swaps += 1
             self.status.last_error = f"{type(exc).__name__}: {exc}"
@@ -141,16 +153,68 @@ class RouterRuntime:
                 self.status.version,
                 self.status.last_error,
             )
+            if self._router is None:
+                self._restore_last_good()
             return False
         with self._lock:
             old = self.status.version
             self._router, self._policy = router, policy
             self.status.ref, self.status.version = ref, router.version
             self.status.loaded_at, self.status.last_error = time.time(), None
+            self.status.restored = None
             self.status.swaps += 1
             self.status.history.append(router.version)
         log.info("router swapped %s -> %s (%s) in %.1fs", old, router.version, ref, time.perf_counter() - t0)
+        self._keep_last_good(router)
         return True
+
+    def _load(self, ref: str) -> tuple[Router, RoutingPolicy | ScoreRatioPolicy]:
+        router = self._loader(ref)
+        smoke(router, self.catalog)
+        return router, self._make_policy(router)
+
+    def _keep_last_good(self, router: Router) -> None:
+        """Copy a router that passed every check to the local last-good cache."""
+        src = getattr(router, "path", None)
+        if self.last_good is None or src is None:
+            return
+        try:
+            self.last_good.mkdir(parents=True, exist_ok=True)
+            dest = self.last_good / router.version
+            if not dest.exists():
+                tmp = self.last_good / f".{router.version}.{os.getpid()}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(src, tmp)
+                tmp.replace(dest)
+            pointer = self.last_good / "CURRENT"
+            staged = self.last_good / f".CURRENT.{os.getpid()}"
+            staged.write_text(router.version)
+            staged.replace(pointer)
+            for old in self.last_good.iterdir():
+                if old.is_dir() and not old.name.startswith(".") and old.name != router.version:
+                    shutil.rmtree(old, ignore_errors=True)
+        except OSError as exc:
+            log.warning("cannot cache router %s as the last good one: %s", router.version, exc)
+
+    def _restore_last_good(self) -> None:
+        """Serve the cached last good router when no router is loaded at all."""
+        if self.last_good is None:
+            return
+        try:
+            version = (self.last_good / "CURRENT").read_text().strip()
+        except OSError:
+            return
+        try:
+            router, policy = self._load(str(self.last_good / version))
+        except Exception as exc:  # noqa: BLE001
+            log.error("the cached last good router %s cannot be restored either: %s", version, exc)
+            return
+        with self._lock:
+            self._router, self._policy = router, policy
+            self.status.version, self.status.loaded_at = router.version, time.time()
+            self.status.restored = router.version
+            self.status.history.append(router.version)
+        log.warning("serving the last good router %s from the local cache", router.version)
 
     def _make_policy(self, router: Router) -> RoutingPolicy | ScoreRatioPolicy:
         calibration = getattr(router, "calibration", None)

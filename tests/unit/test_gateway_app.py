@@ -3,6 +3,7 @@ limits, knobs, router fallback, cascade accounting, streaming, events and metric
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -277,3 +278,46 @@ async def test_a_zero_quality_target_is_kept_not_replaced_by_the_default(stack) 
     assert router.seen[-1].quality_target == 0.0
     r = await client.post("/v1/chat/completions", json=body(switchyard={"task": "astronomy"}))
     assert router.seen[-1].quality_target == CATALOG.task_defaults("astronomy").quality_target
+
+
+async def test_every_error_response_carries_a_request_id(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    bad_json = await client.post("/v1/chat/completions", content=b"{nope")
+    no_key = await client.post("/v1/chat/completions", json=body(), headers={"authorization": "Bearer x"})
+    missing = await client.get("/nope")
+    upstream.fail.update({WEAK, STRONG, "claude-v2"})
+    failed = await client.post("/v1/chat/completions", json=body())
+    ids = [r.headers.get("x-switchyard-request-id") for r in (bad_json, no_key, missing, failed)]
+    assert [r.status_code for r in (bad_json, no_key, missing, failed)] == [400, 401, 404, 502]
+    assert all(ids) and len(set(ids)) == 4
+    [ev] = await events(gw, broker)
+    assert ev["request_id"] == ids[3]  # the failed call's event is found by the id its client got
+
+
+async def test_readiness_is_degraded_not_unready_while_requests_are_served(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    status = {"loaded": False, "failed_swaps": 0}
+
+    async def router_status() -> dict:
+        return status
+
+    gw.router_status = router_status
+    r = await client.get("/readyz")
+    assert r.status_code == 503 and r.json()["ready"] is False  # starting: no load attempt finished
+    status["failed_swaps"] = 1  # the router could not be loaded: the default model answers
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert STRONG in r.json()["reason"]
+    status.update(loaded=True, restored="mlp-abc", last_error="RouterLoadFailed: corrupt")
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "degraded" and "mlp-abc" in r.json()["reason"]
+
+    async def hung() -> dict:
+        await asyncio.sleep(30)
+        return {}
+
+    gw.router_status, gw.health_timeout_s = hung, 0.2
+    t0 = asyncio.get_running_loop().time()
+    r = await client.get("/readyz")
+    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert asyncio.get_running_loop().time() - t0 < 2  # a hung router replica never hangs health checks
