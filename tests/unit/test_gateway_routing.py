@@ -110,3 +110,30 @@ def test_reasoning_switch_only_for_hard_queries() -> None:
     assert payload(0.0, True).get("reasoning_effort") == "high"  # hard: on
     assert "reasoning_effort" not in payload(0.5, False)  # easy: off, even if the client asked
     assert "reasoning_effort" not in payload(0.0, True, model=STRONG)  # no switch on this model
+
+
+def test_a_restarted_replica_restores_the_last_good_router_when_the_new_one_is_corrupt(tmp_path) -> None:
+    from pathlib import Path
+
+    def dir_loader(ref: str):
+        p = Path(ref)
+        if not (p / "v").exists():
+            raise RouterLoadFailed(f"{ref} is corrupt")
+        r = FakeRouter((p / "v").read_text())
+        r.path = p
+        return r
+
+    good = tmp_path / "good"
+    good.mkdir()
+    (good / "v").write_text("v1")
+    rt = RouterRuntime(CATALOG, dir_loader, last_good=tmp_path / "cache")
+    assert rt.swap(str(good))
+    good.joinpath("v").unlink()  # the registry's copy is gone or corrupt now
+    restarted = RouterRuntime(CATALOG, dir_loader, last_good=tmp_path / "cache")
+    assert not restarted.swap(str(good))
+    assert restarted.router is not None and restarted.status.restored == "v1"
+    [r] = restarted.route([RouteRequest("q", None, 0.9)])
+    assert r.router_version == "v1"
+    (good / "v").write_text("v2")
+    assert restarted.swap(str(good)) and restarted.status.restored is None
+    assert (tmp_path / "cache" / "CURRENT").read_text() == "v2" and not (tmp_path / "cache" / "v1").exists()
