@@ -15,7 +15,9 @@ from pathlib import Path
 from services.catalog import load_catalog
 from services.contracts.settings import DataSettings
 
-from .app import EmulatorApp, StreamCut
+from .app import EmulatorApp
+from .asgi import StreamCut
+from .core import Emulator
 from .corpus import Corpus
 from .settings import EmulatorSettings, load_config
 
@@ -37,19 +39,18 @@ def build_app(settings: EmulatorSettings) -> EmulatorApp:
     """Load corpus, catalog and start config, and return the ASGI app (lookups precomputed)."""
     t0 = time.perf_counter()
     corpus = Corpus.load(resolve_data_dir(settings.data_dir), settings.datasets, settings.corpus_cache_dir())
-    app = EmulatorApp(
+    emulator = Emulator(
         corpus,
         load_catalog(settings.catalog),
         load_config(settings.config),
         speed=settings.speed,
         seed=settings.seed,
-        chunk_words=settings.chunk_words,
-        api_key=settings.api_key,
     )
+    app = EmulatorApp(emulator, chunk_words=settings.chunk_words, api_key=settings.api_key)
     log.info(
         "emulator: %d prompts, %d models loaded in %.1fs",
         len(corpus),
-        len(app.models),
+        len(emulator.models),
         time.perf_counter() - t0,
     )
     return app

@@ -49,7 +49,7 @@ def replay(
     from infra.emulator.server import resolve_data_dir
     from services.catalog import load_catalog
 
-    from .runner import ReplayConfig
+    from .config import ReplayConfig
     from .runner import replay as run_replay
     from .scenarios import build_scenario, parse_mix
     from .summary import to_markdown, write_summary

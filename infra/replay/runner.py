@@ -6,7 +6,8 @@ loop, requests/s). Correctness comes from the emulator side channel: the ``x-emu
 header when the response carries it, else ``GET {emulator_url}/emulator/truth`` for the model
 that answered. For a sampled share of answers it posts feedback
 (``POST {base_url}/feedback {request_id, score, source}``; request id from
-``x-switchyard-request-id``, else the completion id).
+``x-switchyard-request-id``, else the completion id). Each :class:`Result` carries its start
+and end time, so callers can place it on a timeline.
 """
 
 from __future__ import annotations
@@ -20,69 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infra.emulator.corpus import Corpus, PromptRecord, count_tokens, prompt_tokens
+from infra.emulator.settings import EmulatorSettings
 from services.catalog import Catalog
 
+from .config import ReplayConfig, Result
 from .scenarios import Scenario, resolve_mix
+from .summary import summarize
 
 log = logging.getLogger(__name__)
-
-
-class ReplayConfig(BaseModel):
-    """One replay run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str = Field(description="OpenAI-style base URL, e.g. http://127.0.0.1:8000/v1.")
-    api_key: str = "switchyard-replay"
-    model: str = Field(default="switchyard/auto", description="Model sent in each request.")
-    emulator_url: str | None = Field(
-        default="http://127.0.0.1:8100", description="For ground truth and drift."
-    )
-    count: int | None = Field(default=200, ge=1)
-    duration_s: float | None = Field(default=None, gt=0)
-    concurrency: int = Field(default=8, ge=1, le=1024)
-    rate: float | None = Field(
-        default=None, gt=0, description="Requests started per second (None: as fast as possible)."
-    )
-    stream: bool = False
-    feedback_share: float = Field(default=0.2, ge=0, le=1)
-    feedback_source: str = "user"
-    seed: int = 0
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=0, ge=0)
-
-    @model_validator(mode="after")
-    def _bound(self) -> ReplayConfig:
-        if self.duration_s is not None:
-            self.count = None
-        if self.count is None and self.duration_s is None:
-            raise ValueError("set count or duration_s: a replay is always bounded")
-        return self
-
-
-@dataclass
-class Result:
-    """One request's outcome."""
-
-    phase: str
-    task: str
-    prompt_hash: str
-    ok: bool
-    error: str | None
-    model: str | None
-    latency_s: float
-    ttft_s: float | None
-    prompt_tokens: int
-    completion_tokens: int
-    cost_usd: float | None
-    correct: float | None
-    baseline_cost_usd: float
-    baseline_correct: float | None
-    request_id: str | None = None
-    feedback: str | None = None  # "sent" | "failed" | None
 
 
 @dataclass
@@ -204,7 +152,10 @@ class Replayer:
 
         async def worker() -> None:
             while (item := await next_job()) is not None:
-                self.results.append(await self._one(client, admin, item[1]))
+                started_at = time.time()
+                result = await self._one(client, admin, item[1])
+                result.started_at, result.finished_at = started_at, time.time()
+                self.results.append(result)
 
         try:
             await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
@@ -351,10 +302,6 @@ def replay(
     datasets: list[str] | None = None,
 ) -> tuple[Replayer, dict]:
     """Load the prompts (all datasets present, or ``datasets``); run the replay; return it and its summary."""
-    from infra.emulator.settings import EmulatorSettings
-
-    from .summary import summarize
-
     corpus = Corpus.load(data_dir, datasets, EmulatorSettings().corpus_cache_dir())
     replayer = Replayer(config, scenario, corpus, catalog)
     asyncio.run(replayer.run())

@@ -12,7 +12,7 @@ import numpy as np
 
 from services.catalog import Catalog
 
-from .runner import ReplayConfig, Result
+from .config import ReplayConfig, Result
 from .scenarios import Scenario
 
 

@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from infra.emulator.corpus import Corpus
-from infra.replay.runner import ReplayConfig, Replayer
+from infra.replay.config import ReplayConfig
+from infra.replay.runner import Replayer
 from infra.replay.scenarios import build_scenario
 from infra.replay.summary import summarize
 from services.catalog import load_catalog
@@ -77,6 +78,8 @@ def test_summary_counts_errors_feedback_and_quality_are_right(emulator, corpus):
         sum(corpus.by_hash[r.prompt_hash].labels[GPT4] for r in graded) / len(graded)
     )
     assert s["cost_vs_baseline"] < 0.05  # Mixtral is ~100x cheaper than GPT-4
+    # every result, failed or not, carries when it was sent and when its handling ended
+    assert all(0 < r.started_at <= r.finished_at for r in rep.results)
     sent = s["feedback"].get("sent", 0)
     received = emulator.feedback()
     assert sent == len(received) > 0

@@ -1,0 +1,130 @@
+"""What one demo run is: its knobs (:class:`DemoSettings`, env ``SWITCHYARD_DEMO_*``) and its
+identity (:class:`RunContext`: ids, paths, and the environment its child processes get)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ROOT = Path(__file__).resolve().parents[2]
+CHEAP = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+BASE_MIX = {"mmlu": 1.0, "gsm8k": 1.0, "routerbench": 1.0}
+DEMO_TARGET = 0.95  # the gateway's default quality_target, which the replayed requests keep
+
+
+class DemoSettings(BaseSettings):
+    """Knobs of ``make demo`` (env ``SWITCHYARD_DEMO_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_DEMO_", env_file=None, extra="ignore")
+
+    new_task: str = Field(default="professional_law", description="MMLU subject that appears later.")
+    max_rows: int = Field(default=400, ge=50, description="Bootstrap rows per dataset for training.")
+    steady_requests: int = Field(default=150, ge=10)
+    drift_chunk: int = Field(default=60, ge=10, description="Requests per replay chunk while waiting.")
+    drift_max_requests: int = Field(default=720, ge=10, description="Give up on the alert after these.")
+    after_requests: int = Field(default=240, ge=10)
+    concurrency: int = Field(default=8, ge=1)
+    during_rate: float = Field(default=3.0, gt=0, description="Requests/s while the retrain runs.")
+    feedback_share: float = Field(default=1.0, ge=0, le=1)
+    train_timeout_s: float = Field(default=600.0, gt=0)
+    start_timeout_s: float = Field(default=420.0, gt=0)
+    alert_extra_wait_s: float = Field(default=90.0, ge=0)
+    retrain_timeout_s: float = Field(default=480.0, gt=0)
+    budget_usd: float = Field(default=2.0, ge=0)
+    budget_calls: int = Field(default=240, ge=0)
+    emulator_speed: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    report_root: Path = Field(
+        default=ROOT / "reports" / "demo", description="Reports go to <root>/<run-id>/."
+    )
+
+    @property
+    def drift_mix(self) -> dict[str, float]:
+        """The base mix with the new task at ~40% of the traffic."""
+        return {**BASE_MIX, self.new_task: sum(BASE_MIX.values()) * 2 / 3}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """One run's ids, paths and child-process environments (per-run topic prefix and model name)."""
+
+    cfg: DemoSettings
+    run_id: str
+    log_dir: Path
+    data_dir: Path
+    kafka_bootstrap: str
+    tracking_uri: str
+    prefix: str
+    model_name: str
+    state_dir: Path  # the training state (loop runs), with the shared embedding cache linked in
+    ray_dir: Path  # the gateway's Ray temp dir: short, for Ray's unix sockets
+    api_key: str
+    cli: str  # the ``switchyard`` executable of this environment
+    base_env: dict[str, str]
+    train_env: dict[str, str]
+
+    @classmethod
+    def create(cls, cfg: DemoSettings, run_id: str, log_dir: Path) -> RunContext:
+        """Resolve the data and stack settings and prepare the state dir."""
+        from infra.emulator.server import resolve_data_dir
+        from services.contracts.settings import KafkaSettings, MLflowSettings
+
+        kafka, ml = KafkaSettings(), MLflowSettings()
+        data_dir = resolve_data_dir(None)
+        prefix = f"demo-{run_id}."
+        model_name = f"switchyard-router-demo-{run_id}"
+        state = log_dir / "state"
+        (state / "cache").mkdir(parents=True, exist_ok=True)
+        shared_cache = (ROOT / ".state" / "cache" / "embeddings").resolve()
+        shared_cache.mkdir(parents=True, exist_ok=True)
+        if not (state / "cache" / "embeddings").exists():
+            (state / "cache" / "embeddings").symlink_to(shared_cache)
+        base_env = {
+            **os.environ,
+            "SWITCHYARD_KAFKA_TOPIC_PREFIX": prefix,
+            "SWITCHYARD_MLFLOW_REGISTERED_MODEL": model_name,
+            "SWITCHYARD_MLFLOW_EXPERIMENT": "switchyard-demo",
+            # the router replicas resolve models:/ URIs with this (else MLflow's local default)
+            "SWITCHYARD_MLFLOW_TRACKING_URI": ml.tracking_uri,
+            "MLFLOW_TRACKING_URI": ml.tracking_uri,
+            "SWITCHYARD_DATA_DIR": str(data_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        train_env = {
+            **base_env,
+            "SWITCHYARD_STATE_DIR": str(state),
+            "SWITCHYARD_TRAIN_EXCLUDE_TASKS": json.dumps([cfg.new_task]),
+            "SWITCHYARD_TRAIN_MAX_ROWS": str(cfg.max_rows),
+        }
+        return cls(
+            cfg=cfg,
+            run_id=run_id,
+            log_dir=log_dir,
+            data_dir=data_dir,
+            kafka_bootstrap=kafka.bootstrap,
+            tracking_uri=ml.tracking_uri,
+            prefix=prefix,
+            model_name=model_name,
+            state_dir=state,
+            ray_dir=Path(f"/tmp/sy-demo-{run_id[-6:]}"),  # noqa: S108 - Ray's unix sockets need a short path
+            api_key=f"sk-demo-{uuid.uuid4().hex[:16]}",
+            cli=str(Path(sys.executable).parent / "switchyard"),
+            base_env=base_env,
+            train_env=train_env,
+        )
+
+    @property
+    def gateway_env(self) -> dict[str, str]:
+        return {
+            **self.base_env,
+            "SWITCHYARD_GATEWAY_STATE_DIR": str(self.ray_dir),
+            "SWITCHYARD_GATEWAY_API_KEYS": json.dumps([self.api_key]),
+            "SWITCHYARD_GATEWAY_ROUTER_TIMEOUT_S": "10",
+        }
