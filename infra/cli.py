@@ -84,8 +84,10 @@ def topics_list() -> None:
     from services.contracts.topics import TOPICS
 
     for t in TOPICS:
-        typer.echo(f"{t.name:30s} key={t.key or '-':11s} partitions={t.partitions} "
-                   f"replication={t.replication} {t.configs()}")
+        typer.echo(
+            f"{t.name:30s} key={t.key or '-':11s} partitions={t.partitions} "
+            f"replication={t.replication} {t.configs()}"
+        )
 
 
 @topics_app.command("k8s")
@@ -120,7 +122,9 @@ def data_fetch() -> None:
         typer.echo(f"data present in {settings.data_dir}: {have}; nothing to download")
         return
     if not settings.data_download:
-        typer.secho(f"error: data missing in {settings.data_dir} ({have}) and downloads are off", fg="red", err=True)
+        typer.secho(
+            f"error: data missing in {settings.data_dir} ({have}) and downloads are off", fg="red", err=True
+        )
         raise typer.Exit(1)
     done, failed = fetch(settings.data_dir)
     typer.echo(f"downloaded {done} file(s) into {settings.data_dir}")

@@ -100,7 +100,9 @@ class _Service:
     def status(self) -> ServiceStatus:
         pid = self.pid()
         running = pid is not None
-        return ServiceStatus(self.name, pid, running, running and self.is_ready(), self.endpoint, self.log_file)
+        return ServiceStatus(
+            self.name, pid, running, running and self.is_ready(), self.endpoint, self.log_file
+        )
 
     def start(self) -> None:
         self.wait_ready(self.launch())
@@ -285,7 +287,12 @@ class Kafka(_Service):
             return
         log.info("formatting Kafka storage in %s", self.dir / "data")
         cmd = self._java(
-            "kafka.tools.StorageTool", "format", "-t", _kafka_uuid(), "-c", str(self.dir / "server.properties")
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            _kafka_uuid(),
+            "-c",
+            str(self.dir / "server.properties"),
         )
         res = subprocess.run(cmd, capture_output=True, text=True, cwd=self.dir)  # noqa: S603
         if res.returncode != 0:

@@ -20,9 +20,17 @@ class QualityDetectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    drop: float = Field(default=0.15, gt=0, lt=1)
-    threshold: float = Field(default=10.0, gt=0)
-    resolve_threshold: float = Field(default=6.0, gt=0)
+    drop: float = Field(
+        default=0.15, gt=0, lt=1, description="Acceptance drop (0..1) the CUSUM is tuned to catch fastest."
+    )
+    threshold: float = Field(
+        default=10.0,
+        gt=0,
+        description="Log-likelihood-ratio level that fires (higher: fewer false alarms, later detection).",
+    )
+    resolve_threshold: float = Field(
+        default=6.0, gt=0, description="Level of the reverse (recovery) statistic that resolves an alert."
+    )
     reference_events: int = Field(
         default=300, ge=10, description="Events used to learn a reference when none is configured."
     )
@@ -44,7 +52,9 @@ class QualityDetectorConfig(BaseModel):
     reference_max_events: int = Field(
         default=20_000, ge=10, description="Weight cap of a learned reference: older evidence fades."
     )
-    min_reference: float = Field(default=0.05, ge=0, le=1)
+    min_reference: float = Field(
+        default=0.05, ge=0, le=1, description="Floor of the reference acceptance (a lower one is raised)."
+    )
 
 
 class CalibrationDetectorConfig(BaseModel):
@@ -52,9 +62,16 @@ class CalibrationDetectorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    window: int = Field(default=500, ge=20)
-    min_events: int = Field(default=200, ge=10)
-    max_gap: float = Field(default=0.15, gt=0, lt=1)
+    window: int = Field(
+        default=500, ge=20, description="About this many latest labelled events of a task are compared."
+    )
+    min_events: int = Field(default=200, ge=10, description="Events in the window before it can fire.")
+    max_gap: float = Field(
+        default=0.15,
+        gt=0,
+        lt=1,
+        description="Absolute predicted-minus-observed gap that fires; resolves below half of it.",
+    )
     z: float = Field(default=5.0, gt=0, description="Significance (z-score) the gap needs to fire.")
 
 
@@ -63,8 +80,12 @@ class InputDriftConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reference_size: int = Field(default=300, ge=30)
-    current_size: int = Field(default=300, ge=30)
+    reference_size: int = Field(
+        default=300, ge=30, description="First feature rows of a task that form its reference window."
+    )
+    current_size: int = Field(
+        default=300, ge=30, description="Latest feature rows of a task compared with the reference window."
+    )
     drift_share: float = Field(default=0.5, gt=0, le=1, description="Share of drifted columns that fires.")
     p_threshold: float = Field(
         default=0.001, gt=0, lt=1, description="Per-column test p-value that counts as drift."
@@ -79,13 +100,23 @@ class StreamsSettings(BaseSettings):
         env_prefix="SWITCHYARD_STREAMS_", env_file=None, extra="ignore", env_nested_delimiter="__"
     )
 
-    app_id: str = Field(default="switchyard-streams", min_length=1)
+    app_id: str = Field(
+        default="switchyard-streams",
+        min_length=1,
+        description="Faust app id: the consumer group, the prefix of internal topics, the state subdir.",
+    )
     state_dir: Path = Field(default=Path(".state"), description="Faust data and reports go below it.")
-    web_host: str = "127.0.0.1"
-    web_port: int = Field(default=6066, ge=1, le=65535)
-    web_enabled: bool = True
+    web_host: str = Field(
+        default="127.0.0.1", description="Address the worker's web server (/metrics, /stats/) binds to."
+    )
+    web_port: int = Field(default=6066, ge=1, le=65535, description="Port of the worker's web server.")
+    web_enabled: bool = Field(
+        default=True, description="Run the web server (off: no /metrics, /stats/ or /progress/ views)."
+    )
     replication: int = Field(default=1, ge=1, le=5, description="Replication of Faust's own topics.")
-    catalog_path: Path | None = None
+    catalog_path: Path | None = Field(
+        default=None, description="Catalog YAML (model tiers); default the built-in one."
+    )
     reference_path: Path | None = Field(
         default=None, description='JSON {"task": {"model": acceptance}}: quality reference per task/model.'
     )
@@ -95,17 +126,36 @@ class StreamsSettings(BaseSettings):
     join_ttl_s: float = Field(
         default=7 * 24 * 3600.0, gt=0, description="How long a call waits for feedback."
     )
-    join_sweep_s: float = Field(default=60.0, gt=0)
+    join_sweep_s: float = Field(
+        default=60.0, gt=0, description="Seconds between sweeps that drop join entries older than the TTL."
+    )
     window_s: float = Field(default=300.0, gt=0, description="Tumbling window of the per-task tables.")
-    window_expires_s: float = Field(default=24 * 3600.0, gt=0)
-    batch_size: int = Field(default=1000, ge=1)
+    window_expires_s: float = Field(
+        default=24 * 3600.0, gt=0, description="How long (s) the per-task tables keep a past window."
+    )
+    batch_size: int = Field(
+        default=1000, ge=1, description="Most events the join and monitor agents take per batch."
+    )
     producer_linger_s: float = Field(
         default=0.05, ge=0, le=1, description="Producer batching delay: fewer, larger produce requests."
     )
-    batch_within_s: float = Field(default=0.2, gt=0)
+    batch_within_s: float = Field(
+        default=0.2, gt=0, description="Longest wait (s) for a batch to fill before it is processed anyway."
+    )
     direct_produce: bool = Field(
         default=True,
         description="The join hands its outputs and changelog records to the producer directly.",
+    )
+    replay_guard: bool = Field(
+        default=True,
+        description="After an assignment the join reads back the outcomes it already published and "
+        "does not publish them again (exactly-once outcomes across a kill -9: streams/replayguard.py).",
+    )
+    replay_lookback_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="How far (s) before the replay's first input record the join reads its outputs back "
+        "(covers the clock skew between the gateway and the worker).",
     )
     fast_drain: bool = Field(
         default=True,
@@ -127,17 +177,34 @@ class StreamsSettings(BaseSettings):
         default=20_000, ge=0, description="Generation-0 GC threshold (0: Python's default, 700)."
     )
     low_margin: float = Field(default=0.05, ge=0, le=1, description="Top-2 score gap counted as unsure.")
-    quality: QualityDetectorConfig = Field(default_factory=QualityDetectorConfig)
-    calibration: CalibrationDetectorConfig = Field(default_factory=CalibrationDetectorConfig)
-    input_drift: InputDriftConfig = Field(default_factory=InputDriftConfig)
-    input_drift_enabled: bool = True
+    quality: QualityDetectorConfig = Field(
+        default_factory=QualityDetectorConfig,
+        description="Bernoulli CUSUM on the acceptance of routed answers, per (task, model).",
+    )
+    calibration: CalibrationDetectorConfig = Field(
+        default_factory=CalibrationDetectorConfig,
+        description="Gap between the router's predicted and the observed acceptance, per task.",
+    )
+    input_drift: InputDriftConfig = Field(
+        default_factory=InputDriftConfig,
+        description="evidently data-drift between a task's reference window and its current window.",
+    )
+    input_drift_enabled: bool = Field(
+        default=True, description="Run the input-drift checks (off: feature records are read and skipped)."
+    )
     webhook_url: str | None = Field(
         default=None, description="Alertmanager /api/v2/alerts or PagerDuty enqueue URL."
     )
-    webhook_kind: Literal["alertmanager", "pagerduty"] = "alertmanager"
-    pagerduty_routing_key: SecretStr | None = None
-    webhook_timeout_s: float = Field(default=5.0, gt=0)
-    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_kind: Literal["alertmanager", "pagerduty"] = Field(
+        default="alertmanager", description="Webhook body: Alertmanager JSON or PagerDuty Events v2."
+    )
+    pagerduty_routing_key: SecretStr | None = Field(
+        default=None, description="PagerDuty Events v2 routing key; required when the kind is pagerduty."
+    )
+    webhook_timeout_s: float = Field(default=5.0, gt=0, description="HTTP timeout (s) of one attempt.")
+    webhook_attempts: int = Field(
+        default=5, ge=1, le=20, description="Attempts per alert (exponential backoff) before it fails."
+    )
     report_base_url: str | None = Field(
         default=None, description="Prefix for report links; default file:// URLs under the state dir."
     )

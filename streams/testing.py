@@ -1,5 +1,6 @@
 """Helpers for tests, the benchmark and the demo: a worker subprocess, a webhook receiver,
-a producer and a topic reader on the real broker."""
+a producer and a topic reader on the real broker, and fakes of the Faust consumer and the
+producers that the fast paths (``streams/fastpaths``) drive, for unit tests without a broker."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -192,3 +194,101 @@ async def read_topic(
         return out
     finally:
         await consumer.stop()
+
+
+# -- fakes of what the fast paths use of Faust and aiokafka (unit tests, no broker) -------------
+class FakeConsumer:
+    """The two things ``fastdrain.deliver`` uses of Faust's consumer; ``wait_first`` as mode's does
+    it (first completed wins, the rest are cancelled, exceptions propagate)."""
+
+    def __init__(self) -> None:
+        self.suspend_flow = asyncio.Event()
+        self.wait_first_calls = 0
+
+    async def wait_first(self, *aws: Any) -> list[Any]:
+        self.wait_first_calls += 1
+        futs = [asyncio.ensure_future(a) for a in aws]
+        try:
+            done, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
+            for f in done:
+                if f.exception() is not None:
+                    f.result()
+            return [f.result() for f in futs if f.done()]
+        finally:
+            for f in futs:
+                if not f.done():
+                    f.cancel()
+
+
+class FakeCluster:
+    """aiokafka's cluster metadata as its ``MessageAccumulator`` asks it: one broker leads all."""
+
+    def leader_for_partition(self, tp: Any) -> int:
+        return 0
+
+
+def batch_records(batch: Any) -> list[tuple[bytes | None, bytes | None]]:
+    """The (key, value) records appended to one of aiokafka's producer batches, in order."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    raw = bytes(batch._builder._builder.build())
+    return [(r.key, r.value) for r in DefaultRecordBatch(raw)]
+
+
+class FakeAiokafkaProducer:
+    """What the outbox uses of aiokafka's producer: aiokafka's own default partitioner and
+    message accumulator, and a cluster with two topics (``out``: 6 partitions, ``log``: 3)."""
+
+    def __init__(self) -> None:
+        from aiokafka.partitioner import DefaultPartitioner
+        from aiokafka.producer.message_accumulator import MessageAccumulator
+
+        self._partitioner = DefaultPartitioner()
+        self._txn_manager = None
+        self._request_timeout_ms = 40000
+        self._message_accumulator = MessageAccumulator(FakeCluster(), 1_048_576, 0, 30)
+        parts = {"out": {0, 1, 2, 3, 4, 5}, "log": {0, 1, 2}}
+        self.client = SimpleNamespace(
+            _wait_on_metadata=self._meta,
+            cluster=SimpleNamespace(partitions_for_topic=parts.get, available_partitions_for_topic=parts.get),
+        )
+
+    async def _meta(self, topic: str) -> None:
+        return None
+
+    def batches(self) -> list[Any]:
+        return [b for q in self._message_accumulator._batches.values() for b in q]
+
+    def appended(self) -> list[tuple[str, int, bytes | None, bytes | None]]:
+        """Every record in the producer's pending batches: (topic, partition, key, value)."""
+        return [
+            (tp.topic, tp.partition, k, v)
+            for tp, q in self._message_accumulator._batches.items()
+            for b in q
+            for k, v in batch_records(b)
+        ]
+
+
+class FakeFaustProducer:
+    """Faust's producer: the aiokafka one it runs, and its public ``send`` (recorded)."""
+
+    def __init__(self, aio: Any) -> None:
+        self.aio = aio
+        self.sent: list[tuple[str, int | None, bytes | None, bytes | None]] = []
+
+    def _ensure_producer(self) -> Any:
+        return self.aio
+
+    async def send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        partition: int | None,
+        timestamp: float | None,
+        headers: Any,
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, key, value))
+        fut = asyncio.get_running_loop().create_future()
+        fut.set_result(None)
+        return fut

@@ -37,7 +37,10 @@ class TrainSettings(BaseSettings):
     )
 
     # collect
-    datasets: list[str] = Field(default_factory=lambda: ["mmlu", "gsm8k", "routerbench"])
+    datasets: list[str] = Field(
+        default_factory=lambda: ["mmlu", "gsm8k", "routerbench"],
+        description="Benchmark datasets of the bootstrap rows (default: mmlu, gsm8k, routerbench).",
+    )
     max_rows: int | None = Field(default=400, ge=1, description="Bootstrap rows per dataset (None: all).")
     exclude_tasks: list[str] = Field(
         default_factory=list,
@@ -61,7 +64,9 @@ class TrainSettings(BaseSettings):
     # distillation
     budget_usd: float = Field(default=1.0, ge=0, description="Distillation spend cap per run (USD).")
     budget_calls: int = Field(default=200, ge=0, description="Distillation upstream-call cap per run.")
-    clusters: int = Field(default=8, ge=1)
+    clusters: int = Field(
+        default=8, ge=1, description="KMeans clusters of the hard queries (at most one per query)."
+    )
     max_queries: int = Field(default=60, ge=0, description="Hard queries to label per run at most.")
     label_models: list[str] = Field(
         default_factory=lambda: ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"],
@@ -73,17 +78,19 @@ class TrainSettings(BaseSettings):
     catalog: Path | None = Field(
         default=None, description="Catalog YAML for the providers (default: built-in)."
     )
-    judge_model: str = "switchyard/judge"
-    judge_provider: str = "emulator-openai"
+    judge_model: str = Field(default="switchyard/judge", description="Model that judges the label answers.")
+    judge_provider: str = Field(
+        default="emulator-openai", description="Catalog provider whose adapter calls the judge."
+    )
     judge_price_per_m: float = Field(
         default=24.7, ge=0, description="USD per 1M judge tokens (for the budget)."
     )
     max_tokens: int = Field(default=512, ge=1, description="Completion cap per distillation call.")
     distill_weight: float = Field(default=3.0, ge=0, description="Base weight of a distilled label.")
-    max_weight: int = Field(default=8, ge=1)
+    max_weight: int = Field(default=8, ge=1, description="Cap of a distilled label's weight.")
     # training
-    kind: str = "mlp"
-    epochs: int = Field(default=15, ge=1)
+    kind: str = Field(default="mlp", description="Router head of the challenger: random, knn, mf or mlp.")
+    epochs: int = Field(default=15, ge=1, description="Training epochs of a head.")
     ensemble: int = Field(
         default=5,
         ge=1,
@@ -96,7 +103,11 @@ class TrainSettings(BaseSettings):
         "measured worse than a cold start in the demo).",
     )
     warm_epochs: int = Field(default=3, ge=1, description="Epochs of a warm-started challenger's final fit.")
-    calibration_folds: int = Field(default=3, ge=2)
+    calibration_folds: int = Field(
+        default=3,
+        ge=2,
+        description="Out-of-fold splits (by prompt hash) that the per-task calibration is fitted on.",
+    )
     cold_folds: int = Field(
         default=5,
         ge=2,
@@ -115,19 +126,41 @@ class TrainSettings(BaseSettings):
         description="Encoder of the first router (no champion yet); later runs reuse the champion's.",
     )
     encoder_int8: bool = Field(default=False, description="int8 encoder for the first router.")
-    encoder_max_length: int = Field(default=128, ge=8, le=512)
+    encoder_max_length: int = Field(
+        default=128,
+        ge=8,
+        le=512,
+        description="Encoder tokens per prompt for the first router (head and tail kept).",
+    )
     # gate
-    quality_target: float = Field(default=0.95, gt=0, le=1)
-    task_margin: float = Field(default=0.03, ge=0)
-    task_margins: dict[str, float] = Field(default_factory=dict)
-    repair_margin: float = Field(default=0.05, ge=0)
-    overall_margin: float = Field(default=0.01, ge=0)
-    stable_margin: float = Field(default=0.02, ge=0)
+    quality_target: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="Share of the strong model's quality the policy keeps (gated at it).",
+    )
+    task_margin: float = Field(default=0.03, ge=0, description="Allowed per-task quality_ratio drop.")
+    task_margins: dict[str, float] = Field(
+        default_factory=dict, description="Per-task overrides of the task margin (JSON {task: margin})."
+    )
+    repair_margin: float = Field(
+        default=0.05, ge=0, description="A drifting task must reach the quality target minus this."
+    )
+    overall_margin: float = Field(default=0.01, ge=0, description="Allowed overall quality_ratio drop.")
+    stable_margin: float = Field(
+        default=0.02, ge=0, description="Allowed quality_ratio drop on the non-drifting tasks together."
+    )
     gate_alpha: float = Field(default=0.05, gt=0, lt=0.5, description="Significance of a quality drop.")
-    apgr_margin: float = Field(default=0.05, ge=0)
-    cost_margin: float = Field(default=0.25, ge=0)
-    ece_margin: float = Field(default=0.03, ge=0)
-    min_task_rows: int = Field(default=60, ge=1)
+    apgr_margin: float = Field(default=0.05, ge=0, description="Allowed APGR drop (strong vs cheap ranking).")
+    cost_margin: float = Field(
+        default=0.25, ge=0, description="Allowed relative cost rise per request on the non-drifting tasks."
+    )
+    ece_margin: float = Field(
+        default=0.03, ge=0, description="Allowed rise of the expected calibration error (ECE)."
+    )
+    min_task_rows: int = Field(
+        default=60, ge=1, description="Tasks with fewer held-out rows are gated together per dataset."
+    )
     first_min_quality: float = Field(
         default=0.85, ge=0, le=1, description="Gate for the first model (no champion)."
     )
@@ -138,7 +171,10 @@ class TrainSettings(BaseSettings):
         default=5.0, ge=0, description="Wait this long after a request for more to merge."
     )
     schedule_s: float | None = Field(default=None, gt=0, description="Also retrain every this many seconds.")
-    group_id: str = "switchyard-retrain"
+    group_id: str = Field(
+        default="switchyard-retrain",
+        description="Consumer group of the retrain worker (after the topic prefix).",
+    )
 
     @property
     def cache_dir(self) -> Path:

@@ -26,21 +26,41 @@ class DemoSettings(BaseSettings):
 
     new_task: str = Field(default="professional_law", description="MMLU subject that appears later.")
     max_rows: int = Field(default=400, ge=50, description="Bootstrap rows per dataset for training.")
-    steady_requests: int = Field(default=150, ge=10)
+    steady_requests: int = Field(
+        default=150, ge=10, description="Requests replayed before the new task appears."
+    )
     drift_chunk: int = Field(default=60, ge=10, description="Requests per replay chunk while waiting.")
     drift_max_requests: int = Field(default=720, ge=10, description="Give up on the alert after these.")
-    after_requests: int = Field(default=240, ge=10)
-    concurrency: int = Field(default=8, ge=1)
+    after_requests: int = Field(
+        default=240, ge=10, description="Requests replayed with the drifted mix after the retrain."
+    )
+    concurrency: int = Field(default=8, ge=1, description="Requests in flight at once while replaying.")
     during_rate: float = Field(default=3.0, gt=0, description="Requests/s while the retrain runs.")
-    feedback_share: float = Field(default=1.0, ge=0, le=1)
-    train_timeout_s: float = Field(default=600.0, gt=0)
-    start_timeout_s: float = Field(default=420.0, gt=0)
-    alert_extra_wait_s: float = Field(default=90.0, ge=0)
-    retrain_timeout_s: float = Field(default=480.0, gt=0)
-    budget_usd: float = Field(default=2.0, ge=0)
-    budget_calls: int = Field(default=240, ge=0)
-    emulator_speed: float = Field(default=0.0, ge=0)
-    seed: int = 0
+    feedback_share: float = Field(
+        default=1.0, ge=0, le=1, description="Share of replayed answers that get a feedback label."
+    )
+    train_timeout_s: float = Field(
+        default=600.0, gt=0, description="Longest wait (s) for the initial training."
+    )
+    start_timeout_s: float = Field(
+        default=420.0,
+        gt=0,
+        description="Longest wait (s) for each service (emulator, streams, gateway) to be ready.",
+    )
+    alert_extra_wait_s: float = Field(
+        default=90.0, ge=0, description="Longest wait (s) for the webhook page after the drift replay stops."
+    )
+    retrain_timeout_s: float = Field(
+        default=480.0, gt=0, description="Longest wait (s) for the retrain and the swap of the new router."
+    )
+    budget_usd: float = Field(default=2.0, ge=0, description="Distillation spend cap of the retrain (USD).")
+    budget_calls: int = Field(default=240, ge=0, description="Distillation upstream-call cap of the retrain.")
+    emulator_speed: float = Field(
+        default=0.0, ge=0, description="Emulator latency factor: 1 realistic, 0 no added latency."
+    )
+    seed: int = Field(
+        default=0, description="Seed of the replayed traffic (each replay chunk derives its own)."
+    )
     report_root: Path = Field(
         default=ROOT / "reports" / "demo", description="Reports go to <root>/<run-id>/."
     )

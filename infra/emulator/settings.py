@@ -17,8 +17,8 @@ class EmulatorSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_EMULATOR_", env_file=None, extra="ignore")
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8100, ge=0, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address to serve on (unless fd is set).")
+    port: int = Field(default=8100, ge=0, le=65535, description="Port to serve on (unless fd is set).")
     fd: int | None = Field(default=None, description="Serve on this already-bound socket (tests).")
     data_dir: Path | None = Field(default=None, description="Benchmark data; default SWITCHYARD_DATA_DIR.")
     datasets: list[str] | None = Field(
@@ -27,12 +27,12 @@ class EmulatorSettings(BaseSettings):
     catalog: Path | None = Field(default=None, description="Catalog YAML; default the built-in one.")
     config: Path | None = Field(default=None, description="YAML/JSON with faults, drift, latency.")
     speed: float = Field(default=1.0, ge=0, description="Latency factor: 1 realistic, 0 no added latency.")
-    seed: int = 0
+    seed: int = Field(default=0, description="Seed of the fault and latency draws (same seed, same faults).")
     chunk_words: int = Field(default=4, ge=1, description="Words per stream chunk.")
     api_key: str | None = Field(
         default=None, description="If set, requests must present it (Bearer or x-api-key)."
     )
-    log_level: str = "warning"
+    log_level: str = Field(default="warning", description="uvicorn log level.")
     cache: bool = Field(default=True, description="Cache the indexed corpus (skips CSV parsing next start).")
     cache_dir: Path | None = Field(
         default=None, description="Corpus cache; default <SWITCHYARD_STATE_DIR>/emulator-cache."

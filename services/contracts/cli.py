@@ -16,7 +16,7 @@ contracts_app = typer.Typer(no_args_is_help=True)
 
 @contracts_app.command("schema")
 def schema(
-    out: Path = typer.Option(Path("schemas"), help="Directory for one <topic>.schema.json each."),
+    out: Path = typer.Option(Path("schemas"), help="Directory for one <topic>.schema.json each."),  # noqa: B008
 ) -> None:
     """Write the JSON Schema of every topic's value."""
     out.mkdir(parents=True, exist_ok=True)
@@ -26,7 +26,10 @@ def schema(
 
 
 @contracts_app.command("validate")
-def validate(topic: str, path: Path = typer.Argument(None, help="JSON lines file (default stdin).")) -> None:
+def validate(
+    topic: str,
+    path: Path = typer.Argument(None, help="JSON lines file (default stdin)."),  # noqa: B008
+) -> None:
     """Validate JSON-lines records against TOPIC's contract; exit 1 on the first invalid one."""
     lines = path.read_text().splitlines() if path else sys.stdin.read().splitlines()
     for n, line in enumerate(lines, 1):

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from services.catalog import Provider
 from services.errors import UpstreamError
 
-from .base import Completion, StreamUsage, Timeouts, estimate_tokens, prompt_text
-from .http import decode_event, make_client, mapped_errors, post_json, status_error, timed_sse_events
+from .base import Completion, StreamUsage, estimate_tokens, prompt_text
+from .http import PooledAdapter, decode_event, mapped_errors, post_json, status_error, timed_sse_events
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +84,14 @@ def to_chat_completion(msg: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(PooledAdapter):
     """Messages API calls over one pooled client, answers translated to OpenAI shape."""
 
-    def __init__(
-        self,
-        provider: Provider,
-        max_connections: int = 200,
-        transport: httpx.AsyncBaseTransport | None = None,
-        wire: str = "aiohttp",
-    ):
-        self.name = provider.name
-        self.timeouts = Timeouts.of(provider)
-        headers = {"content-type": "application/json", "anthropic-version": ANTHROPIC_VERSION}
-        key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
-        if key:
-            headers["x-api-key"] = key
-        self._client = make_client(
-            provider.base_url, self.timeouts, headers, max_connections, transport, wire
-        )
+    def static_headers(self) -> dict[str, str]:
+        return {"anthropic-version": ANTHROPIC_VERSION}
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"x-api-key": key}
 
     async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion:
         """One non-streamed Messages call, answered as an OpenAI chat completion."""
@@ -183,7 +168,3 @@ class AnthropicAdapter:
                         f"upstream {self.name} stream ended before message_stop", upstream=self.name
                     )
         usage.fill_estimates(payload.get("messages", []))
-
-    async def aclose(self) -> None:
-        """Close the pooled client."""
-        await self._client.aclose()

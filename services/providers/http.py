@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from services.catalog import Provider
 from services.errors import UpstreamError, UpstreamTimeout
 from services.request_context import UPSTREAM_HEADER, current_request_id
 
@@ -49,6 +51,41 @@ def make_client(
         limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
         transport=transport,
     )
+
+
+class PooledAdapter:
+    """What every upstream adapter shares: its name and timeouts, and one pooled client that
+    carries the provider's key (read from the env var the catalog names) in the provider's
+    own auth header."""
+
+    def __init__(
+        self,
+        provider: Provider,
+        max_connections: int = 200,
+        transport: httpx.AsyncBaseTransport | None = None,
+        wire: str = "aiohttp",
+    ):
+        self.name = provider.name
+        self.timeouts = Timeouts.of(provider)
+        key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
+        headers = {"content-type": "application/json", **self.static_headers()}
+        if key:
+            headers.update(self.auth_headers(key))
+        self._client = make_client(
+            provider.base_url, self.timeouts, headers, max_connections, transport, wire
+        )
+
+    def static_headers(self) -> dict[str, str]:
+        """Headers every request of this protocol carries."""
+        return {}
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        """How this protocol presents an API key."""
+        return {"authorization": f"Bearer {key}"}
+
+    async def aclose(self) -> None:
+        """Close the pooled client."""
+        await self._client.aclose()
 
 
 async def _tag_request(request: httpx.Request) -> None:

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
-
-from services.catalog import Provider
 from services.errors import UpstreamError
 
-from .base import Completion, StreamUsage, Timeouts, estimate_tokens, prompt_text
-from .http import decode_event, make_client, mapped_errors, post_json, status_error, timed_sse_events
+from .base import Completion, StreamUsage, estimate_tokens, prompt_text
+from .http import PooledAdapter, decode_event, mapped_errors, post_json, status_error, timed_sse_events
 
 log = logging.getLogger(__name__)
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(PooledAdapter):
     """Chat completions against an OpenAI-compatible upstream over one pooled client."""
-
-    def __init__(
-        self,
-        provider: Provider,
-        max_connections: int = 200,
-        transport: httpx.AsyncBaseTransport | None = None,
-        wire: str = "aiohttp",
-    ):
-        self.name = provider.name
-        self.timeouts = Timeouts.of(provider)
-        headers = {"content-type": "application/json"}
-        key = os.environ.get(provider.api_key_env) if provider.api_key_env else None
-        if key:
-            headers["authorization"] = f"Bearer {key}"
-        self._client = make_client(
-            provider.base_url, self.timeouts, headers, max_connections, transport, wire
-        )
 
     async def complete(self, payload: dict[str, Any], upstream_model: str) -> Completion:
         """One non-streamed completion, in OpenAI shape."""
@@ -102,7 +81,3 @@ class OpenAIAdapter:
                         f"upstream {self.name} stream ended before [DONE]", upstream=self.name
                     )
         usage.fill_estimates(payload.get("messages", []))
-
-    async def aclose(self) -> None:
-        """Close the pooled client."""
-        await self._client.aclose()

@@ -357,7 +357,8 @@ def load_local(
     threads: int | None = None,
     onnx_cache_dir: Path | None = None,
 ) -> LoadedRouter:
-    """Load and verify an artefact directory (encoder options as :func:`load_router`)."""
+    """Load and verify an artefact directory; the encoder options are described at
+    :func:`load_router`."""
     path = Path(path)
     manifest = _verify(path)
     arrays = _load_arrays(path / HEAD_FILE)
@@ -432,37 +433,22 @@ def _download(ref: str, tracking_uri: str | None) -> Path:
     return path
 
 
-def load_router(
-    ref: str,
-    *,
-    tracking_uri: str | None = None,
-    device: str | None = None,
-    quantize_int8: bool | None = None,
-    backend: str | None = None,
-    threads: int | None = None,
-    onnx_cache_dir: Path | None = None,
-) -> LoadedRouter:
+def load_router(ref: str, *, tracking_uri: str | None = None, **encoder: Any) -> LoadedRouter:
     """Load a router from a local directory or an MLflow URI; raises :class:`RouterLoadError`.
 
-    ``quantize_int8`` and ``backend`` (``torch``/``onnx``) override the artefact's encoder settings
-    (its manifest's ``encoder``); ``None`` keeps what the router was trained with. ``threads`` and
-    ``onnx_cache_dir`` go to the :class:`~services.router.encoder.Encoder` (its defaults: 1 thread,
-    ``.state/cache/onnx``).
+    ``encoder`` are :func:`load_local`'s encoder options: ``device``; ``quantize_int8`` and
+    ``backend`` (``torch``/``onnx``) override the artefact's encoder settings (its manifest's
+    ``encoder``; ``None`` keeps what the router was trained with); ``threads`` and
+    ``onnx_cache_dir`` go to the :class:`~services.router.encoder.Encoder` (its defaults: 1
+    thread, ``.state/cache/onnx``).
     """
-    local = {
-        "device": device,
-        "quantize_int8": quantize_int8,
-        "backend": backend,
-        "threads": threads,
-        "onnx_cache_dir": onnx_cache_dir,
-    }
     if not isinstance(ref, str) or not ref.strip():
         raise RouterLoadError("empty router reference")
     ref = ref.strip()
     if ref.startswith(("models:/", "runs:/", "mlflow-artifacts:/")):
         t0 = time.perf_counter()
         path = _download(ref, tracking_uri or MLflowSettings().tracking_uri)
-        router = load_local(path, source=ref, **local)
+        router = load_local(path, source=ref, **encoder)
         log.info("loaded router %s from %s in %.1fs", router.version, ref, time.perf_counter() - t0)
         return router
     path = Path(ref)
@@ -471,7 +457,7 @@ def load_router(
             f"router reference {ref!r} is neither an existing directory "
             "nor an MLflow URI (models:/..., runs:/...)"
         )
-    return load_local(path, **local)
+    return load_local(path, **encoder)
 
 
 SMOKE_QUERIES = (

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -117,23 +118,27 @@ class Decision(BaseModel):
     reason: str
 
 
-class RoutingPolicy:
-    """``RoutingPolicy(catalog, calibration).decide(scores, task, quality_target, ...)``."""
+@dataclass(frozen=True)
+class Ask:
+    """One request's routing question, as the policies see it."""
 
-    def __init__(self, catalog: Catalog, calibration: Calibration, *, low_margin: float = LOW_MARGIN) -> None:
+    scores: dict[str, float]
+    task: str | None
+    quality_target: float
+    max_cost_usd: float | None
+    candidates: list[str] | None
+    tokens: tuple[int, int]  # (prompt, completion) for cost estimates
+
+
+class _Policy:
+    """What every policy shares: the ``decide`` signature, token defaults and the
+    :class:`Decision` it returns. Subclasses implement :meth:`_decide`."""
+
+    def __init__(self, catalog: Catalog, *, low_margin: float = LOW_MARGIN) -> None:
         self.catalog = catalog
-        self.calibration = calibration
         self.low_margin = low_margin
-        known = set(catalog.model_ids)
-        self._known = known
+        self._known = set(catalog.model_ids)
         self.strong = catalog.strong_model
-
-    def threshold(self, task: str | None, quality_target: float) -> tuple[float, bool, list[str]]:
-        """Threshold for ``quality_target`` on ``task``; per-task flag; the calibrated candidates."""
-        if not 0.0 <= quality_target <= 1.0:
-            raise PolicyError(f"quality_target must be within [0, 1], got {quality_target}")
-        table, per_task = self.calibration.table(task)
-        return table.threshold(quality_target), per_task, table.candidates
 
     def decide(
         self,
@@ -146,11 +151,48 @@ class RoutingPolicy:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
     ) -> Decision:
-        """Pick the cheapest candidate whose calibrated score clears the task's threshold.
+        """Pick the model for one request from the router's ``scores`` (see the subclass)."""
+        tokens = (
+            DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens,
+            DEFAULT_COMPLETION_TOKENS if completion_tokens is None else completion_tokens,
+        )
+        return self._decide(Ask(scores, task, quality_target, max_cost_usd, candidates, tokens))
 
-        Candidates are ``candidates`` (default: the models calibrated for this task) restricted to
-        models that are in the catalog *and* were scored by the router.
-        """
+    def _decide(self, ask: Ask) -> Decision:
+        raise NotImplementedError
+
+    def _decision(self, chosen: str, ranking: list[str], cost: float, margin: float, **why: Any) -> Decision:
+        strong_price = self.catalog.blended_price(self.strong)
+        return Decision(
+            model=chosen,
+            ranking=ranking,
+            expected_cost_usd=cost,
+            relative_cost=self.catalog.blended_price(chosen) / strong_price if strong_price else 1.0,
+            margin=margin,
+            low_margin=abs(margin) < self.low_margin,
+            **why,
+        )
+
+
+class RoutingPolicy(_Policy):
+    """``RoutingPolicy(catalog, calibration).decide(scores, task, quality_target, ...)``: the
+    cheapest candidate whose calibrated score clears the task's threshold."""
+
+    def __init__(self, catalog: Catalog, calibration: Calibration, *, low_margin: float = LOW_MARGIN) -> None:
+        super().__init__(catalog, low_margin=low_margin)
+        self.calibration = calibration
+
+    def threshold(self, task: str | None, quality_target: float) -> tuple[float, bool, list[str]]:
+        """Threshold for ``quality_target`` on ``task``; per-task flag; the calibrated candidates."""
+        if not 0.0 <= quality_target <= 1.0:
+            raise PolicyError(f"quality_target must be within [0, 1], got {quality_target}")
+        table, per_task = self.calibration.table(task)
+        return table.threshold(quality_target), per_task, table.candidates
+
+    def _decide(self, ask: Ask) -> Decision:
+        """Candidates are ``ask.candidates`` (default: the models calibrated for this task)
+        restricted to models that are in the catalog *and* were scored by the router."""
+        scores, task, quality_target, candidates = ask.scores, ask.task, ask.quality_target, ask.candidates
         threshold, per_task, calibrated = self.threshold(task, quality_target)
         pool = list(candidates) if candidates is not None else list(calibrated)
         unknown = [m for m in pool if m not in self._known]
@@ -161,16 +203,14 @@ class RoutingPolicy:
             raise PolicyError(
                 f"no candidate was scored by the router (candidates {candidates or calibrated})"
             )
-        p_tok = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
-        c_tok = DEFAULT_COMPLETION_TOKENS if completion_tokens is None else completion_tokens
-        cost = {m: self.catalog.model(m).price.cost(p_tok, c_tok) for m in pool}
+        cost = {m: self.catalog.model(m).price.cost(*ask.tokens) for m in pool}
         note = ""
-        if max_cost_usd is not None:
-            affordable = [m for m in pool if cost[m] <= max_cost_usd]
+        if ask.max_cost_usd is not None:
+            affordable = [m for m in pool if cost[m] <= ask.max_cost_usd]
             if not affordable:
                 cheapest = min(pool, key=cost.__getitem__)
                 affordable = [cheapest]
-                note = f"; no candidate within max_cost_usd={max_cost_usd}, using the cheapest"
+                note = f"; no candidate within max_cost_usd={ask.max_cost_usd}, using the cheapest"
             elif len(affordable) < len(pool):
                 note = f"; {len(pool) - len(affordable)} candidate(s) over max_cost_usd"
             pool = affordable
@@ -181,8 +221,6 @@ class RoutingPolicy:
         idx = int(choose(s, prices, threshold, strong=strong, rule=rule)[0])
         chosen = pool[idx]
         margin = _margin(s[0], pool, chosen, strong, threshold, rule)
-        ranking = sorted(pool, key=lambda m: -scores[m])
-        strong_price = self.catalog.blended_price(self.strong)
         line = {"gap": "score >= best - ", "absolute": "score >= ", "need": "P(ref)(1 - score) <= "}[rule]
         reason = (
             f"cheapest of {len(pool)} candidates with {line}{threshold:.4f} "
@@ -190,17 +228,15 @@ class RoutingPolicy:
         )
         if margin < 0:
             reason = f"no candidate cleared the threshold; fell back to {chosen}"
-        return Decision(
-            model=chosen,
-            ranking=ranking,
+        return self._decision(
+            chosen,
+            sorted(pool, key=lambda m: -scores[m]),
+            cost[chosen],
+            margin,
             threshold=threshold,
             quality_target=quality_target,
             rule=rule,
             task_calibrated=per_task,
-            expected_cost_usd=cost[chosen],
-            relative_cost=self.catalog.blended_price(chosen) / strong_price if strong_price else 1.0,
-            margin=margin,
-            low_margin=abs(margin) < self.low_margin,
             reason=reason + note,
         )
 
@@ -234,55 +270,33 @@ def ranking(scores: dict[str, float], models: Sequence[str]) -> list[str]:
 RATIO_RULE = "ratio"
 
 
-class ScoreRatioPolicy:
+class ScoreRatioPolicy(_Policy):
     """The policy for a router without calibration: the cheapest candidate whose raw score
-    reaches ``quality_target`` × the strong model's score (the strong model when none does).
-    Same ``decide`` as :class:`RoutingPolicy`."""
+    reaches ``quality_target`` × the strong model's score (the strong model when none does)."""
 
-    def __init__(self, catalog: Catalog, *, low_margin: float = LOW_MARGIN) -> None:
-        self.catalog = catalog
-        self.low_margin = low_margin
-
-    def decide(
-        self,
-        scores: dict[str, float],
-        task: str | None,
-        quality_target: float,
-        max_cost_usd: float | None = None,
-        candidates: list[str] | None = None,
-        *,
-        prompt_tokens: int | None = None,
-        completion_tokens: int | None = None,
-    ) -> Decision:
-        catalog = self.catalog
-        asked = candidates or catalog.task_defaults(task or "default").candidates or scores
+    def _decide(self, ask: Ask) -> Decision:
+        catalog, scores, tokens = self.catalog, ask.scores, ask.tokens
+        asked = ask.candidates or catalog.task_defaults(ask.task or "default").candidates or scores
         pool = [m for m in asked if m in scores]
         if not pool:
             raise PolicyError("the router scored none of the candidates")
-        p_tok = DEFAULT_PROMPT_TOKENS if prompt_tokens is None else prompt_tokens
-        c_tok = DEFAULT_COMPLETION_TOKENS if completion_tokens is None else completion_tokens
-        strong = catalog.strong_model
-        line = quality_target * scores.get(strong, max(scores[m] for m in pool))
+        line = ask.quality_target * scores.get(self.strong, max(scores[m] for m in pool))
         ok = [m for m in pool if scores[m] >= line]
-        if max_cost_usd is not None:
-            ok = [m for m in ok if catalog.model(m).price.cost(p_tok, c_tok) <= max_cost_usd] or ok
+        if ask.max_cost_usd is not None:
+            ok = [m for m in ok if catalog.model(m).price.cost(*tokens) <= ask.max_cost_usd] or ok
         if ok:
             chosen = min(ok, key=catalog.blended_price)
         else:
-            chosen = strong if strong in pool else max(pool, key=scores.__getitem__)
-        margin = scores[chosen] - line
-        strong_price = catalog.blended_price(strong)
-        return Decision(
-            model=chosen,
-            ranking=sorted(pool, key=lambda m: -scores[m]),
+            chosen = self.strong if self.strong in pool else max(pool, key=scores.__getitem__)
+        return self._decision(
+            chosen,
+            sorted(pool, key=lambda m: -scores[m]),
+            catalog.model(chosen).price.cost(*tokens),
+            scores[chosen] - line,
             threshold=line,
-            quality_target=quality_target,
+            quality_target=ask.quality_target,
             rule=RATIO_RULE,
             task_calibrated=False,
-            expected_cost_usd=catalog.model(chosen).price.cost(p_tok, c_tok),
-            relative_cost=catalog.blended_price(chosen) / strong_price if strong_price else 1.0,
-            margin=margin,
-            low_margin=abs(margin) < self.low_margin,
             reason="cheapest over target × strong",
         )
 

@@ -92,7 +92,9 @@ def test_kill_9_during_an_outage_loses_nothing_beyond_the_group_commit(
     assert len(must_have) > 50
 
     async def recover() -> None:  # a new gateway process on the same spool, Kafka back
-        em = EventEmitter(EmitterConfig(bootstrap=kafka_bootstrap, spool_dir=spool, topic_prefix=unique_prefix))
+        em = EventEmitter(
+            EmitterConfig(bootstrap=kafka_bootstrap, spool_dir=spool, topic_prefix=unique_prefix)
+        )
         await em.start()
         assert await em.flush(60), f"{em.spool.pending} events not delivered"
         await em.stop()

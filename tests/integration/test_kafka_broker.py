@@ -24,7 +24,10 @@ async def _create(bootstrap: str, topic: str, partitions: int = 3) -> None:
 
 def _event(i: int) -> CallEvent:
     return CallEvent(
-        request_id=f"req-{i}", prompt_hash=prompt_hash(f"p{i}"), requested_model="switchyard/auto", mode="route"
+        request_id=f"req-{i}",
+        prompt_hash=prompt_hash(f"p{i}"),
+        requested_model="switchyard/auto",
+        mode="route",
     )
 
 
@@ -42,7 +45,10 @@ async def test_idempotent_produce_and_group_consume(kafka_bootstrap: str, unique
 
     group = f"{unique_prefix}group"
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=kafka_bootstrap, group_id=group, auto_offset_reset="earliest",
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
     await consumer.start()
@@ -72,8 +78,13 @@ async def test_committed_offsets_resume_a_group(kafka_bootstrap: str, unique_pre
         await producer.send_and_wait(topic, f"{i}".encode())
     await producer.stop()
     group = f"{unique_prefix}g"
-    first = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    first = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await first.start()
     tp = TopicPartition(topic, 0)
     got = []
@@ -83,8 +94,13 @@ async def test_committed_offsets_resume_a_group(kafka_bootstrap: str, unique_pre
                 got.extend(int(r.value) for r in recs)
     await first.commit({tp: 4})
     await first.stop()
-    second = AIOKafkaConsumer(topic, bootstrap_servers=kafka_bootstrap, group_id=group,
-                              auto_offset_reset="earliest", enable_auto_commit=False)
+    second = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await second.start()
     rest = []
     async with asyncio.timeout(30):

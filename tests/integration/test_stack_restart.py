@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _make(*targets: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["make", *targets], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ))
+    return subprocess.run(
+        ["make", *targets], cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ)
+    )
 
 
 async def _produce_and_commit(bootstrap: str, topic: str, group: str) -> None:
@@ -33,8 +34,13 @@ async def _produce_and_commit(bootstrap: str, topic: str, group: str) -> None:
     for i in range(20):
         await producer.send_and_wait(topic, f"rec-{i}".encode())
     await producer.stop()
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await consumer.start()
     n = 0
     async with asyncio.timeout(30):
@@ -46,8 +52,9 @@ async def _produce_and_commit(bootstrap: str, topic: str, group: str) -> None:
 
 
 async def _read_back(bootstrap: str, topic: str, group: str) -> tuple[list[str], int | None, list[str]]:
-    everything = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                  enable_auto_commit=False)
+    everything = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
     await everything.start()
     values: list[str] = []
     async with asyncio.timeout(60):
@@ -55,8 +62,13 @@ async def _read_back(bootstrap: str, topic: str, group: str) -> tuple[list[str],
             for recs in (await everything.getmany(timeout_ms=1000)).values():
                 values.extend(r.value.decode() for r in recs)
     await everything.stop()
-    resumed = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=group,
-                               auto_offset_reset="earliest", enable_auto_commit=False)
+    resumed = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
     await resumed.start()
     tp = TopicPartition(topic, 0)
     rest: list[str] = []
@@ -69,7 +81,9 @@ async def _read_back(bootstrap: str, topic: str, group: str) -> tuple[list[str],
     return values, committed, rest
 
 
-def test_records_and_offsets_survive_restart(kafka_bootstrap: str, mlflow_uri: str, unique_prefix: str) -> None:
+def test_records_and_offsets_survive_restart(
+    kafka_bootstrap: str, mlflow_uri: str, unique_prefix: str
+) -> None:
     topic, group = f"{unique_prefix}durable", f"{unique_prefix}group"
     asyncio.run(_produce_and_commit(kafka_bootstrap, topic, group))
 

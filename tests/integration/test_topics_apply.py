@@ -45,13 +45,17 @@ async def test_apply_creates_every_topic_with_its_config(kafka_bootstrap: str, u
     assert {c.action for c in again} == {"unchanged"}
 
 
-async def test_apply_repairs_drifted_config_and_grows_partitions(kafka_bootstrap: str, unique_prefix: str) -> None:
+async def test_apply_repairs_drifted_config_and_grows_partitions(
+    kafka_bootstrap: str, unique_prefix: str
+) -> None:
     spec = TOPICS[0]
     await apply_topics(kafka_bootstrap, unique_prefix, specs=(spec,))
     name = unique_prefix + spec.name
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
-    await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": "1000"})])
+    await admin.alter_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, name, configs={"retention.ms": "1000"})]
+    )
     await admin.close()
     bigger = TopicSpec(spec.name, spec.key, spec.model, partitions=spec.partitions + 2)
     (change,) = await apply_topics(kafka_bootstrap, unique_prefix, specs=(bigger,))
@@ -74,8 +78,18 @@ def test_cli_apply_is_idempotent(kafka_bootstrap: str, unique_prefix: str) -> No
 
 
 def test_cli_apply_reports_an_unreachable_broker() -> None:
-    env = {**os.environ, "SWITCHYARD_KAFKA_BOOTSTRAP": "127.0.0.1:1", "SWITCHYARD_KAFKA_REQUEST_TIMEOUT_MS": "2000"}
-    res = subprocess.run([sys.executable, "-m", "switchyard.cli", "topics", "apply"], capture_output=True,
-                         text=True, env=env, cwd=ROOT, timeout=120)
+    env = {
+        **os.environ,
+        "SWITCHYARD_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "SWITCHYARD_KAFKA_REQUEST_TIMEOUT_MS": "2000",
+    }
+    res = subprocess.run(
+        [sys.executable, "-m", "switchyard.cli", "topics", "apply"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "127.0.0.1:1" in res.stderr and "Traceback" not in res.stderr

@@ -43,9 +43,28 @@ def test_the_settings_reference_lists_every_settings_class() -> None:
     found = set()
     for pkg in ("services", "streams", "training", "infra"):
         for f in (ROOT / pkg).rglob("*.py"):
-            for name in re.findall(r"^class (\w+)\(BaseSettings\)", f.read_text(encoding="utf-8"), flags=re.M):
+            for name in re.findall(
+                r"^class (\w+)\(BaseSettings\)", f.read_text(encoding="utf-8"), flags=re.M
+            ):
                 module = ".".join(f.relative_to(ROOT).with_suffix("").parts)
                 found.add(f"{module}:{name}")
     assert found == listed
     for path in listed:
         assert issubclass(settings_doc._load(path), BaseSettings)
+
+
+def test_every_setting_has_a_description() -> None:
+    from pydantic import BaseModel
+
+    def missing(model: type[BaseModel], where: str) -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            if not (field.description or "").strip():
+                out.append(f"{where}.{name}")
+            nested = settings_doc._nested_model(field)
+            if nested is not None:
+                out += missing(nested, f"{where}.{name}")
+        return out
+
+    undescribed = [m for _, path in settings_doc.CLASSES for m in missing(settings_doc._load(path), path)]
+    assert not undescribed, f"fields without a description= (the page's meaning column): {undescribed}"

@@ -318,3 +318,13 @@ async def test_a_probe_cancelled_by_its_client_does_not_leave_the_breaker_half_o
     hang.set()  # the upstream is healthy again: the next request must be let through and close it
     model, _ = await pool.complete([WEAK, STRONG], MSGS, [])
     assert model == WEAK and b.state is BreakerState.CLOSED
+
+
+def test_each_protocol_presents_its_key_its_own_way(monkeypatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_UPSTREAM_OPENAI_KEY", "sk-o")
+    monkeypatch.setenv("SWITCHYARD_UPSTREAM_ANTHROPIC_KEY", "sk-a")
+    openai_h = OpenAIAdapter(CATALOG.provider("emulator-openai"))._client.headers
+    anthropic_h = AnthropicAdapter(CATALOG.provider("emulator-anthropic"))._client.headers
+    assert openai_h["authorization"] == "Bearer sk-o" and "x-api-key" not in openai_h
+    assert anthropic_h["x-api-key"] == "sk-a" and "authorization" not in anthropic_h
+    assert anthropic_h["anthropic-version"] and openai_h["content-type"] == "application/json"

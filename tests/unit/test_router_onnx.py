@@ -174,9 +174,9 @@ def test_cache_dir_follows_the_state_dir(tmp_path: Path) -> None:
 def test_router_artefact_records_and_overrides_the_backend(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.router.settings import RouterSettings
     from services.router.artifact import RouterLoadError, load_router, save_router
     from services.router.calibration import Calibration, ThresholdTable
+    from services.router.settings import RouterSettings
 
     models = ["gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"]
     rng = np.random.default_rng(0)

@@ -78,7 +78,9 @@ def test_kafka_without_jars_says_run_setup(tmp_path: Path) -> None:
 
 
 def test_generated_kraft_config(tmp_path: Path) -> None:
-    props = Kafka(StackSettings(state_dir=tmp_path, kafka_port=19999, kafka_controller_port=19998)).properties()
+    props = Kafka(
+        StackSettings(state_dir=tmp_path, kafka_port=19999, kafka_controller_port=19998)
+    ).properties()
     assert "process.roles=broker,controller" in props
     assert "listeners=PLAINTEXT://127.0.0.1:19999,CONTROLLER://127.0.0.1:19998" in props
     assert "auto.create.topics.enable=false" in props
@@ -88,8 +90,14 @@ def test_generated_kraft_config(tmp_path: Path) -> None:
 @SUBPROCESS
 def test_data_fetch_skips_when_present(data_dir: Path) -> None:
     env = {**os.environ, "SWITCHYARD_DATA_DIR": str(data_dir), "SWITCHYARD_DATA_DOWNLOAD": "false"}
-    res = subprocess.run([sys.executable, "-m", "switchyard.cli", "data", "fetch"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "switchyard.cli", "data", "fetch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert "nothing to download" in res.stdout
 
@@ -97,8 +105,14 @@ def test_data_fetch_skips_when_present(data_dir: Path) -> None:
 @SUBPROCESS
 def test_data_fetch_refuses_when_missing_and_offline(tmp_path: Path) -> None:
     env = {**os.environ, "SWITCHYARD_DATA_DIR": str(tmp_path), "SWITCHYARD_DATA_DOWNLOAD": "false"}
-    res = subprocess.run([sys.executable, "-m", "switchyard.cli", "data", "fetch"], capture_output=True, text=True,
-                         env=env, cwd=ROOT, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "switchyard.cli", "data", "fetch"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert res.returncode == 1
     assert "downloads are off" in res.stderr
 

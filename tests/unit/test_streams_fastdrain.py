@@ -1,6 +1,7 @@
 """The worker's fast paths: record delivery without per-record tasks
 (``streams/fastpaths/fastdrain.py``), the join's direct changelog writes
-(``BatchWrites.flush_direct``) and the outbox (``streams/fastpaths/outbox.py``), bulk and fallback."""
+(``BatchWrites.flush_direct``) and the outbox (``streams/fastpaths/outbox.py``), bulk and fallback;
+on asyncio's loop and again on uvloop, the worker's default."""
 
 from __future__ import annotations
 
@@ -17,29 +18,7 @@ from faust.serializers import codecs
 from streams.batchwrites import BatchWrites
 from streams.fastpaths import fastdrain
 from streams.fastpaths.outbox import Outbox
-
-
-class FakeConsumer:
-    """The two things ``deliver`` uses of Faust's consumer; ``wait_first`` as mode's does it
-    (first completed wins, the rest are cancelled, exceptions propagate)."""
-
-    def __init__(self) -> None:
-        self.suspend_flow = asyncio.Event()
-        self.wait_first_calls = 0
-
-    async def wait_first(self, *aws):
-        self.wait_first_calls += 1
-        futs = [asyncio.ensure_future(a) for a in aws]
-        try:
-            done, _ = await asyncio.wait(futs, return_when=asyncio.FIRST_COMPLETED)
-            for f in done:
-                if f.exception() is not None:
-                    f.result()
-            return [f.result() for f in futs if f.done()]
-        finally:
-            for f in futs:
-                if not f.done():
-                    f.cancel()
+from streams.testing import FakeAiokafkaProducer, FakeConsumer, FakeFaustProducer
 
 
 async def test_a_delivery_that_does_not_block_runs_inline_without_tasks() -> None:
@@ -188,70 +167,6 @@ def test_direct_changelog_writes_one_faust_readable_record_per_key_per_batch() -
     assert writes.flush_direct(emit) == 0 and len(sent) == 2
 
 
-class _Cluster:
-    def leader_for_partition(self, tp):
-        return 0
-
-
-def batch_records(batch) -> list[tuple[bytes | None, bytes | None]]:
-    """The (key, value) records appended to one of aiokafka's producer batches, in order."""
-    from aiokafka.record.default_records import DefaultRecordBatch
-
-    raw = bytes(batch._builder._builder.build())
-    return [(r.key, r.value) for r in DefaultRecordBatch(raw)]
-
-
-class FakeAiokafkaProducer:
-    """What the outbox uses of aiokafka's producer: aiokafka's own default partitioner and
-    message accumulator, and a cluster with two topics."""
-
-    def __init__(self) -> None:
-        from aiokafka.partitioner import DefaultPartitioner
-        from aiokafka.producer.message_accumulator import MessageAccumulator
-
-        self._partitioner = DefaultPartitioner()
-        self._txn_manager = None
-        self._request_timeout_ms = 40000
-        self._message_accumulator = MessageAccumulator(_Cluster(), 1_048_576, 0, 30)
-        parts = {"out": {0, 1, 2, 3, 4, 5}, "log": {0, 1, 2}}
-        self.client = SimpleNamespace(
-            _wait_on_metadata=self._meta,
-            cluster=SimpleNamespace(partitions_for_topic=parts.get, available_partitions_for_topic=parts.get),
-        )
-
-    async def _meta(self, topic):
-        return None
-
-    def batches(self) -> list:
-        return [b for q in self._message_accumulator._batches.values() for b in q]
-
-    def appended(self) -> list[tuple[str, int, bytes | None, bytes | None]]:
-        """Every record in the producer's pending batches: (topic, partition, key, value)."""
-        return [
-            (tp.topic, tp.partition, k, v)
-            for tp, q in self._message_accumulator._batches.items()
-            for b in q
-            for k, v in batch_records(b)
-        ]
-
-
-class FakeFaustProducer:
-    """Faust's producer: the aiokafka one it runs, and its public ``send`` (recorded)."""
-
-    def __init__(self, aio) -> None:
-        self.aio = aio
-        self.sent: list = []
-
-    def _ensure_producer(self):
-        return self.aio
-
-    async def send(self, topic, key, value, partition, timestamp, headers):
-        self.sent.append((topic, partition, key, value))
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
-        return fut
-
-
 def _fill(box: Outbox) -> list[bytes]:
     keys = [f"task-{i % 7}".encode() for i in range(20)]
     for i, k in enumerate(keys):
@@ -316,3 +231,30 @@ async def test_the_outbox_falls_back_to_faust_send_one_record_at_a_time(caplog) 
         if isinstance(aio, FakeAiokafkaProducer):
             assert aio.batches() == []  # nothing appended behind Faust's back
     assert "fast path outbox off" in caplog.text and "MessageAccumulator._batches" in caplog.text
+
+
+FAST_PATH_CASES = [
+    test_a_delivery_that_does_not_block_runs_inline_without_tasks,
+    test_a_blocked_delivery_is_resumed_in_the_draining_task,
+    test_a_rebalance_interrupts_a_blocked_delivery,
+    test_errors_propagate_before_and_after_blocking,
+    test_while_the_flow_is_suspended_delivery_is_faust_own,
+    test_the_outbox_appends_each_record_where_send_would_put_it,
+]
+
+
+@pytest.mark.parametrize("case", FAST_PATH_CASES, ids=lambda f: f.__name__)
+def test_the_fast_paths_behave_the_same_on_uvloop(case) -> None:
+    import uvloop
+
+    from streams import eventloop
+
+    seen = []
+
+    async def run() -> None:
+        seen.append(eventloop.running())
+        await case()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run())
+    assert seen == ["uvloop"]

@@ -1,6 +1,6 @@
 """The worker's speed settings: its event loop (``EVENT_LOOP``), the producer appends without
-per-record futures (``Outbox``), Faust's per-record Monitor off (``FAUST_MONITOR``), and the
-fast record delivery (``fastdrain``) and the outbox (bulk and fallback) on uvloop."""
+per-record futures (``Outbox``), Faust's per-record Monitor off (``FAUST_MONITOR``). The fast
+record delivery and the outbox on uvloop are in ``test_streams_fastdrain.py``."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import test_streams_fastdrain as fastdrain_tests
 from aiokafka.producer.message_accumulator import MessageAccumulator
-from aiokafka.record.default_records import DefaultRecordBatch
 from aiokafka.structs import TopicPartition
 from faust.sensors import Monitor
 
@@ -26,6 +24,7 @@ from streams.app import create_app
 from streams.fastpaths.outbox import Outbox, append_to_batches
 from streams.fastpaths.quiet_monitor import RecordQuietMonitor
 from streams.settings import StreamsSettings
+from streams.testing import FakeAiokafkaProducer, FakeCluster, batch_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,49 +75,14 @@ print(json.dumps([chosen, main, out["thread"]]))
     assert json.loads(out.stdout.strip().splitlines()[-1]) == [expected] * 3
 
 
-FASTDRAIN_CASES = [
-    fastdrain_tests.test_a_delivery_that_does_not_block_runs_inline_without_tasks,
-    fastdrain_tests.test_a_blocked_delivery_is_resumed_in_the_draining_task,
-    fastdrain_tests.test_a_rebalance_interrupts_a_blocked_delivery,
-    fastdrain_tests.test_errors_propagate_before_and_after_blocking,
-    fastdrain_tests.test_while_the_flow_is_suspended_delivery_is_faust_own,
-    fastdrain_tests.test_the_outbox_appends_each_record_where_send_would_put_it,
-]
-
-
-@pytest.mark.parametrize("case", FASTDRAIN_CASES, ids=lambda f: f.__name__)
-def test_the_fast_paths_behave_the_same_on_uvloop(case) -> None:
-    import uvloop
-
-    seen = []
-
-    async def run() -> None:
-        seen.append(eventloop.running())
-        await case()
-
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(run())
-    assert seen == ["uvloop"]
-
-
-class _Cluster:
-    def leader_for_partition(self, tp):
-        return 0
-
-
-def _records(batch) -> list[tuple[bytes | None, bytes | None]]:
-    raw = bytes(batch._builder._builder.build())
-    return [(r.key, r.value) for r in DefaultRecordBatch(raw)]
-
-
 async def test_records_go_into_aiokafkas_batches_in_order_without_a_future_each() -> None:
-    acc = MessageAccumulator(_Cluster(), 1_048_576, 0, 30)
+    acc = MessageAccumulator(FakeCluster(), 1_048_576, 0, 30)
     tp, other = TopicPartition("out", 3), TopicPartition("out", 1)
     await acc.add_message(tp, b"k0", b"before", 30)  # what the producer already holds is kept
     recs = [(b"k%d" % i, b"v%d" % i) for i in range(1, 200)] + [(b"gone", None)]
     touched = await append_to_batches(acc, tp, recs, 30)
     assert len(touched) == 1 and list(acc._batches[tp]) == touched
-    assert _records(touched[0]) == [(b"k0", b"before"), *recs]
+    assert batch_records(touched[0]) == [(b"k0", b"before"), *recs]
     assert len(touched[0]._msg_futures) == 1  # only add_message's record has its own future
     assert await append_to_batches(acc, other, [(None, b"x")], 30) == list(acc._batches[other])
     # the batch future reports delivery of all its records
@@ -127,7 +91,7 @@ async def test_records_go_into_aiokafkas_batches_in_order_without_a_future_each(
 
 
 async def test_a_full_batch_is_handed_to_the_sender_and_the_rest_go_to_the_next() -> None:
-    acc = MessageAccumulator(_Cluster(), 300, 0, 30)
+    acc = MessageAccumulator(FakeCluster(), 300, 0, 30)
     tp = TopicPartition("out", 0)
     recs = [(b"key-%03d" % i, b"x" * 40) for i in range(30)]
     sent = []
@@ -146,42 +110,19 @@ async def test_a_full_batch_is_handed_to_the_sender_and_the_rest_go_to_the_next(
     assert len(touched) > 2  # it took several batches
     task.cancel()
     sent.extend(acc._batches[tp])
-    assert sum((_records(b) for b in sent), []) == recs  # all of them, in order, once
+    assert sum((batch_records(b) for b in sent), []) == recs  # all of them, in order, once
 
 
 async def test_the_outbox_watches_each_batch_it_wrote_to() -> None:
-    acc = MessageAccumulator(_Cluster(), 1_048_576, 0, 30)
-    parts = {"out": {0, 1, 2}}
-
-    class Producer:
-        _message_accumulator = acc
-        _txn_manager = None
-        _request_timeout_ms = 30000
-
-        def __init__(self) -> None:
-            from types import SimpleNamespace
-
-            from aiokafka.partitioner import DefaultPartitioner
-
-            async def meta(topic):
-                return None
-
-            self._partitioner = DefaultPartitioner()
-            self.client = SimpleNamespace(
-                _wait_on_metadata=meta,
-                cluster=SimpleNamespace(
-                    partitions_for_topic=parts.get, available_partitions_for_topic=parts.get
-                ),
-            )
-
-    aio = Producer()
+    aio = FakeAiokafkaProducer()
+    acc = aio._message_accumulator
     failed = []
     box = Outbox(lambda fut: failed.append(fut.exception()))
     for i in range(30):
         box.add("out", b"task-%d" % (i % 5), b"v%d" % i)
     assert await box.send(type("FP", (), {"_ensure_producer": staticmethod(lambda: aio)})()) == 30
     batches = [b for q in acc._batches.values() for b in q]
-    assert sum(len(_records(b)) for b in batches) == 30
+    assert sum(len(batch_records(b)) for b in batches) == 30
     err = RuntimeError("broker gone")
     for b in batches:
         b.failure(exception=err)
