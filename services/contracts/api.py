@@ -89,6 +89,10 @@ class FeedbackRequest(BaseModel):
     def _score_or_label(self) -> FeedbackRequest:
         if self.score is None and self.label is None:
             raise ValueError("feedback needs a score (0..1) or a label ('good'|'bad')")
+        if self.source is FeedbackSource.EXPLORE:
+            raise ValueError(
+                "source 'explore' is the gateway's own (exploration grades); use user, judge or rule"
+            )
         return self
 
 

@@ -70,6 +70,7 @@ class RoutingMode(StrEnum):
     CASCADE = "cascade"
     HYBRID = "hybrid"
     PASSTHROUGH = "passthrough"
+    EXPLORE = "explore"  # a budgeted shadow call to a cheaper model (``CallEvent.shadow_of`` set)
 
 
 class CallStatus(StrEnum):
@@ -130,6 +131,11 @@ class CallEvent(Event):
     latency_ms: NonNegative = 0.0
     status: CallStatus = CallStatus.OK
     error: str | None = None
+    shadow_of: str | None = Field(
+        default=None,
+        description="Mode explore: the client's call this shadow call repeated on a cheaper model "
+        "(off the client's path; its answer went to the judge, not to the client).",
+    )
 
     @property
     def fallback_path(self) -> list[str]:
@@ -140,6 +146,7 @@ class FeedbackSource(StrEnum):
     USER = "user"
     JUDGE = "judge"
     RULE = "rule"
+    EXPLORE = "explore"  # the judge's grade of a budgeted shadow call (gateway exploration)
 
 
 class FeedbackEvent(Event):
@@ -187,6 +194,9 @@ class OutcomeEvent(Event):
     cost_usd: NonNegative = 0.0
     latency_ms: NonNegative = 0.0
     feedback_source: FeedbackSource = FeedbackSource.USER
+    shadow_of: str | None = Field(
+        default=None, description="Mode explore: the client's call the shadow call repeated."
+    )
 
 
 class AlertStatus(StrEnum):

@@ -15,6 +15,7 @@ from services.providers.pool import ProviderPool, RetryPolicy
 from .app import Gateway
 from .auth import KeyStore, RateLimiter
 from .emitter import EmitterConfig, EventEmitter
+from .explore import ExploreConfig, Explorer
 from .metrics import GatewayMetrics
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer, JudgeScorer
@@ -43,6 +44,21 @@ class ChainScorer:
             if s is not None:
                 return s
         return await self.fallback.score(question, answer, task, model) if self.fallback else None
+
+
+def explore_config(settings: GatewaySettings) -> ExploreConfig:
+    """The explorer's configuration from the ``explore_*`` settings."""
+    return ExploreConfig(
+        enabled=settings.explore_enabled,
+        share=settings.explore_share,
+        expensive_share=settings.explore_expensive_share,
+        min_requests=settings.explore_min_requests,
+        window=settings.explore_window_requests,
+        # the budget is the gateway's: each ingress replica explores with its share of it
+        budget_usd_per_task_hour=settings.explore_budget_usd_per_task_hour / settings.ingress_replicas,
+        max_concurrency=settings.explore_max_concurrency,
+        judge_usd_per_mtok=settings.explore_judge_usd_per_mtok,
+    )
 
 
 def build_gateway(
@@ -93,6 +109,9 @@ def build_gateway(
     judge = None
     if settings.judge_model and settings.judge_provider in pool.adapters:
         judge = JudgeScorer(pool.adapters[settings.judge_provider], settings.judge_model)
+    explorer = Explorer(catalog, explore_config(settings), judge)
+    if settings.explore_enabled and judge is None:
+        log.warning("exploration is on but no judge is configured to grade shadow calls: it stays off")
     service = ChatService(
         catalog,
         pool,
@@ -104,6 +123,7 @@ def build_gateway(
         router_timeout_s=settings.router_timeout_s,
         cascade_accept=settings.cascade_accept,
         hard_query_margin=settings.hard_query_margin,
+        explorer=explorer,
     )
     hashes = settings.key_hashes()
     if not hashes:
@@ -114,6 +134,7 @@ def build_gateway(
             await emitter.start()
 
     async def on_stop() -> None:
+        await service.stop_exploring(timeout_s=2.0)  # their events go out before the emitter stops
         if emitter is not None:
             await emitter.stop()
         await pool.aclose()

@@ -10,7 +10,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 
 
 class GatewayMetrics:
-    """Requests, errors, latency, tokens, cost, route shares, fallbacks, breakers, emitter."""
+    """Requests, errors, latency, tokens, cost, route shares, fallbacks, breakers, emitter, exploration."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -88,6 +88,26 @@ class GatewayMetrics:
         )
         self.events_sent = Gauge(
             "switchyard_emitter_events_sent", "Events acknowledged by Kafka since start.", registry=r
+        )
+        self.explore_calls = Counter(
+            "switchyard_explore_calls",
+            "Shadow calls of budgeted exploration by task, shadow model and outcome (accepted or "
+            "rejected by the judge, unjudged, error: the shadow upstream failed, crashed).",
+            ["task", "model", "outcome"],
+            registry=r,
+        )
+        self.explore_spend = Counter(
+            "switchyard_explore_spend_usd",
+            "Exploration spend in USD (shadow calls and their judge calls) by task; not in "
+            "switchyard_cost_usd.",
+            ["task"],
+            registry=r,
+        )
+        self.explore_skipped = Counter(
+            "switchyard_explore_skipped",
+            "Routed requests not shadowed, by reason: not_candidate, no_cheaper, share, busy, budget.",
+            ["task", "reason"],
+            registry=r,
         )
         self.router_info = Gauge(
             "switchyard_router_info", "The router version serving (value 1).", ["version"], registry=r

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from typing import Protocol
 
 from services.errors import UpstreamError
@@ -32,6 +33,15 @@ def judge_prompt(question: str, answer: str) -> str:
     )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's grade with the judge call's token usage (for pricing it)."""
+
+    score: float | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
 class JudgeScorer:
     """Scores an answer by asking a judge model (one upstream call per scored answer)."""
 
@@ -40,6 +50,10 @@ class JudgeScorer:
         self.judge_model = judge_model
 
     async def score(self, question: str, answer: str, task: str | None, model: str) -> float | None:
+        return (await self.grade(question, answer)).score
+
+    async def grade(self, question: str, answer: str) -> Verdict:
+        """The judge's grade and what the judge call used; score ``None`` when it failed."""
         payload = {
             "messages": [{"role": "user", "content": judge_prompt(question, answer)}],
             "temperature": 0,
@@ -48,6 +62,6 @@ class JudgeScorer:
             result = await self.adapter.complete(payload, self.judge_model)
         except UpstreamError as exc:
             log.warning("judge %s failed: %s", self.judge_model, exc.message)
-            return None
+            return Verdict(None)
         m = _GRADE.search(result.content)
-        return float(m.group(1)) if m else None
+        return Verdict(float(m.group(1)) if m else None, result.prompt_tokens, result.completion_tokens)

@@ -19,6 +19,7 @@ from services.contracts.events import (
     CallEvent,
     CallStatus,
     FeedbackEvent,
+    FeedbackSource,
     RoutingMode,
     Usage,
     prompt_hash,
@@ -31,6 +32,7 @@ from services.router.policy import cascade_ladder
 
 from .auth import Caller
 from .emitter import EventEmitter
+from .explore import Explorer, Ticket
 from .metrics import GatewayMetrics
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer
@@ -121,6 +123,7 @@ class ChatService:
         router_timeout_s: float = 2.0,
         cascade_accept: float = 0.5,
         hard_query_margin: float = 0.1,
+        explorer: Explorer | None = None,
     ):
         self.catalog = catalog
         self.pool = pool
@@ -132,6 +135,8 @@ class ChatService:
         self.router_timeout_s = router_timeout_s
         self.cascade_accept = cascade_accept
         self.hard_query_margin = hard_query_margin
+        self.explorer = explorer if explorer is not None and explorer.active else None
+        self._shadows: set[asyncio.Task[None]] = set()
         self._router_warned_at = -1e9
 
     # -- entry points -----------------------------------------------------------------------------
@@ -278,9 +283,9 @@ class ChatService:
             self._gate_reasoning(ctx, payload)
         return payload
 
-    def _gate_reasoning(self, ctx: CallContext, payload: dict[str, Any]) -> None:
+    def _gate_reasoning(self, ctx: CallContext, payload: dict[str, Any], model: str | None = None) -> None:
         """Models with a reasoning switch get it only when the router found the query hard."""
-        entry = self.catalog.model(ctx.model or self.catalog.default_model)
+        entry = self.catalog.model(model or ctx.model or self.catalog.default_model)
         hard = ctx.route is not None and (
             ctx.route.low_margin
             or (ctx.route.margin if ctx.route.margin is not None else 1.0) < self.hard_query_margin
@@ -375,6 +380,145 @@ class ChatService:
         # No scorer verdict: fall back to the router's own belief in this model.
         return ctx.route.scores.get(model) if ctx.route else None
 
+    # -- exploration (off the request path) -------------------------------------------------------
+
+    def _maybe_explore(self, ctx: CallContext) -> None:
+        """After the client's answer: fold this routed request into the explorer's windows and,
+        when it picks the request, start its shadow call as a task nobody awaits."""
+        ex = self.explorer
+        if ex is None or ctx.mode is RoutingMode.PASSTHROUGH or ctx.route is None or ctx.model is None:
+            return  # pass-through and router-failure calls carry no routing decision to explore
+        try:
+            decision = ex.consider(
+                ctx.task,
+                ctx.model,
+                ctx.route.scores,
+                tried=[a.model for a in ctx.attempts if a.status in ("ok", "rejected")],
+                prompt_tokens=ctx.prompt_tokens,
+                completion_tokens=ctx.completion_tokens,
+            )
+        except Exception:  # noqa: BLE001 - exploration never fails a request
+            log.exception("request %s: exploration decision failed", ctx.request_id)
+            return
+        if isinstance(decision, str):
+            self.metrics.explore_skipped.labels(task=ctx.task, reason=decision).inc()
+            return
+        try:
+            task = asyncio.get_running_loop().create_task(self._shadow(ctx, decision))
+        except RuntimeError:  # no running loop (a stream closed outside one): give the slot back
+            ex.settle(decision, 0.0)
+            return
+        self._shadows.add(task)
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow(self, ctx: CallContext, ticket: Ticket) -> None:
+        """One shadow call: the same payload to ``ticket.model`` through the pool (no fallback:
+        the answer must be that model's), graded by the judge; a call event (mode ``explore``,
+        ``shadow_of`` the client's call) and a feedback event (source ``explore``) follow."""
+        ex = self.explorer
+        assert ex is not None and ex.judge is not None
+        shadow_id = new_request_id()
+        attempts: list[Attempt] = []
+        judge_usd, outcome = 0.0, "crashed"
+        try:
+            question = ctx.request.last_user_text()
+            t0 = time.perf_counter()
+            error: SwitchyardError | None = None
+            result = None
+            with bound(shadow_id):
+                payload = ctx.request.upstream_payload()
+                self._gate_reasoning(ctx, payload, ticket.model)
+                try:
+                    _, result = await self.pool.complete([ticket.model], payload, attempts)
+                except UpstreamError as exc:
+                    error = exc
+                latency_ms = (time.perf_counter() - t0) * 1000
+                score = None
+                if result is not None:
+                    verdict = await ex.judge.grade(question, result.content)
+                    judge_usd = ex.judge_cost_usd(verdict.prompt_tokens, verdict.completion_tokens)
+                    score = verdict.score
+            if error is not None:
+                outcome = "error"
+                log.info(
+                    "shadow %s of %s: %s failed: %s", shadow_id, ctx.request_id, ticket.model, error.message
+                )
+            elif score is None:
+                outcome = "unjudged"
+            else:
+                outcome = "accepted" if score >= self.cascade_accept else "rejected"
+            self._emit_shadow(ctx, ticket, shadow_id, attempts, result, latency_ms, error, score)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except Exception:  # noqa: BLE001 - a broken shadow call is logged and counted, never raised
+            log.exception("shadow %s of %s failed", shadow_id, ctx.request_id)
+        finally:
+            spend = sum(a.cost_usd for a in attempts) + judge_usd
+            ex.settle(ticket, spend)
+            self.metrics.explore_calls.labels(task=ctx.task, model=ticket.model, outcome=outcome).inc()
+            self.metrics.explore_spend.labels(task=ctx.task).inc(spend)
+
+    def _emit_shadow(
+        self,
+        ctx: CallContext,
+        ticket: Ticket,
+        shadow_id: str,
+        attempts: list[Attempt],
+        result: Any,
+        latency_ms: float,
+        error: SwitchyardError | None,
+        score: float | None,
+    ) -> None:
+        if self.emitter is None:
+            return
+        prompt = ctx.request.last_user_text()
+        route = ctx.route
+        event = CallEvent(
+            request_id=shadow_id,
+            task=ctx.task,
+            tenant=ctx.knobs.tenant or ctx.caller.key_id,
+            prompt_hash=prompt_hash(prompt),
+            prompt=None if self.redact_prompts else prompt,
+            requested_model=ticket.model,
+            mode=RoutingMode.EXPLORE,
+            router_version=route.router_version if route else None,
+            scores=route.scores if route else {},
+            quality_target=ctx.quality_target,
+            threshold=route.threshold if route else None,
+            chosen_model=ticket.model if result is not None else None,
+            attempts=attempts,
+            usage=Usage(
+                prompt_tokens=result.prompt_tokens if result is not None else 0,
+                completion_tokens=result.completion_tokens if result is not None else 0,
+            ),
+            cost_usd=sum(a.cost_usd for a in attempts),
+            latency_ms=latency_ms,
+            status=CallStatus.ERROR if error else CallStatus.OK,
+            error=error.message[:500] if error else None,
+            shadow_of=ctx.request_id,
+        )
+        self.emitter.emit(CALLS, event, key=shadow_id)
+        if score is not None:
+            judge = self.explorer.judge.judge_model if self.explorer and self.explorer.judge else "judge"
+            feedback = FeedbackEvent(
+                request_id=shadow_id,
+                score=max(0.0, min(1.0, score)),
+                source=FeedbackSource.EXPLORE,
+                comment=f"{judge} on {ticket.model}'s shadow answer to {ctx.request_id}",
+            )
+            self.emitter.emit(FEEDBACK, feedback, key=shadow_id)
+
+    async def stop_exploring(self, timeout_s: float = 0.0) -> None:
+        """Let running shadow calls finish for up to ``timeout_s``, then cancel the rest."""
+        pending = set(self._shadows)
+        if pending and timeout_s > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout_s)
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
     # -- accounting -------------------------------------------------------------------------------
 
     def _finish(self, ctx: CallContext, error: SwitchyardError | None = None) -> None:
@@ -407,6 +551,8 @@ class ChatService:
         if self.emitter is not None:
             self.emitter.emit(CALLS, event, key=ctx.request_id)
         self._observe(ctx, event, error)
+        if error is None and self.explorer is not None:
+            self._maybe_explore(ctx)
         log.log(
             logging.WARNING if error else logging.DEBUG,
             "request %s %s mode=%s model=%s router=%s cost=%.6f latency_ms=%.1f",

@@ -111,6 +111,48 @@ class GatewaySettings(BaseSettings):
         le=1,
         description="Router margin below which a query counts as hard (reasoning on).",
     )
+    # budgeted exploration (docs/api.md "Exploration")
+    explore_enabled: bool = Field(
+        default=True,
+        description="Budgeted exploration: shadow calls to a cheaper model, graded by the judge, for "
+        "tasks routed mostly to the top tier (needs the judge; off without one).",
+    )
+    explore_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Share of an exploration candidate task's routed requests that also get a shadow call.",
+    )
+    explore_expensive_share: float = Field(
+        default=0.8,
+        ge=0,
+        le=1,
+        description="A task is an exploration candidate when at least this share of its recent routed "
+        "requests were answered by the catalog's top tier.",
+    )
+    explore_min_requests: int = Field(
+        default=50,
+        ge=1,
+        description="Routed requests a task's window must hold before it can be a candidate.",
+    )
+    explore_window_requests: int = Field(
+        default=200, ge=1, description="The sliding window of a task's routed requests (per replica)."
+    )
+    explore_budget_usd_per_task_hour: float = Field(
+        default=0.25,
+        ge=0,
+        description="Most USD a task's shadow calls and their judge calls may cost over any hour, split "
+        "evenly across the ingress replicas (estimates count before a call, actual costs after).",
+    )
+    explore_max_concurrency: int = Field(
+        default=4, ge=1, description="Shadow calls running at once per replica; more are skipped ('busy')."
+    )
+    explore_judge_usd_per_mtok: float | None = Field(
+        default=None,
+        ge=0,
+        description="Price of the judge's calls (USD per 1M tokens) when the catalog does not list the "
+        "judge model; default the strong model's price.",
+    )
 
     @field_validator("api_key_hashes")
     @classmethod

@@ -85,11 +85,12 @@ def chunk(model: str, text: str | None, finish: str | None = None) -> dict[str, 
 
 class Upstream:
     """Every catalog model over ``httpx.MockTransport``: answers ``answer from <model>``, streams
-    two chunks, grades with the judge, fails with 500 for the models in ``fail``. Records each
-    call's model and ``x-request-id``."""
+    two chunks, grades with the judge, fails with 500 for the models in ``fail``, answers after
+    ``delay[model]`` seconds. Records each call's model and ``x-request-id``."""
 
     def __init__(self) -> None:
         self.fail: set[str] = set()
+        self.delay: dict[str, float] = {}
         self.calls: list[str] = []
         self.request_ids: list[str | None] = []
         self.judge_grade = "1"
@@ -99,6 +100,8 @@ class Upstream:
         model = body["model"]
         self.calls.append(model)
         self.request_ids.append(request.headers.get("x-request-id"))
+        if self.delay.get(model):
+            await asyncio.sleep(self.delay[model])
         if model == "switchyard/judge":
             return httpx.Response(200, json=completion(model, f"GRADE: {self.judge_grade}"))
         if model in self.fail:
@@ -113,9 +116,11 @@ class Upstream:
 
 
 class FakeRouter:
-    """A router deployment that always ranks the strong model first and chooses the weak one."""
+    """A router deployment that always ranks the strong model first and chooses ``choose`` (the
+    weak one unless a test says otherwise)."""
 
-    def __init__(self) -> None:
+    def __init__(self, choose: str = WEAK) -> None:
+        self.choose = choose
         self.broken = False
         self.seen: list[RouteRequest] = []
 
@@ -124,7 +129,7 @@ class FakeRouter:
             raise RuntimeError("router replica died")
         self.seen.append(req)
         scores = {WEAK: 0.9, STRONG: 0.95}
-        return RouteResult(scores, "v-test", WEAK, [STRONG, WEAK], 0.1, 0.05, low_margin=False)
+        return RouteResult(scores, "v-test", self.choose, [STRONG, WEAK], 0.1, 0.05, low_margin=False)
 
     async def status(self) -> dict[str, Any]:
         return {"loaded": not self.broken, "version": "v-test"}
