@@ -7,8 +7,8 @@ watches the other side, per task, over a sliding window of its outcomes:
 - **expensive share**: the share of the task's routed answers served by a tier above the
   cheapest one;
 - **cheap evidence**: labelled answers of cheaper-tier models on this task (routed, or shadow
-  calls of the gateway's budgeted exploration, marked ``feedback_source=explore``), with their
-  acceptance and when the last one was seen.
+  calls of the gateway's budgeted exploration, ``mode=explore``: those count as evidence only,
+  never as traffic), with their acceptance and when the last one was seen.
 
 It fires when the expensive share is at least ``expensive_share`` over at least ``min_outcomes``
 outcomes, and either the cheap evidence is missing or thin (fewer than ``min_cheap_labels``),
@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.contracts import OutcomeEvent
+from services.contracts.events import RoutingMode
 
 
 class OpportunityConfig(BaseModel):
@@ -97,7 +98,7 @@ class OpportunityDetector:
     def __init__(self, cfg: OpportunityConfig, cheap_tier: str | None) -> None:
         self.cfg = cfg
         self.cheap_tier = cheap_tier
-        # [outcomes, expensive, expensive accepted, cheap, cheap accepted], oldest first
+        # [routed, expensive, expensive accepted, cheap labels, cheap accepted, shadow], oldest first
         self.buckets: list[list[int]] = []
         self.last_cheap_ts: float | None = None
         self.firing = False
@@ -127,18 +128,19 @@ class OpportunityDetector:
         """Fold a batch of the task's outcomes in; return the changes (at most one)."""
         size = max(1, self.cfg.window // self.BUCKETS)
         for o in outcomes:
-            if not self.buckets or self.buckets[-1][0] >= size:
-                self.buckets.append([0, 0, 0, 0, 0])
+            if not self.buckets or self.buckets[-1][0] + self.buckets[-1][5] >= size:
+                self.buckets.append([0, 0, 0, 0, 0, 0])
                 del self.buckets[: max(0, len(self.buckets) - self.BUCKETS)]
             b = self.buckets[-1]
+            shadow = o.mode is RoutingMode.EXPLORE  # evidence only: never served to anyone
             cheap = self.cheap_tier is not None and o.tier == self.cheap_tier
-            b[0] += 1
+            b[5 if shadow else 0] += 1
             if cheap:
                 b[3] += 1
                 b[4] += int(o.accepted)
                 ts = o.ts.timestamp()
                 self.last_cheap_ts = ts if self.last_cheap_ts is None else max(self.last_cheap_ts, ts)
-            else:
+            elif not shadow:
                 b[1] += 1
                 b[2] += int(o.accepted)
         return self._judge(now_ts)
@@ -146,10 +148,12 @@ class OpportunityDetector:
     def evidence(self, now_ts: float) -> dict[str, Any]:
         """The numbers the decision reads (also the notice's evidence)."""
         n, exp, exp_ok, cheap, cheap_ok = (sum(b[i] for b in self.buckets) for i in range(5))
+        shadow = sum(b[5] for b in self.buckets if len(b) > 5)
         return {
             "outcomes": n,
             "expensive_share": exp / n if n else 0.0,
             "cheap_labels": cheap,
+            "shadow_labels": shadow,
             "cheap_acceptance": cheap_ok / cheap if cheap else None,
             "cheap_acceptance_lower": _lower_bound(cheap_ok, cheap) if cheap else None,
             "expensive_acceptance": exp_ok / exp if exp else None,

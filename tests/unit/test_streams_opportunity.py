@@ -90,3 +90,18 @@ def test_state_round_trips_through_json_like_a_table_entry() -> None:
     assert restored.evidence(0) == det.evidence(0)
     assert restored.update(outcomes(40, 0.0, 0.0, start=40), 0)[0].kind == "fire"
     assert len(json.dumps(restored.to_state())) < 2000  # a small table entry, whatever the traffic
+
+
+def test_shadow_samples_are_evidence_not_traffic() -> None:
+    det = detector()
+    routed = outcomes(100, cheap_share=0.0, cheap_acc=0.0)
+    shadow = [
+        o.model_copy(
+            update={"mode": RoutingMode.EXPLORE, "chosen_model": CHEAP, "tier": "budget", "accepted": True}
+        )
+        for o in outcomes(60, cheap_share=0.0, cheap_acc=0.0, start=1000)
+    ]
+    [c] = det.update(routed + shadow, T0.timestamp() + 2000)
+    ev = c.evidence
+    assert ev["outcomes"] == 100 and ev["expensive_share"] == 1.0  # shadows do not dilute the share
+    assert ev["cheap_labels"] == 60 and ev["shadow_labels"] == 60 and c.reason == "cheap_good"
