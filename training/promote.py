@@ -6,6 +6,13 @@ Serve ``reconfigure``: we redeploy the app with the router's ``user_config`` poi
 config (an unchanged ``@champion`` string would not trigger ``reconfigure``). Each replica loads,
 verifies and smoke-checks the new router and swaps atomically; if that fails it keeps the old one
 and reports ``last_error`` in ``/readyz`` — which :func:`redeploy` reads back and returns.
+
+Gating (issue 15, item 5): an operator's promotion (``switchyard router promote``) and swap
+(``switchyard serve swap``) go through :func:`check_version` / :func:`check_ref` first: the version
+must carry a passed gate record (the tags ``gate``, ``gate_kind``, ``gate_reasons`` on the
+registered model version, see :data:`training.registry.GATE_TAG`) and must verify (downloaded,
+loaded with its content hashes checked, smoke-checked). ``--force`` overrides both and records
+that it did (tag ``forced_promotion``).
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from pydantic import BaseModel
 
 from services.contracts.settings import MLflowSettings
 
-from .registry import RegistryError, _client, promote, rollback
+from .registry import GATE_KIND_TAG, GATE_REASONS_TAG, GATE_TAG, RegistryError, _client, promote, rollback
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +73,149 @@ def tag_version(ms: MLflowSettings, version: str, tags: dict[str, Any]) -> None:
     client = _client(ms)
     for k, v in tags.items():
         client.set_model_version_tag(ms.registered_model, version, k, str(v)[:4900])
+
+
+class PromotionCheck(BaseModel):
+    """Whether a router may be promoted or swapped in without ``--force``, and why not."""
+
+    ref: str
+    name: str | None = None
+    version: str | None = None
+    gate: str | None = None
+    gate_kind: str | None = None
+    gate_reasons: str | None = None
+    verified: bool = False
+    router_version: str | None = None
+    problems: list[str] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        what = f"{self.name} version {self.version}" if self.version else self.ref
+        if self.ok:
+            return f"{what}: gate {self.gate} ({self.gate_kind}), verified ({self.router_version})"
+        return f"{what}: " + "; ".join(self.problems)
+
+
+def parse_model_ref(ref: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/NAME/VERSION`` → (NAME, VERSION, None); ``models:/NAME@ALIAS`` → (NAME, None,
+    ALIAS); anything else (a path, ``runs:/``) → None."""
+    if not ref.startswith("models:/"):
+        return None
+    rest = ref[len("models:/") :].strip("/")
+    if "@" in rest:
+        name, _, alias = rest.rpartition("@")
+        return (name, None, alias) if name and alias else None
+    name, _, version = rest.rpartition("/")
+    return (name, version, None) if name and version.isdigit() else None
+
+
+def _verify(check: PromotionCheck, ref: str, tracking_uri: str) -> None:
+    """Download, load (content hashes checked) and smoke-check the router behind ``ref``."""
+    from services.router.artifact import RouterLoadError, load_router, smoke_check
+
+    try:
+        router = load_router(ref, tracking_uri=tracking_uri)
+        smoke_check(router)
+    except RouterLoadError as exc:
+        check.problems.append(f"fails verification: {exc}")
+        return
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a failed verification
+        check.problems.append(f"fails verification: {type(exc).__name__}: {exc}")
+        return
+    if check.router_version and router.version != check.router_version:
+        check.problems.append(
+            f"fails verification: the artefact is {router.version}, the version was registered as "
+            f"{check.router_version}"
+        )
+        return
+    check.router_version = router.version
+    check.verified = True
+
+
+def check_version(
+    ms: MLflowSettings, version: str, *, name: str | None = None, verify: bool = True
+) -> PromotionCheck:
+    """Whether registered ``version`` (of ``name``, default the configured registered model) has a
+    passed gate record and verifies."""
+    from mlflow.exceptions import MlflowException
+
+    name = name or ms.registered_model
+    check = PromotionCheck(ref=f"models:/{name}/{version}", name=name, version=str(version))
+    try:
+        mv = _client(ms).get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise RegistryError(f"{name} version {version}: {exc.message}") from exc
+    except OSError as exc:
+        raise RegistryError(f"MLflow at {ms.tracking_uri} is unreachable: {exc}") from exc
+    tags = mv.tags or {}
+    check.gate, check.gate_kind = tags.get(GATE_TAG), tags.get(GATE_KIND_TAG)
+    check.gate_reasons, check.router_version = tags.get(GATE_REASONS_TAG), tags.get("router_version")
+    if check.gate != "passed":
+        why = f": {check.gate_reasons}" if check.gate_reasons else ""
+        state = "no gate record" if check.gate is None else f"gate {check.gate}"
+        check.problems.append(f"has no passed gate ({state}{why})")
+    if verify:
+        _verify(check, check.ref, ms.tracking_uri)
+    return check
+
+
+def check_ref(ms: MLflowSettings, ref: str, *, verify: bool = True) -> PromotionCheck:
+    """:func:`check_version` for a router reference: ``models:/NAME/N`` or ``models:/NAME@ALIAS``
+    are checked as that registered version; a local path or ``runs:/`` URI has no gate record (it
+    is only verified, and needs ``--force``)."""
+    from mlflow.exceptions import MlflowException
+
+    parsed = parse_model_ref(ref)
+    if parsed is None:
+        check = PromotionCheck(ref=ref)
+        check.problems.append(
+            "has no gate record (only registered versions, models:/NAME/N or models:/NAME@ALIAS, carry one)"
+        )
+        if verify:
+            _verify(check, ref, ms.tracking_uri)
+        return check
+    name, version, alias = parsed
+    if version is None:
+        try:
+            version = str(_client(ms).get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            raise RegistryError(f"{ref}: {exc.message}") from exc
+        except OSError as exc:
+            raise RegistryError(f"MLflow at {ms.tracking_uri} is unreachable: {exc}") from exc
+    check = check_version(ms, version, name=name, verify=verify)
+    check.ref = ref
+    return check
+
+
+def promote_checked(
+    ms: MLflowSettings,
+    *,
+    version: str | None = None,
+    from_alias: str = "challenger",
+    to_alias: str = "champion",
+    force: bool = False,
+) -> tuple[str | None, PromotionCheck]:
+    """Move ``to_alias`` to ``version`` (default: behind ``from_alias``) if it passed its gate and
+    verifies, or with ``force`` whatever the checks say (recorded on the version as
+    ``forced_promotion``). Returns (the version promoted or None when refused, the check)."""
+    from mlflow.exceptions import MlflowException
+
+    if version is None:
+        try:
+            version = str(_client(ms).get_model_version_by_alias(ms.registered_model, from_alias).version)
+        except MlflowException as exc:
+            raise RegistryError(f"{ms.registered_model}@{from_alias}: {exc.message}") from exc
+        except OSError as exc:
+            raise RegistryError(f"MLflow at {ms.tracking_uri} is unreachable: {exc}") from exc
+    check = check_version(ms, version)
+    if not check.ok and not force:
+        return None, check
+    if not check.ok:
+        tag_version(ms, version, {"forced_promotion": "; ".join(check.problems)})
+    return promote(ms, version=version, from_alias=from_alias, to_alias=to_alias), check
 
 
 def redeploy(ref: str, expect_version: str | None, *, timeout_s: float = 120.0) -> RedeployResult:

@@ -3,6 +3,14 @@
 Versions of ``switchyard-router`` point at the run's ``router/`` artefact directory. ``--register``
 sets the alias ``challenger``; ``promote`` moves ``champion`` (keeping a history in the registered
 model's tag ``champion_history`` so ``rollback`` can move it back).
+
+Every registered version carries a gate record, the tags ``gate`` (``passed`` | ``failed`` |
+``none``), ``gate_kind`` and ``gate_reasons`` (:func:`gate_record`): the retrain loop's verdict
+(``gate_kind=champion``, or ``absolute`` for its first model, when there is no champion); the
+first router of a registered model registered outside the loop, which has no champion to be
+gated against, is passed by its own training run (``gate_kind=bootstrap``); any other version
+registered outside the loop is ``gate=none`` and an operator's ``switchyard router promote``
+refuses it without ``--force`` (:mod:`training.promote`).
 """
 
 from __future__ import annotations
@@ -20,6 +28,9 @@ from services.router.artifact import Manifest
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "champion_history"
+GATE_TAG = "gate"
+GATE_KIND_TAG = "gate_kind"
+GATE_REASONS_TAG = "gate_reasons"
 
 
 class RegistryError(RuntimeError):
@@ -55,6 +66,32 @@ def _client(settings: MLflowSettings):  # noqa: ANN202
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri)
+
+
+def gate_record(params: dict[str, Any], champion: str | None, name: str) -> dict[str, str]:
+    """The gate tags of a version being registered: the verdict in ``params["gate"]`` (the loop's,
+    ``{"passed": bool, "reasons": str}``) if there is one; else a bootstrap pass when the model has
+    no champion yet (the first router: nothing to be gated against); else ``none``."""
+    verdict = params.get("gate")
+    if isinstance(verdict, dict) and "passed" in verdict:
+        return {
+            GATE_TAG: "passed" if verdict["passed"] else "failed",
+            # against the champion, or (no champion yet) the loop's absolute first-model gate
+            GATE_KIND_TAG: "champion" if params.get("champion_version") else "absolute",
+            GATE_REASONS_TAG: str(verdict.get("reasons") or "")[:4900],
+        }
+    if champion is None:
+        return {
+            GATE_TAG: "passed",
+            GATE_KIND_TAG: "bootstrap",
+            GATE_REASONS_TAG: f"first router of {name}: no champion to be gated against",
+        }
+    return {
+        GATE_TAG: "none",
+        GATE_KIND_TAG: "none",
+        GATE_REASONS_TAG: f"registered outside the retrain loop: never compared with champion "
+        f"version {champion}",
+    }
 
 
 def log_run(
@@ -96,11 +133,19 @@ def log_run(
                 client.create_registered_model(
                     name, description="Switchyard learned router (services.router)."
                 )
+            try:
+                champion: str | None = str(client.get_model_version_by_alias(name, "champion").version)
+            except MlflowException:
+                champion = None
             mv = client.create_model_version(
                 name,
                 source=source,
                 run_id=run_id,
-                tags={"router_version": manifest.version, "router_kind": manifest.kind},
+                tags={
+                    "router_version": manifest.version,
+                    "router_kind": manifest.kind,
+                    **gate_record(params, champion, name),
+                },
             )
             client.set_registered_model_alias(name, alias, mv.version)
             out = Registered(run_id=run_id, name=name, version=str(mv.version), alias=alias)

@@ -60,9 +60,86 @@ def serve(
         ray.shutdown()
 
 
+# The gate record a registered router version carries (written by training.registry; the tag
+# names are part of the registry's contract, tests/unit/test_promotion_gate.py keeps them equal).
+GATE_TAG, GATE_KIND_TAG, GATE_REASONS_TAG = "gate", "gate_kind", "gate_reasons"
+
+
+def _gate_problems(ref: str, tracking_uri: str) -> list[str]:
+    """Why ``ref`` has no passed gate record: only a registered version (``models:/NAME/N`` or
+    ``models:/NAME@ALIAS``) carries one, in its tags."""
+    if not ref.startswith("models:/"):
+        return [
+            "has no gate record (only registered versions, models:/NAME/N or models:/NAME@ALIAS, carry one)"
+        ]
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    rest = ref[len("models:/") :].strip("/")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        if "@" in rest:
+            name, _, alias = rest.rpartition("@")
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.rpartition("/")
+            mv = client.get_model_version(name, version)
+    except MlflowException as exc:
+        return [f"cannot be resolved in MLflow ({tracking_uri}): {exc.message}"]
+    except OSError as exc:
+        return [f"MLflow at {tracking_uri} is unreachable: {exc}"]
+    tags = mv.tags or {}
+    if tags.get(GATE_TAG) == "passed":
+        return []
+    why = f": {tags[GATE_REASONS_TAG]}" if tags.get(GATE_REASONS_TAG) else ""
+    state = f"gate {tags[GATE_TAG]}" if tags.get(GATE_TAG) else "no gate record"
+    return [f"version {mv.version} has no passed gate ({state}{why})"]
+
+
+def swap_problems(ref: str, tracking_uri: str | None = None) -> list[str]:
+    """Why the gateway should not swap to ``ref`` (empty: go ahead): no passed gate record, or the
+    artefact fails verification (download, load with content hashes checked, smoke check)."""
+    from services.contracts.settings import MLflowSettings
+    from services.router.artifact import RouterLoadError, load_router, smoke_check
+
+    uri = tracking_uri or MLflowSettings().tracking_uri
+    problems = _gate_problems(ref, uri)
+    try:
+        smoke_check(load_router(ref, tracking_uri=uri))
+    except RouterLoadError as exc:
+        problems.append(f"fails verification: {exc}")
+    except Exception as exc:  # noqa: BLE001 - any failure to load is a failed verification
+        problems.append(f"fails verification: {type(exc).__name__}: {exc}")
+    return problems
+
+
 @serve_app.command("swap")
-def swap(router_ref: str = typer.Argument(..., help="New router: models:/name@alias or a path.")) -> None:
-    """Hot-swap the running gateway's router (in-place reconfigure; the old one stays on failure)."""
+def swap(
+    router_ref: str = typer.Argument(..., help="New router: models:/name@alias, models:/name/N or a path."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Swap even when the router has no passed gate record (a local path never has one) or "
+        "fails verification here.",
+    ),
+) -> None:
+    """Hot-swap the running gateway's router (in-place reconfigure; the old one stays on failure).
+
+    The router must be a registered version with a passed gate record and must verify here
+    (downloaded, loaded, smoke-checked) before the gateway is asked; otherwise exit 1 unless
+    ``--force``."""
+    if Path(router_ref).exists():
+        router_ref = str(Path(router_ref).resolve())
+    problems = swap_problems(router_ref)
+    if problems and not force:
+        typer.secho(
+            f"error: refusing to swap to {router_ref}: {'; '.join(problems)}; pass --force to swap anyway",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1)
+    if problems:
+        typer.echo(f"warning: forced swap to {router_ref}: {'; '.join(problems)}", err=True)
     # A local Ray started by `switchyard serve` uses token auth (token in ~/.ray/auth_token); Ray
     # reads the mode when it is imported.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -75,8 +152,6 @@ def swap(router_ref: str = typer.Argument(..., help="New router: models:/name@al
 
     settings = GatewaySettings()
     state = load_state(settings)
-    if Path(router_ref).exists():
-        router_ref = str(Path(router_ref).resolve())
     ray.init(address=state["address"], logging_level=logging.WARNING)
     args = swap_router(GatewayArgs.model_validate(state["args"]), router_ref)
     save_state(settings, state["address"], args, state["url"])

@@ -83,6 +83,7 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
             "retry_initial_s": 0.02,
             "retry_max_s": 0.1,
             "router_timeout_s": 10.0,
+            "explore_enabled": False,  # exploration has its own tests; here one event per call
         },
     )
     start_ray(args.gateway_settings(), num_cpus=2)
@@ -243,6 +244,39 @@ def test_breaker_opens_and_closes(gateway, client) -> None:
     raw, resp = ask(client, "What is 1+1?", model=WEAK)
     assert resp.model == WEAK
     assert f'switchyard_breaker_state{{upstream="emulator-openai/{WEAK}"}} 0.0' in metrics(gateway)
+
+
+def test_a_probe_whose_client_gives_up_does_not_stick_the_breaker(gateway, client) -> None:
+    """Issue 15, item 2: open a breaker, let its one half-open probe hang upstream and the client
+    give up during it; the model must serve again right after, not stay half-open forever."""
+    emu = gateway["emulator"]
+    model = "gpt-3.5-turbo-1106"
+    gauge = f'switchyard_breaker_state{{upstream="emulator-openai/{model}"}}'
+    emu.set_faults(model, error_rate=1.0, error_statuses=[500])
+    raw, resp = ask(client, "What is 2+2?", model=model)  # 3 failed tries -> open
+    assert resp.model != model and f"{gauge} 2.0" in metrics(gateway)
+    emu.set_faults(model, hang_rate=1.0, hang_s=20, max_faults=1)  # the probe hangs, later calls do not
+    time.sleep(2.3)  # past the reset timeout: the next call is the one half-open probe
+    before = emu.stats()["requests"].get(model, 0)
+    impatient = client.with_options(timeout=1.0)
+    with pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model=model, messages=[{"role": "user", "content": "What is 3+3?"}])
+    gave_up = time.perf_counter()
+    assert emu.stats()["requests"].get(model, 0) == before + 1, "the probe should have reached the upstream"
+    answered_by, deadline = [], gave_up + 12.0  # hung call's first-token timeout (3 s) + reset (2 s) + slack
+    while time.perf_counter() < deadline:
+        raw, resp = ask(client, "What is 4+4?", model=model)
+        answered_by.append(resp.model)
+        if resp.model == model:
+            break
+        time.sleep(0.2)
+    recovered_s = time.perf_counter() - gave_up
+    print(f"probe cancelled: answered by {answered_by} within {recovered_s:.2f}s")
+    assert answered_by and answered_by[-1] == model, f"still not served by {model}: {answered_by}"
+    assert f"{gauge} 0.0" in metrics(gateway)
+    # sooner than the hung call's own first-token timeout (3 s) + a re-open (2 s) would allow: the
+    # cancelled probe freed its slot, it was not left to time out and fail
+    assert recovered_s < 2.5, f"recovered only after {recovered_s:.1f}s: {answered_by}"
 
 
 def test_all_upstreams_failing_is_502_naming_the_upstream(gateway, client) -> None:

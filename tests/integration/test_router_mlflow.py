@@ -83,11 +83,13 @@ def test_train_register_alias_score(
         assert set(x["scores"]) == set(local.models)
         assert "gpt-4-1106-preview" in x["scores"] and all(0.0 <= p <= 1.0 for p in x["scores"].values())
 
-    # promote: champion resolves to the same version, offline from the local server
+    # promote: champion resolves to the same version, offline from the local server; the first
+    # router of a registered model has no champion to be gated against: a bootstrap pass
     prom = runner.invoke(router_app, ["promote"])
     assert prom.exit_code == 0, prom.output[-2000:]
     champion = load_router(f"models:/{name}@champion", tracking_uri=mlflow_uri)
     assert champion.version == local.version
+    _check_promotion_gating(tmp_path, name, mlflow_uri)
 
     # the outside-evaluation contract for two candidates: escalate + the gateway's decision
     _check_escalate_and_route(tmp_path, f"models:/{name}@champion", env, local, data_dir)
@@ -101,6 +103,64 @@ def test_train_register_alias_score(
     # unknown model ref
     res = _run(["score", "--model", f"models:/{name}@nope", "--input", str(inp), "--output", str(out)], env)
     assert res.returncode != 0 and "cannot load router" in res.stderr and "Traceback" not in res.stderr
+
+
+def _check_promotion_gating(tmp_path: Path, name: str, mlflow_uri: str) -> None:
+    """Issue 15, item 5: `router promote` and `serve swap` refuse an ungated or unverifiable
+    version without --force, against the real MLflow server."""
+    import shutil
+
+    from mlflow import MlflowClient
+    from typer.testing import CliRunner
+
+    from services.contracts.settings import MLflowSettings
+    from services.gateway.cli import swap_problems
+    from services.router.artifact import load_local
+    from training.cli import router_app
+    from training.registry import log_run
+
+    client, ms, runner = MlflowClient(tracking_uri=mlflow_uri), MLflowSettings(), CliRunner()
+    first = client.get_model_version_by_alias(name, "champion")
+    assert (first.tags["gate"], first.tags["gate_kind"]) == ("passed", "bootstrap")
+    manifest = load_local(tmp_path / "r").manifest
+    # registered outside the loop while a champion exists: gate none -> refused
+    ungated = log_run(ms, tmp_path / "r", manifest, {"train": {}}, {}, register=True, run_name="ungated")
+    tags = client.get_model_version(name, ungated.version).tags
+    assert tags["gate"] == "none" and f"champion version {first.version}" in tags["gate_reasons"]
+    res = runner.invoke(router_app, ["promote", "--version", ungated.version])
+    assert res.exit_code == 1 and "no passed gate (gate none" in res.output, res.output[-2000:]
+    assert client.get_model_version_by_alias(name, "champion").version == first.version
+    # serve swap's check: the gated champion passes (downloaded, verified, smoke-checked)
+    assert swap_problems(f"models:/{name}@champion", tracking_uri=mlflow_uri) == []
+    (problem,) = swap_problems(f"models:/{name}/{ungated.version}", tracking_uri=mlflow_uri)
+    assert "no passed gate" in problem
+    # gated but corrupt: fails verification -> refused
+    bad = tmp_path / "corrupt"
+    shutil.copytree(tmp_path / "r", bad)
+    head = bad / "head.safetensors"
+    raw = bytearray(head.read_bytes())
+    raw[-64:] = b"\x00" * 64
+    head.write_bytes(bytes(raw))
+    corrupt = log_run(
+        ms,
+        bad,
+        manifest,
+        {"gate": {"passed": True, "reasons": "test"}},
+        {},
+        register=True,
+        run_name="corrupt",
+    )
+    res = runner.invoke(router_app, ["promote", "--version", corrupt.version])
+    assert res.exit_code == 1 and "fails verification" in res.output, res.output[-2000:]
+    assert any("fails verification" in p for p in swap_problems(f"models:/{name}/{corrupt.version}"))
+    # --force promotes anyway and says so on the version
+    res = runner.invoke(router_app, ["promote", "--version", ungated.version, "--force"])
+    assert res.exit_code == 0, res.output[-2000:]
+    assert client.get_model_version_by_alias(name, "champion").version == ungated.version
+    assert "no passed gate" in client.get_model_version(name, ungated.version).tags["forced_promotion"]
+    # back to the gated first version for the checks that follow
+    res = runner.invoke(router_app, ["promote", "--version", first.version])
+    assert res.exit_code == 0, res.output[-2000:]
 
 
 def _check_escalate_and_route(tmp_path: Path, ref: str, env: dict[str, str], local, data_dir: Path) -> None:  # noqa: ANN001

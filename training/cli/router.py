@@ -195,17 +195,33 @@ def promote_cmd(
     version: str = typer.Option(None, help="Version to promote (default: the one behind --from-alias)."),
     from_alias: str = typer.Option("challenger", help="Alias whose version is promoted."),
     to_alias: str = typer.Option("champion", help="Alias to move."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Promote even without a passed gate record or when the artefact fails verification "
+        "(recorded on the version as the tag forced_promotion).",
+    ),
 ) -> None:
-    """Move the ``champion`` alias (to the challenger by default)."""
+    """Move the ``champion`` alias (to the challenger by default).
+
+    The version must carry a passed gate record (the retrain loop's verdict against the champion,
+    or, for the first router of a registered model, its bootstrap pass) and verify: downloaded,
+    loaded with its content hashes checked and smoke-checked. Otherwise it is refused (exit 1)
+    unless ``--force``."""
     from services.contracts.settings import MLflowSettings
 
-    from ..registry import RegistryError, promote
+    from ..promote import promote_checked
+    from ..registry import RegistryError
 
     ms = MLflowSettings()
     try:
-        v = promote(ms, version=version, from_alias=from_alias, to_alias=to_alias)
+        v, check = promote_checked(ms, version=version, from_alias=from_alias, to_alias=to_alias, force=force)
     except RegistryError as exc:
         raise fail(str(exc), 1) from exc
+    if v is None:
+        raise fail(f"refusing to promote {check.summary()}; pass --force to promote it anyway", 1)
+    if not check.ok:
+        typer.echo(f"warning: forced: {check.summary()}", err=True)
     typer.echo(f"models:/{ms.registered_model}@{to_alias} -> version {v}")
 
 
