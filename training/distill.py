@@ -127,6 +127,10 @@ class DistillReport(BaseModel):
     unsure_grades: int
     finetune_examples: int
     finetune_path: str | None = None
+    finetune_per_task: dict[str, int] = Field(
+        default_factory=dict, description="Fine-tuning examples per task of their hard query."
+    )
+    finetune_tokens: int = Field(default=0, description="Estimated tokens of the fine-tuning file.")
     per_cluster: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -297,21 +301,42 @@ def weights(labelled: list[Labelled], cands: list[Candidate], base: float, cap: 
     return out
 
 
+def _exported(lab: Labelled, strong_model: str) -> bool:
+    """Whether a labelled query yields a fine-tuning example: the judge accepted the strong answer."""
+    answer = lab.answers.get(strong_model)
+    return lab.labels.get(strong_model) == 1.0 and bool(answer and answer.strip())
+
+
 def finetune_examples(
     labelled: list[Labelled], strong_model: str, system: str | None = None
 ) -> list[FineTuneExample]:
     """The strong model's answers that the judge accepted, as chat fine-tuning examples."""
     out = []
     for lab in labelled:
-        answer = lab.answers.get(strong_model)
-        if lab.labels.get(strong_model) != 1.0 or not answer or not answer.strip():
+        if not _exported(lab, strong_model):
             continue
+        answer = lab.answers[strong_model]
         msgs = ([FineTuneMessage(role="system", content=system)] if system else []) + [
             FineTuneMessage(role="user", content=lab.candidate.prompt),
             FineTuneMessage(role="assistant", content=answer),
         ]
         out.append(FineTuneExample(messages=msgs))
     return out
+
+
+def finetune_per_task(labelled: list[Labelled], strong_model: str) -> dict[str, int]:
+    """How many fine-tuning examples each task contributes (the tasks of their hard queries)."""
+    out: dict[str, int] = {}
+    for lab in labelled:
+        if _exported(lab, strong_model):
+            out[lab.candidate.task] = out.get(lab.candidate.task, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def estimate_finetune_tokens(messages: Sequence[dict[str, Any]]) -> int:
+    """Tokens one fine-tuning example is billed for, estimated: ≈4 characters a token, plus 4 per
+    message and 2 per example (OpenAI's chat accounting; no tokenizer needed)."""
+    return 2 + sum(4 + math.ceil(len(str(m.get("content") or "")) / 4) for m in messages)
 
 
 def write_finetune_jsonl(examples: list[FineTuneExample], path: Path) -> Path:
@@ -404,6 +429,8 @@ async def distill(
         unsure_grades=counters["unsure"],
         finetune_examples=len(examples),
         finetune_path=str(ft_path) if ft_path else None,
+        finetune_per_task=finetune_per_task(labelled, catalog.strong_model),
+        finetune_tokens=sum(estimate_finetune_tokens(ex.model_dump()["messages"]) for ex in examples),
         per_cluster=sorted(per_cluster.values(), key=lambda e: -e["size"]),
     )
     log.info(

@@ -164,6 +164,18 @@ class TrainSettings(BaseSettings):
     first_min_quality: float = Field(
         default=0.85, ge=0, le=1, description="Gate for the first model (no champion)."
     )
+    overdelivery_margin: float = Field(
+        default=0.15,
+        ge=0,
+        description="Over-delivery: on a non-drifting task where the champion already meets the "
+        "quality target, the challenger may not raise the cost ratio (share of the strong model's "
+        "price per request) by more than this, significantly, without a significant quality gain.",
+    )
+    require_gain: bool = Field(
+        default=True,
+        description="The gate also needs a gain: the challenger significantly cheaper or better on "
+        "some task, dataset group or overall, or a drifting task repaired.",
+    )
     # promotion and worker
     auto_promote: bool = Field(default=True, description="Move champion when the gate passes.")
     redeploy: bool = Field(default=True, description="Hot-swap a running local gateway after promotion.")

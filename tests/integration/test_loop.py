@@ -192,6 +192,7 @@ def test_retrain_request_runs_the_loop_and_registers_a_gated_challenger(
     mv = client.get_model_version(ctx.mlflow.registered_model, run.model_version)
     assert mv.tags["gate"] == ("passed" if run.verdict["passed"] else "failed")
     assert mv.tags["retrain_run_id"] == run.run_id
+    _check_distillation_artefact(ctx, run)
     assert _alias(ctx, "challenger") == run.model_version
     # first model: champion only if the gate passed
     assert (_alias(ctx, "champion") == run.model_version) is bool(run.verdict["passed"])
@@ -200,6 +201,66 @@ def test_retrain_request_runs_the_loop_and_registers_a_gated_challenger(
 
     again, decisions = plan(ctx.store(), first_run["requests"])
     assert again == [] and set(decisions.values()) == {"duplicate"}
+
+
+def _check_distillation_artefact(ctx: LoopContext, run) -> None:  # noqa: ANN001
+    """The fine-tuning JSONL is an artefact of the MLflow run (distillation/), with its counts as a
+    summary, metrics and params, and in ``switchyard train status``."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from switchyard.cli import app
+
+    client = _client(ctx)
+    arts = {a.path for a in client.list_artifacts(run.mlflow_run_id, "distillation")}
+    assert arts == {"distillation/finetune.jsonl", "distillation/summary.json"}
+    local = Path(client.download_artifacts(run.mlflow_run_id, "distillation", str(loop_tmp(ctx))))
+    lines = [x for x in (local / "finetune.jsonl").read_text().splitlines() if x.strip()]
+    summary = json.loads((local / "summary.json").read_text())
+    d = run.distill
+    assert d["finetune_examples"] > 0, "the emulator's judge accepts GPT-4's answers: examples expected"
+    assert len(lines) == summary["examples"] == d["finetune_examples"]
+    assert all(json.loads(x)["messages"][-1]["role"] == "assistant" for x in lines)
+    assert summary["per_task"] == {TASK: summary["examples"]}  # every hard query was of TASK
+    assert summary["tokens_estimate"] > 0 and summary["spent_usd"] == pytest.approx(d["spent_usd"])
+    assert summary["target_model"] == CHEAP and summary["teacher_model"] == STRONG
+    m = client.get_run(run.mlflow_run_id).data
+    assert m.metrics["distillation.examples"] == summary["examples"]
+    assert m.metrics[f"distillation.examples.{TASK}"] == summary["examples"]
+    assert m.metrics["distillation.tokens_estimate"] == summary["tokens_estimate"]
+    assert m.params["distillation.file"] == "distillation/finetune.jsonl"
+    assert d["artifact"] == f"runs:/{run.mlflow_run_id}/distillation/finetune.jsonl"
+    # switchyard train status shows the counts
+    res = CliRunner().invoke(
+        app, ["train", "status", "--last", "5"], env={"SWITCHYARD_STATE_DIR": str(ctx.state_dir)}
+    )
+    assert res.exit_code == 0, res.output
+    shown = [json.loads(block) for block in _json_blocks(res.output)]
+    mine = next(x for x in shown if x["run_id"] == run.run_id)
+    assert mine["distill"]["finetune_examples"] == summary["examples"]
+    assert mine["distill"]["finetune_per_task"] == summary["per_task"]
+    assert mine["distill"]["finetune_tokens"] == summary["tokens_estimate"]
+
+
+def loop_tmp(ctx: LoopContext) -> Path:
+    out = ctx.state_dir / "downloaded"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _json_blocks(text: str) -> list[str]:
+    """The top-level JSON objects ``switchyard train status`` prints one after the other."""
+    blocks, cur = [], []
+    for line in text.splitlines():
+        if line == "{":
+            cur = [line]
+        elif cur:
+            cur.append(line)
+            if line == "}":
+                blocks.append("\n".join(cur))
+                cur = []
+    return blocks
 
 
 def test_failing_gate_leaves_champion(loop_env: dict, first_run: dict) -> None:

@@ -20,7 +20,9 @@ from training.distill import (
     FineTuneExample,
     Labelled,
     cluster_queries,
+    estimate_finetune_tokens,
     finetune_examples,
+    finetune_per_task,
     label_queries,
     selection_order,
     weights,
@@ -147,6 +149,45 @@ def test_finetune_jsonl_is_openai_chat_format(tmp_path: Path) -> None:
     assert obj["messages"][0]["content"] == cs[0].prompt
     assert obj["messages"][1]["content"] == "The answer is 42."
     FineTuneExample.model_validate(obj)
+
+
+def test_distillation_artefact_counts(tmp_path: Path) -> None:
+    """The loop's distillation/ folder: the JSONL and a summary whose counts come from the file."""
+    from training.loop.artefacts import distillation_metrics, write_distillation
+
+    cs = cands(4)
+    cs[3].task = "tax"
+    labelled = [
+        Labelled(cs[0], {STRONG: 1.0}, {STRONG: "The answer is 42."}),
+        Labelled(cs[1], {STRONG: 1.0}, {STRONG: "B"}),
+        Labelled(cs[2], {STRONG: 0.0}, {STRONG: "wrong"}),  # rejected: not exported
+        Labelled(cs[3], {STRONG: 1.0}, {STRONG: "C"}),
+    ]
+    examples = finetune_examples(labelled, STRONG)
+    ft = write_finetune_jsonl(examples, tmp_path / "stage" / "finetune-x.jsonl")
+    report = {
+        "finetune_path": str(ft),
+        "finetune_per_task": finetune_per_task(labelled, STRONG),
+        "spent_usd": 0.3,
+        "calls": 12,
+        "labelled_queries": 4,
+    }
+    folder, summary = write_distillation(
+        tmp_path, report, run_id="r1", tasks=["law"], strong_model=STRONG, cheap_model=CHEAP
+    )
+    assert (folder / "finetune.jsonl").read_bytes() == ft.read_bytes()
+    assert json.loads((folder / "summary.json").read_text()) == summary
+    assert summary["examples"] == 3 and summary["per_task"] == {"law": 2, "tax": 1}
+    tokens = sum(estimate_finetune_tokens(e.model_dump()["messages"]) for e in examples)
+    assert summary["tokens_estimate"] == tokens > 3 * 10  # prompts of ~210 characters
+    assert summary["usd_per_example"] == pytest.approx(0.1) and summary["target_model"] == CHEAP
+    m = distillation_metrics(summary)
+    assert m["distillation.examples"] == 3 and m["distillation.examples.tax"] == 1
+    # nothing exported (no upstream): the artefact is still there, empty, with zero counts
+    _, empty = write_distillation(
+        tmp_path / "b", {}, run_id="r2", tasks=[], strong_model=STRONG, cheap_model=CHEAP
+    )
+    assert empty["examples"] == 0 and empty["tokens_estimate"] == 0 and empty["usd_per_example"] is None
 
 
 def test_fresh_labels_override_and_excluded_tasks_train_only_on_fresh() -> None:

@@ -237,3 +237,160 @@ def test_small_tasks_are_judged_together_per_dataset() -> None:
     assert not any(c.name.startswith("task:") for c in v.checks)
     group = next(c for c in v.checks if c.name == "group:mmlu")
     assert not group.passed and "n=400" in group.detail
+
+
+# -- cheaper at equal quality: paired cost, over-delivery, gain, small slices -------------------------
+CHEAP, GPT4 = 0.03, 1.0  # cost ratio of the cheap tier and of the strong model
+
+
+def cost_ev(version: str, per_task: dict[str, tuple[list[float], list[float], list[float]]]) -> Evaluation:
+    """An Evaluation with per-row outcomes and costs: per task (chosen correctness, strong
+    correctness, cost ratio of the chosen model)."""
+    from training.evaluation.gate import RowOutcomes
+
+    keys, tasks, q, s, c = [], [], [], [], []
+    metrics = {}
+    for task, (qs, ss, cs) in per_task.items():
+        keys += [f"{task}-{i}" for i in range(len(qs))]
+        tasks += [task] * len(qs)
+        q, s, c = q + qs, s + ss, c + cs
+        metrics[task] = _metrics(qs, ss).model_copy(update={"cost_ratio": float(np.mean(cs))})
+    return Evaluation(
+        router_version=version,
+        quality_target=0.95,
+        overall=_metrics(q, s).model_copy(update={"cost_ratio": float(np.mean(c))}),
+        per_task=metrics,
+        apgr=0.6,
+        ece=0.05,
+        rows=RowOutcomes(keys=keys, tasks=tasks, groups=list(tasks), quality=q, strong=s, cost=c),
+    )
+
+
+def _all(task: str, cost: float, quality: list[float] | None = None) -> tuple:
+    s = STRONG[task]
+    return (quality if quality is not None else s, s, [cost] * len(s))
+
+
+def _slice(v, name: str):  # noqa: ANN001, ANN202
+    return next(s for s in v.slices if s.name == name)
+
+
+def test_cheaper_at_equal_quality_passes() -> None:
+    """The challenger sends mmlu_x to the cheap tier, where the cheap answers are as good."""
+    champ = cost_ev("champ", {"gsm8k": _all("gsm8k", 0.5), "mmlu_x": _all("mmlu_x", GPT4)})
+    chall = cost_ev("chall", {"gsm8k": _all("gsm8k", 0.5), "mmlu_x": _all("mmlu_x", CHEAP)})
+    v = gate(chall, champ, GateConfig(), [])
+    assert v.passed, v.reasons
+    s = _slice(v, "task:mmlu_x")
+    assert s.outcome == "cheaper" and s.n == 400
+    assert s.cost_new == pytest.approx(CHEAP) and s.cost_old == pytest.approx(GPT4)
+    assert s.cost_upper < 0 and s.p_cheaper < 1e-6 and s.delta == 0
+    assert "cheaper" in s.reason and "upper bound" in s.reason
+    assert _slice(v, "task:gsm8k").outcome == "not significantly different"
+    assert next(c for c in v.checks if c.name == "gain").passed
+
+
+def test_same_router_has_no_gain() -> None:
+    """Nothing cheaper, nothing better, nothing repaired: the champion stays."""
+    champ = cost_ev("champ", {"gsm8k": _all("gsm8k", 0.5), "mmlu_x": _all("mmlu_x", 0.4)})
+    v = gate(champ.model_copy(update={"router_version": "same"}), champ, GateConfig(), [])
+    assert not v.passed and any(r.startswith("no gain") for r in v.reasons)
+    assert gate(champ, champ, GateConfig(require_gain=False), []).passed
+
+
+def test_cheaper_but_worse_on_a_small_task_fails() -> None:
+    """Cost saved on a 40-row task, but 8 of its answers lost: worse beyond the margin."""
+    rng = np.random.default_rng(11)
+    tiny = (rng.random(40) < 0.9).astype(float).tolist()
+    champ = cost_ev("champ", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (tiny, tiny, [GPT4] * 40)})
+    chall = cost_ev("chall", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (_flip(tiny, 8), tiny, [CHEAP] * 40)})
+    v = gate(chall, champ, GateConfig(min_task_rows=30), [])
+    assert not v.passed
+    s = _slice(v, "task:tiny")
+    assert s.outcome == "worse" and s.cheaper(0.05)  # cheaper, but that does not buy a quality loss
+    assert s.upper < 0 and s.p_worse < 0.01
+    assert any(r.startswith("task tiny: quality drop") for r in v.reasons)
+
+
+def test_small_slice_noise_does_not_flip_the_verdict() -> None:
+    """A 20-row task: one answer lost (a 6-point drop, beyond the margin and below the target)
+    does not fail it; one row sent to the cheap tier is not a saving that passes it."""
+    rng = np.random.default_rng(5)
+    tiny = (rng.random(20) < 0.9).astype(float).tolist()
+    cfg = GateConfig(min_task_rows=20)
+    champ = cost_ev("champ", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (tiny, tiny, [GPT4] * 20)})
+    # the whole task to the cheap tier, one answer lost: passes (cheaper), the drop is noise
+    chall = cost_ev("chall", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (_flip(tiny, 1), tiny, [CHEAP] * 20)})
+    v = gate(chall, champ, cfg, [])
+    s = _slice(v, "task:tiny")
+    assert s.delta < -cfg.task_margin and s.new < cfg.quality_target
+    assert s.outcome == "cheaper" and "not significant (noise" in s.reason
+    assert v.passed, v.reasons
+    # three answers lost, all one way: the bootstrap bound alone would call it significant, the
+    # exact sign test does not (p = 1/8)
+    three = cost_ev("c3", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (_flip(tiny, 3), tiny, [CHEAP] * 20)})
+    s3 = _slice(gate(three, champ, cfg, []), "task:tiny")
+    assert s3.upper < 0 and s3.p_worse == pytest.approx(0.125)
+    assert s3.outcome == "cheaper"
+    # the same price, one answer lost: not significant, and no gain to pass on
+    same = cost_ev("c1", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (_flip(tiny, 1), tiny, [GPT4] * 20)})
+    v1 = gate(same, champ, cfg, [])
+    s1 = _slice(v1, "task:tiny")
+    assert s1.outcome == "not significantly different" and "not significant" in s1.reason
+    assert next(c for c in v1.checks if c.name == "task:tiny").passed
+    # one row of 20 to the cheap tier at equal quality is not a significant saving
+    one = cost_ev("one", {"mmlu_x": _all("mmlu_x", 0.4), "tiny": (tiny, tiny, [CHEAP] + [GPT4] * 19)})
+    v2 = gate(one, champ, cfg, [])
+    assert _slice(v2, "task:tiny").p_cheaper == pytest.approx(0.5)
+    assert not v2.passed and any(r.startswith("no gain") for r in v2.reasons)
+
+
+def test_over_delivery_fails() -> None:
+    """A repaired router that also sends a whole stable task to GPT-4, where the cheap tier met the
+    target, with no significant quality gain: not preferred."""
+    base = {"gsm8k": _all("gsm8k", CHEAP), "mmlu_x": _all("mmlu_x", CHEAP)}
+    law = STRONG["law"]
+    champ = cost_ev("champ", {**base, "law": (_flip(law, 120), law, [CHEAP] * len(law))})
+    chall = cost_ev("chall", {**base, "gsm8k": _all("gsm8k", GPT4), "law": (law, law, [GPT4] * len(law))})
+    cfg = GateConfig(cost_margin=100.0)  # the relative stable-cost rule alone would let it through
+    v = gate(chall, champ, cfg, ["law"])
+    assert not v.passed
+    s = _slice(v, "task:gsm8k")
+    assert s.outcome == "over-delivery" and s.cost_lower > 0
+    assert [c.name for c in v.checks if not c.passed] == ["overdelivery:gsm8k"]
+    # the drifting task may cost more: repairing it is the point
+    assert _slice(v, "task:law").outcome == "better"
+    assert next(c for c in v.checks if c.name == "repair:law").passed
+    # the same cost rise with a significant quality gain on the task is not over-delivery: the
+    # champion keeps 0.956 of GPT-4's quality on mmlu_x (at the target), the challenger all of it
+    mm = STRONG["mmlu_x"]
+    champ2 = cost_ev("champ2", {"mmlu_x": (_flip(mm, 15), mm, [CHEAP] * len(mm))})
+    chall2 = cost_ev("chall2", {"mmlu_x": (mm, mm, [GPT4] * len(mm))})
+    s2 = _slice(gate(chall2, champ2, cfg, []), "task:mmlu_x")
+    assert s2.old >= cfg.quality_target and s2.outcome == "better", s2.reason
+
+
+def test_verdict_records_every_task() -> None:
+    champ = cost_ev("champ", {"gsm8k": _all("gsm8k", 0.5), "mmlu_x": _all("mmlu_x", GPT4)})
+    chall = cost_ev("chall", {"gsm8k": _all("gsm8k", 0.5), "mmlu_x": _all("mmlu_x", CHEAP)})
+    v = gate(chall, champ, GateConfig(), [])
+    names = {s.name for s in v.slices}
+    assert names == {"task:gsm8k", "task:mmlu_x", "overall"}
+    dumped = v.model_dump()["slices"][0]
+    for key in (
+        "n",
+        "new",
+        "old",
+        "cost_new",
+        "cost_old",
+        "delta",
+        "upper",
+        "lower",
+        "cost_delta",
+        "cost_upper",
+        "p_worse",
+        "p_cheaper",
+        "outcome",
+        "reason",
+    ):
+        assert key in dumped

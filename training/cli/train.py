@@ -43,7 +43,13 @@ def router_cmd(
     register: bool = typer.Option(
         False, "--register", help="Log to MLflow and register a version (alias challenger)."
     ),
-    promote_: bool = typer.Option(False, "--promote", help="With --register: also make it champion."),
+    promote_: bool = typer.Option(
+        False,
+        "--promote",
+        help="With --register: also make it champion (the first router of a model; later ones must "
+        "pass the loop's gate, or --force).",
+    ),
+    force: bool = typer.Option(False, "--force", help="With --promote: promote even an ungated version."),
     alias: str = typer.Option("challenger", help="Alias set by --register."),
     catalog: Path = typer.Option(None, help="Catalog YAML (default: the built-in one)."),  # noqa: B008
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
@@ -67,7 +73,8 @@ def router_cmd(
     from services.contracts.settings import MLflowSettings
     from services.router.encoder import EncoderConfig, weights_sha256
 
-    from ..registry import RegistryError, log_run, promote
+    from ..promote import promote_checked
+    from ..registry import RegistryError, log_run
     from ..settings import TrainSettings
     from ..train import KINDS, TrainConfig, prepare, train_router
 
@@ -156,7 +163,13 @@ def router_cmd(
             )
             ref = reg.ref
             if promote_:
-                promote(ms, version=reg.version)
+                promoted, check = promote_checked(ms, version=reg.version, force=force)
+                if promoted is None:
+                    raise fail(
+                        f"registered version {reg.version} as {alias}, but refusing to promote "
+                        f"{check.summary()}; run the retrain loop's gate, or pass --force",
+                        1,
+                    )
                 ref = f"models:/{ms.registered_model}@champion"
                 typer.echo(f"version {reg.version} is now champion")
         except RegistryError as exc:
@@ -208,7 +221,10 @@ def _print_run(state) -> None:  # noqa: ANN001
                         "calls",
                         "spent_usd",
                         "finetune_examples",
+                        "finetune_per_task",
+                        "finetune_tokens",
                         "finetune_path",
+                        "artifact",
                     )
                 },
                 "timings": {k: round(x, 1) for k, x in state.timings.items()},

@@ -102,6 +102,7 @@ def evaluate_router(
         groups=[str(g) for g in np.asarray(groups)[keep]],
         quality=got[keep].tolist(),
         strong=ys[keep].tolist(),
+        cost=(prices[chosen[keep]] / prices[strong]).tolist(),
     )
     return Evaluation(
         router_version=router.version,

@@ -1,7 +1,8 @@
 """The promotion gate: challenger vs champion on the same held-out data (pure logic, no I/O).
 
 Both routers are measured by :func:`training.evaluation.compare.evaluate_router` on one held-out
-split that includes the drifting tasks; this module only compares the two :class:`Evaluation` s:
+split that includes the drifting tasks; this module only compares the two :class:`Evaluation` s.
+The challenger passes when it is **not worse anywhere and better or cheaper somewhere**:
 
 1. per task: the challenger's quality (share of the strong model's quality kept by the policy at
    the quality target) is not worse than the champion's by more than that task's margin; tasks
@@ -11,20 +12,37 @@ split that includes the drifting tasks; this module only compares the two :class
    drifting within ``stable_margin`` (so a repair on a big drifting task cannot hide a loss on the
    others), APGR within ``apgr_margin``, cost per request on the tasks that are not drifting within
    ``cost_margin`` (relative; repairing a task may legitimately cost more on it);
-4. calibration (ECE) not worse by more than ``ece_margin``.
+4. calibration (ECE) not worse by more than ``ece_margin``;
+5. no over-delivery: on a task (or group) that is not drifting and where the champion already
+   meets the quality target, the challenger does not cost more than ``overdelivery_margin``
+   (cost-ratio points, significantly) without a significant quality gain, e.g. a repaired router
+   that sends a whole task to GPT-4 where the cheap tier was fine;
+6. a gain (``require_gain``): the challenger is significantly cheaper or significantly better on
+   at least one task, group or overall, or repairs a drifting task that the champion left below
+   ``quality_target - repair_margin``. A challenger that sends a task to the cheap tier at equal
+   quality passes on this rule alone.
 
-Quality comparisons are paired: both routers are measured on the same held-out rows, so the
-difference is computed row by row and a paired bootstrap over the rows gives its one-sided upper
-confidence bound. A comparison fails only when the drop is beyond its margin *and* significant
-(the upper bound at ``1 - alpha`` is below 0): on a slice of ~80 rows one answer moves the
-quality by more than a point, and a point comparison failed good challengers on noise. Without
-per-row outcomes (an :class:`Evaluation` built by hand) the comparison falls back to the point
-estimate. A drop also fails only while the challenger is below the quality target: the target is
-the user's contract, and a champion that over-delivers on a task (all of gsm8k to GPT-4, by the
-noise of its threshold fit) must not forbid a challenger that meets the target for less.
+The statistics are paired: both routers answer the same held-out rows, so each slice's
+differences are taken row by row, for quality (the difference of the quality ratios, challenger −
+champion) and for cost (the mean difference of the cost ratios). Each difference gets one-sided
+``1 - alpha`` bounds from a paired bootstrap over the rows (``bootstrap`` resamples) and an exact
+sign test over the rows where the two routers differ (ties carry no information). A difference is
+significant only when both agree: the bound excludes 0 and the sign test's p-value is below
+``alpha``. The bootstrap alone is too eager on small slices (20 rows of which 3 differ, all one
+way: the bootstrap bound excludes 0, the sign test gives p = 0.125), the sign test alone ignores
+by how much. So a slice never fails, nor counts as a gain, by noise: one different answer on 20 or
+80 rows is never significant.
 
-The verdict lists every check with its numbers; ``reasons`` are the failed ones (or a summary of
-a pass). A failing challenger is never promoted.
+A quality comparison fails only when the drop is beyond its margin (point estimate), significant,
+*and* leaves the challenger below the quality target: the target is the user's contract, and a
+champion that over-delivers on a task (all of gsm8k to GPT-4, by the noise of its threshold fit)
+must not forbid a challenger that meets the target for less. Without per-row outcomes (an
+:class:`Evaluation` built by hand) every comparison falls back to the point estimates.
+
+The verdict lists every check with its numbers (``reasons`` are the failed ones, or a summary of
+a pass) and, per task, group, overall and stable slice (:class:`Slice`), the rows, quality and cost
+of both routers, the paired differences with their bounds and p-values, the outcome and its reason.
+A failing challenger is never promoted.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import math
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+from scipy.stats import binom
 
 
 class TaskMetrics(BaseModel):
@@ -56,7 +75,8 @@ class TaskMetrics(BaseModel):
 
 class RowOutcomes(BaseModel):
     """Per held-out row: its key (prompt hash), task, group (dataset), the correctness of the model
-    the router chose and of the strong model. Two routers' rows pair up by key."""
+    the router chose and of the strong model, and the cost ratio of the chosen model. Two routers'
+    rows pair up by key."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -65,6 +85,10 @@ class RowOutcomes(BaseModel):
     groups: list[str]
     quality: list[float]
     strong: list[float]
+    cost: list[float] = Field(
+        default_factory=list,
+        description="Price of the chosen model / the strong model's, per row ([]: not measured).",
+    )
 
 
 class Evaluation(BaseModel):
@@ -113,6 +137,17 @@ class GateConfig(BaseModel):
     first_min_quality: float = Field(
         default=0.85, ge=0, le=1, description="No champion yet: overall quality needed."
     )
+    overdelivery_margin: float = Field(
+        default=0.15,
+        ge=0,
+        description="On a non-drifting task where the champion meets the target: allowed cost-ratio "
+        "rise without a significant quality gain.",
+    )
+    require_gain: bool = Field(
+        default=True,
+        description="The challenger must be significantly cheaper or better somewhere, or repair a "
+        "drifting task.",
+    )
 
     def margin(self, task: str) -> float:
         return self.task_margins.get(task, self.task_margin)
@@ -128,6 +163,125 @@ class Check(BaseModel):
     detail: str
 
 
+def _nan(x: float) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def sign_test(pos: int, neg: int) -> float:
+    """Exact one-sided sign test: the p-value of "``neg`` or more of the ``pos + neg`` untied pairs
+    go one way" when either way is equally likely (ties carry no information). 1.0 without pairs."""
+    n = pos + neg
+    return 1.0 if n == 0 else float(binom.cdf(pos, n, 0.5))
+
+
+class Paired(BaseModel):
+    """One slice of the held-out rows, the challenger against the champion on the same rows.
+
+    Quality: the quality ratio (sum of the chosen answers' correctness / sum of the strong model's)
+    of each router and the difference (challenger − champion). Cost: the mean cost ratio (the
+    chosen model's price / the strong model's) and its difference. With per-row outcomes
+    (``exact``) each difference has one-sided ``1 - alpha`` bounds from a paired bootstrap over the
+    rows and an exact sign test over the rows where the two routers differ; without them (an
+    :class:`Evaluation` built by hand) only the point estimates (bounds and p-values NaN)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    n: int
+    exact: bool = Field(description="Per-row outcomes: bounds and tests, not only point estimates.")
+    new: float
+    old: float
+    delta: float
+    lower: float = Field(description="Lower bound of the quality difference (NaN without rows).")
+    upper: float = Field(description="Upper bound of the quality difference (NaN without rows).")
+    p_worse: float = Field(description="Sign test: the challenger's answers worse (NaN without rows).")
+    p_better: float = Field(description="Sign test: the challenger's answers better (NaN without rows).")
+    cost_new: float
+    cost_old: float
+    cost_delta: float
+    cost_lower: float
+    cost_upper: float
+    p_pricier: float
+    p_cheaper: float
+
+    # -- significance (a point estimate decides only without per-row outcomes) --------------------
+    def worse(self, alpha: float) -> bool:
+        """Quality significantly lower: the upper bound below 0 *and* the sign test at ``alpha``."""
+        if not self.exact:
+            return self.delta < -1e-12
+        return self.upper < 0 and self.p_worse < alpha
+
+    def better(self, alpha: float) -> bool:
+        if not self.exact:
+            return self.delta > 1e-12
+        return self.lower > 0 and self.p_better < alpha
+
+    def cheaper(self, alpha: float) -> bool:
+        if _nan(self.cost_delta):
+            return False
+        if _nan(self.cost_upper):
+            return self.cost_delta < -1e-12
+        return self.cost_upper < 0 and self.p_cheaper < alpha
+
+    def pricier(self, alpha: float) -> bool:
+        if _nan(self.cost_delta):
+            return False
+        if _nan(self.cost_lower):
+            return self.cost_delta > 1e-12
+        return self.cost_lower > 0 and self.p_pricier < alpha
+
+    # -- the rules ---------------------------------------------------------------------------------
+    def fails(self, margin: float, target: float, alpha: float = 0.05) -> bool:
+        """Worse beyond ``margin``, significantly, and below the quality ``target``."""
+        return self.delta < -margin - 1e-12 and self.worse(alpha) and self.new < target - 1e-12
+
+    def overdelivers(self, margin: float, target: float, alpha: float = 0.05) -> bool:
+        """Costs more than ``margin`` (cost-ratio points) more, significantly, on a slice where the
+        champion already meets the quality ``target``, without a significant quality gain."""
+        return (
+            not _nan(self.cost_delta)
+            and self.cost_delta > margin + 1e-12
+            and self.pricier(alpha)
+            and self.old >= target - 1e-12
+            and not self.better(alpha)
+        )
+
+    # -- text --------------------------------------------------------------------------------------
+    def text(self, alpha: float) -> str:
+        """``new vs champion old (Δ, bound, sign test)`` of the quality."""
+        conf = f"{100 * (1 - alpha):.0f}%"
+        if not self.exact:
+            return f"{self.new:.3f} vs champion {self.old:.3f} (Δ {self.delta:+.3f})"
+        if self.delta < 0:
+            stat = f"{conf} upper bound {self.upper:+.3f}, sign test p {self.p_worse:.3g}"
+        else:
+            stat = f"{conf} lower bound {self.lower:+.3f}, sign test p {self.p_better:.3g}"
+        return f"{self.new:.3f} vs champion {self.old:.3f} (Δ {self.delta:+.3f}, {stat})"
+
+    def cost_text(self, alpha: float) -> str:
+        if _nan(self.cost_delta):
+            return "unmeasured"
+        head = f"{self.cost_new:.3f} vs champion {self.cost_old:.3f} (Δ {self.cost_delta:+.3f}"
+        if _nan(self.cost_upper):
+            return head + ")"
+        conf = f"{100 * (1 - alpha):.0f}%"
+        if self.cost_delta < 0:
+            return head + f", {conf} upper bound {self.cost_upper:+.3f}, sign test p {self.p_cheaper:.3g})"
+        return head + f", {conf} lower bound {self.cost_lower:+.3f}, sign test p {self.p_pricier:.3g})"
+
+
+class Slice(Paired):
+    """A slice's record in the verdict: the paired comparison, what it came to and why."""
+
+    name: str = Field(description="task:<t>, group:<dataset>, overall or stable.")
+    drifting: bool = False
+    gated: bool = Field(default=True, description="False: a small task, judged with its dataset.")
+    outcome: str = Field(
+        description="worse | over-delivery | better | cheaper | better, cheaper | pricier | "
+        "not significantly different"
+    )
+    reason: str
+
+
 class Verdict(BaseModel):
     """The gate's decision with its reasons (logged to MLflow; a failed one is never promoted)."""
 
@@ -138,37 +292,24 @@ class Verdict(BaseModel):
     checks: list[Check]
     challenger: str
     champion: str | None
+    slices: list[Slice] = Field(
+        default_factory=list,
+        description="Per task (and group, overall, stable): rows, quality and cost of both, the paired "
+        "differences with their bounds and sign tests, the outcome and its reason.",
+    )
 
     def summary(self) -> str:
         head = "PASS" if self.passed else "FAIL"
         return f"{head}: " + "; ".join(self.reasons)
 
 
-def _nan(x: float) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
+GAINS = frozenset({"better", "cheaper", "better, cheaper"})
 
 
-class Paired(BaseModel):
-    """The challenger's quality_ratio minus the champion's on the same rows, with its one-sided
-    upper confidence bound (paired bootstrap); ``upper`` is NaN without per-row outcomes."""
-
-    model_config = ConfigDict(frozen=True)
-
-    new: float
-    old: float
-    delta: float
-    upper: float
-    n: int
-
-    def fails(self, margin: float, target: float) -> bool:
-        """Worse beyond ``margin``, significantly, and below the quality ``target``."""
-        beyond = self.delta < -margin - 1e-12
-        significant = math.isnan(self.upper) or self.upper < 0
-        return beyond and significant and self.new < target - 1e-12
-
-    def text(self, alpha: float) -> str:
-        bound = "" if math.isnan(self.upper) else f", {100 * (1 - alpha):.0f}% upper bound {self.upper:+.3f}"
-        return f"{self.new:.3f} vs champion {self.old:.3f} (Δ {self.delta:+.3f}{bound}"
+def _bounds(boot: np.ndarray, alpha: float) -> tuple[float, float]:
+    if not len(boot):
+        return float("nan"), float("nan")
+    return float(np.quantile(boot, alpha)), float(np.quantile(boot, 1 - alpha))
 
 
 def paired(
@@ -179,17 +320,30 @@ def paired(
     *,
     fallback: tuple[TaskMetrics, TaskMetrics] | None = None,
 ) -> Paired | None:
-    """Paired difference of quality_ratio on the rows ``select`` keeps (None when no row)."""
+    """Paired differences of quality ratio and cost ratio on the rows ``select`` keeps (None when
+    no row); without per-row outcomes, the point estimates of ``fallback``."""
+    nan = float("nan")
     if new.rows is None or old.rows is None:
         if fallback is None:
             return None
         a, b = fallback
         return Paired(
+            n=min(a.n, b.n),
+            exact=False,
             new=a.quality_ratio,
             old=b.quality_ratio,
             delta=a.quality_ratio - b.quality_ratio,
-            upper=float("nan"),
-            n=min(a.n, b.n),
+            lower=nan,
+            upper=nan,
+            p_worse=nan,
+            p_better=nan,
+            cost_new=a.cost_ratio,
+            cost_old=b.cost_ratio,
+            cost_delta=a.cost_ratio - b.cost_ratio,
+            cost_lower=nan,
+            cost_upper=nan,
+            p_pricier=nan,
+            p_cheaper=nan,
         )
     where = {k: i for i, k in enumerate(old.rows.keys)}
     pick_new, pick_old = [], []
@@ -209,15 +363,110 @@ def paired(
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(qn), size=(cfg.bootstrap, len(qn)))
     den = st[idx].sum(axis=1)
-    diff = (qn - qo)[idx].sum(axis=1)
-    boot = diff[den > 0] / den[den > 0]
-    upper = float(np.quantile(boot, 1 - cfg.alpha)) if len(boot) else float("nan")
+    dq = qn - qo
+    diff = dq[idx].sum(axis=1)
+    lower, upper = _bounds(diff[den > 0] / den[den > 0], cfg.alpha)
+    has_cost = len(new.rows.cost) == len(new.rows.keys) and len(old.rows.cost) == len(old.rows.keys)
+    if has_cost:
+        cn = np.asarray(new.rows.cost)[pick_new]
+        co = np.asarray(old.rows.cost)[pick_old]
+        dc = cn - co
+        c_lower, c_upper = _bounds(dc[idx].mean(axis=1), cfg.alpha)
+        c_new, c_old, c_delta = float(cn.mean()), float(co.mean()), float(dc.mean())
+        up, down = int((dc > 1e-12).sum()), int((dc < -1e-12).sum())
+        p_pricier, p_cheaper = sign_test(down, up), sign_test(up, down)
+    elif fallback is not None:
+        a, b = fallback
+        c_new, c_old, c_delta = a.cost_ratio, b.cost_ratio, a.cost_ratio - b.cost_ratio
+        c_lower = c_upper = p_pricier = p_cheaper = nan
+    else:
+        c_new = c_old = c_delta = c_lower = c_upper = p_pricier = p_cheaper = nan
+    pos, neg = int((dq > 1e-12).sum()), int((dq < -1e-12).sum())
     return Paired(
+        n=len(qn),
+        exact=True,
         new=float(qn.sum() / ref),
         old=float(qo.sum() / ref),
-        delta=float((qn - qo).sum() / ref),
+        delta=float(dq.sum() / ref),
+        lower=lower,
         upper=upper,
-        n=len(qn),
+        p_worse=sign_test(pos, neg),
+        p_better=sign_test(neg, pos),
+        cost_new=c_new,
+        cost_old=c_old,
+        cost_delta=c_delta,
+        cost_lower=c_lower,
+        cost_upper=c_upper,
+        p_pricier=p_pricier,
+        p_cheaper=p_cheaper,
+    )
+
+
+def judge_slice(
+    d: Paired,
+    name: str,
+    label: str,
+    cfg: GateConfig,
+    margin: float,
+    *,
+    drifting: bool = False,
+    gated: bool = True,
+) -> Slice:
+    """What one slice comes to under the gate's rules, with the reason in words."""
+    a, target = cfg.alpha, cfg.quality_target
+    quality = f"quality {d.text(a)}"
+    cost = f"cost {d.cost_text(a)}"
+    if d.fails(margin, target, a):
+        outcome = "worse"
+        why = (
+            f"quality drop {d.delta:+.3f} beyond margin {margin:.3f}, significant, "
+            f"and below the target {target:.3f}"
+        )
+    elif not drifting and d.overdelivers(cfg.overdelivery_margin, target, a):
+        outcome = "over-delivery"
+        why = (
+            f"cost {d.cost_delta:+.3f} beyond the over-delivery margin {cfg.overdelivery_margin:.3f}, "
+            f"significant, where the champion already meets the target {target:.3f}, "
+            f"with no significant quality gain"
+        )
+    else:
+        if d.delta < -margin - 1e-12:
+            drop = f"a quality drop {d.delta:+.3f} beyond margin {margin:.3f} but " + (
+                "not significant (noise on this slice)"
+                if not d.worse(a)
+                else f"with the challenger still at the target {target:.3f}"
+            )
+        elif d.delta < 0:
+            drop = f"a quality change {d.delta:+.3f} within margin {margin:.3f}"
+        else:
+            drop = ""
+        gains = [w for w, ok in (("better", d.better(a)), ("cheaper", d.cheaper(a))) if ok]
+        if gains:
+            outcome = ", ".join(gains)
+            why = f"significantly {' and '.join(gains)}" + (f", at {drop}" if drop else "")
+        elif d.pricier(a):
+            outcome = "pricier"
+            if drifting:
+                why = "costs significantly more on a drifting task (a repair may)"
+            elif d.old < target - 1e-12:
+                why = f"costs significantly more where the champion is below the target {target:.3f}"
+            else:
+                why = (
+                    f"costs significantly more, within the over-delivery margin {cfg.overdelivery_margin:.3f}"
+                )
+            why += f", {drop}" if drop else ""
+        else:
+            outcome = "not significantly different"
+            why = drop[0].upper() + drop[1:] if drop else "no significant difference in quality or cost"
+    if not gated:
+        why += "; judged with its dataset (fewer than min_task_rows rows)"
+    return Slice(
+        **d.model_dump(),
+        name=name,
+        drifting=drifting,
+        gated=gated,
+        outcome=outcome,
+        reason=f"{label}: {why}: {quality}; {cost}; margin {margin:.3f}, n={d.n}",
     )
 
 
@@ -229,27 +478,38 @@ def gate(
 ) -> Verdict:
     """Compare ``challenger`` with ``champion`` (None: first model) under ``cfg``; see module doc."""
     checks: list[Check] = []
+    slices: list[Slice] = []
+    gains: list[str] = []
     drift = list(dict.fromkeys(drift_tasks))
+    a = cfg.alpha
+
+    def record(s: Slice, check: str) -> None:
+        slices.append(s)
+        if s.outcome in GAINS:
+            gains.append(f"{s.name} {s.outcome}")
+        checks.append(Check(name=check, passed=s.outcome != "worse", detail=s.reason))
+        if s.outcome == "over-delivery":
+            checks.append(
+                Check(name=f"overdelivery:{s.name.split(':', 1)[-1]}", passed=False, detail=s.reason)
+            )
 
     # 1. no task worse than the champion beyond its margin (small tasks: per dataset)
     if champion is not None:
         small: set[str] = set()
         for task in sorted(set(challenger.per_task) & set(champion.per_task)):
             new, old = challenger.per_task[task], champion.per_task[task]
-            if min(new.n, old.n) < cfg.min_task_rows:
+            alone = min(new.n, old.n) >= cfg.min_task_rows
+            if not alone:
                 small.add(task)
-                continue
             m = cfg.margin(task)
             d = paired(challenger, champion, lambda t, g, task=task: t == task, cfg, fallback=(new, old))
             if d is None:
                 continue
-            checks.append(
-                Check(
-                    name=f"task:{task}",
-                    passed=not d.fails(m, cfg.quality_target),
-                    detail=f"task {task}: quality {d.text(cfg.alpha)}, margin {m:.3f}, n={d.n})",
-                )
-            )
+            s = judge_slice(d, f"task:{task}", f"task {task}", cfg, m, drifting=task in drift, gated=alone)
+            if alone:
+                record(s, f"task:{task}")
+            else:
+                slices.append(s)  # recorded, not a check: its dataset's group is
         if challenger.rows is not None:
             groups = sorted(
                 {g for t, g in zip(challenger.rows.tasks, challenger.rows.groups, strict=True) if t in small}
@@ -263,14 +523,8 @@ def gate(
                 )
                 if d is None or d.n < cfg.min_task_rows:
                     continue
-                checks.append(
-                    Check(
-                        name=f"group:{group}",
-                        passed=not d.fails(cfg.task_margin, cfg.quality_target),
-                        detail=f"small tasks of {group} together: quality {d.text(cfg.alpha)}, "
-                        f"margin {cfg.task_margin:.3f}, n={d.n})",
-                    )
-                )
+                s = judge_slice(d, f"group:{group}", f"small tasks of {group} together", cfg, cfg.task_margin)
+                record(s, f"group:{group}")
 
     # 2. drifting tasks repaired
     line = cfg.quality_target - cfg.repair_margin
@@ -288,6 +542,10 @@ def gate(
         ok = new.quality_ratio >= line - 1e-12
         before = champion.per_task.get(task) if champion is not None else None
         was = f", champion {before.quality_ratio:.3f}" if before is not None else ""
+        if ok and before is not None and before.quality_ratio < line - 1e-12:
+            gains.append(
+                f"drifting task {task} repaired ({before.quality_ratio:.3f} -> {new.quality_ratio:.3f})"
+            )
         checks.append(
             Check(
                 name=f"repair:{task}",
@@ -301,21 +559,27 @@ def gate(
     if champion is not None:
         d = paired(challenger, champion, None, cfg, fallback=(challenger.overall, champion.overall))
         if d is not None:
+            s = judge_slice(d, "overall", "overall", cfg, cfg.overall_margin, drifting=True)
+            slices.append(s)
+            if s.outcome in GAINS:
+                gains.append(f"overall {s.outcome}")
             checks.append(
                 Check(
                     name="overall:quality",
-                    passed=not d.fails(cfg.overall_margin, cfg.quality_target),
-                    detail=f"overall quality {d.text(cfg.alpha)}, margin {cfg.overall_margin:.3f}, n={d.n})",
+                    passed=not d.fails(cfg.overall_margin, cfg.quality_target, a),
+                    detail=f"overall quality {d.text(a)}, margin {cfg.overall_margin:.3f}, "
+                    f"cost {d.cost_text(a)}, n={d.n}",
                 )
             )
         d = paired(challenger, champion, lambda t, g: t not in drift, cfg)
         if d is not None and drift:
+            slices.append(judge_slice(d, "stable", "the non-drifting tasks together", cfg, cfg.stable_margin))
             checks.append(
                 Check(
                     name="stable:quality",
-                    passed=not d.fails(cfg.stable_margin, cfg.quality_target),
-                    detail=f"quality on the non-drifting tasks {d.text(cfg.alpha)}, "
-                    f"margin {cfg.stable_margin:.3f}, n={d.n})",
+                    passed=not d.fails(cfg.stable_margin, cfg.quality_target, a),
+                    detail=f"quality on the non-drifting tasks {d.text(a)}, "
+                    f"margin {cfg.stable_margin:.3f}, n={d.n}",
                 )
             )
         if not (_nan(challenger.apgr) or _nan(champion.apgr)):
@@ -353,6 +617,23 @@ def gate(
                     f"(margin {cfg.ece_margin:.3f})",
                 )
             )
+        # 5. something gained: cheaper or better somewhere, or a drifting task repaired
+        if cfg.require_gain:
+            gains = list(dict.fromkeys(gains))
+            checks.append(
+                Check(
+                    name="gain",
+                    passed=bool(gains),
+                    detail=(
+                        "gains: "
+                        + "; ".join(gains[:8])
+                        + (f" (+{len(gains) - 8} more)" if len(gains) > 8 else "")
+                        if gains
+                        else "no gain: the challenger is neither significantly cheaper nor better than the "
+                        "champion on any task, group or overall, and repairs no drifting task"
+                    ),
+                )
+            )
     else:
         ok = challenger.overall.quality_ratio >= cfg.first_min_quality - 1e-12
         checks.append(
@@ -386,6 +667,7 @@ def gate(
         checks=checks,
         challenger=challenger.router_version,
         champion=champion.router_version if champion is not None else None,
+        slices=slices,
     )
 
 

@@ -287,6 +287,7 @@ class RunExecutor:
         from ..evaluation.compare import compare
         from ..promote import tag_version
         from ..registry import log_run
+        from .artefacts import distillation_metrics, log_distillation, write_distillation
 
         t0 = time.perf_counter()
         s = self.ctx.settings
@@ -301,12 +302,21 @@ class RunExecutor:
         gate_json, plot = result.write(d)
         (d / "distill.json").write_text(json.dumps(state.distill, indent=1, default=str), encoding="utf-8")
         extra = [gate_json, d / "distill.json", plot]
-        extra += [p for p in d.glob("finetune-*.jsonl")]
+        # the fine-tuning file for the cheap tier: a first-class artefact (distillation/), with counts
+        folder, summary = write_distillation(
+            d,
+            state.distill,
+            run_id=state.run_id,
+            tasks=list(state.tasks),
+            strong_model=catalog.strong_model,
+            cheap_model=s.cheap_model,
+        )
         metrics = {
             **result.metrics(),
             "distill.spent_usd": float(state.distill.get("spent_usd", 0)),
             "distill.calls": float(state.distill.get("calls", 0)),
             "distill.labels": float(state.distill.get("labels", 0)),
+            **distillation_metrics(summary),
             **{f"time.{k}": float(v) for k, v in state.timings.items()},
         }
         params = {
@@ -316,6 +326,13 @@ class RunExecutor:
             "reasons": " | ".join(state.reasons),
             "champion_version": cv,
             "gate": {"passed": verdict.passed, "reasons": " | ".join(verdict.reasons)},
+            "distillation": {
+                "file": summary["file"],
+                "format": summary["format"],
+                "examples": summary["examples"],
+                "teacher_model": summary["teacher_model"],
+                "target_model": summary["target_model"],
+            },
         }
         reg = log_run(
             self.ctx.mlflow,
@@ -339,6 +356,14 @@ class RunExecutor:
             },
         )
         state.mlflow_run_id, state.model_version = reg.run_id, reg.version
+        artefact = log_distillation(self.ctx.mlflow, reg.run_id, folder)
+        state.distill = {
+            **state.distill,
+            "artifact": artefact,
+            "finetune_examples": summary["examples"],
+            "finetune_per_task": summary["per_task"],
+            "finetune_tokens": summary["tokens_estimate"],
+        }
         state.verdict = verdict.model_dump()
         state.timings["gate_s"] = time.perf_counter() - t0
         state.status = RunStatus.GATED
