@@ -51,8 +51,10 @@ from .fastpaths import FastPaths
 from .fastpaths.current_event import bind
 from .fastpaths.outbox import Outbox
 from .fastpaths.quiet_monitor import RecordQuietMonitor
+from .idempotence import batch_ids, outcome_ids
 from .join import CallFeedbackJoin
 from .metrics import StreamMetrics
+from .replayguard import ReplayGuard
 from .settings import StreamsSettings
 from .wiring import Wiring
 
@@ -106,6 +108,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         )
 
     features = call_features_topic(settings.app_id, settings.replication)
+    task_outcomes_spec = task_outcomes_topic(settings.app_id, settings.replication)
     topics = {
         "calls_and_feedback": app.topic(
             topic_name(CALLS, prefix),
@@ -127,7 +130,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         # The join's outcomes again, one record per task and batch (a JSON array of the outcome
         # records it publishes on switchyard.outcomes.v1), keyed by task: what the monitor consumes.
         # Same partitioning and order per task as the public topic, ~1/20 of the records to consume.
-        "task_outcomes": raw_topic(task_outcomes_topic(settings.app_id, settings.replication), internal=True),
+        "task_outcomes": raw_topic(task_outcomes_spec, internal=True),
     }
 
     # -- tables (changelog-backed, recovered after a restart or rebalance) -----------------
@@ -195,6 +198,20 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         cheap_tier=catalog.tiers[0] if catalog.tiers else None,
     )
     wiring.outbox = Outbox(wiring.on_sent, bulk=fast.outbox)
+    if settings.replay_guard:
+        guard = wiring.replay_guard = ReplayGuard(
+            kafka.bootstrap,
+            {
+                topics["outcomes"].get_topic_name(): (OUTCOMES.partitions, outcome_ids),
+                topics["task_outcomes"].get_topic_name(): (task_outcomes_spec.partitions, batch_ids),
+            },
+            lookback_s=settings.replay_lookback_s,
+        )
+
+        @app.on_partitions_assigned.connect
+        async def _replay_again(*args: Any, **kwargs: Any) -> None:
+            guard.reset()  # the next records of each input partition are a replay
+
     app.switchyard = wiring  # type: ignore[attr-defined]
 
     # -- agents, timers, views ------------------------------------------------------------

@@ -27,6 +27,7 @@ from .detectors import (
     drift_report,
     write_report,
 )
+from .idempotence import fresh, marked
 from .settings import StreamsSettings
 
 log = logging.getLogger(__name__)
@@ -138,10 +139,29 @@ class TaskMonitor:
         self._input: dict[str, InputDrift] = {}  # live detectors; their lasting state: input_store
 
     # -- quality and calibration (outcomes) -------------------------------------------------
-    def on_outcomes(
-        self, task: str, outcomes: Sequence[OutcomeEvent], now: datetime | None = None
+    def on_outcomes_from(
+        self,
+        task: str,
+        items: Sequence[tuple[int, int, Sequence[OutcomeEvent]]],
+        now: datetime | None = None,
     ) -> MonitorResult:
-        """Feed one task's outcomes (in order); return the alerts and retrain requests caused."""
+        """Feed one task's outcomes as ``(partition, offset, outcomes)`` of its input records, in
+        order, skipping the records the detectors' state already holds (a replay after a crash:
+        :func:`streams.idempotence.fresh`); the state records the last one fed."""
+        outs, mark = fresh(self.state.get(task), items)
+        if not outs:
+            return MonitorResult()
+        return self.on_outcomes(task, outs, now, mark=mark)
+
+    def on_outcomes(
+        self,
+        task: str,
+        outcomes: Sequence[OutcomeEvent],
+        now: datetime | None = None,
+        mark: tuple[int, int] | None = None,
+    ) -> MonitorResult:
+        """Feed one task's outcomes (in order); return the alerts and retrain requests caused.
+        ``mark``: the input record they end at, kept in the task's state (see :meth:`on_outcomes_from`)."""
         now = now or datetime.now(UTC)
         res = MonitorResult()
         st = dict(self.state.get(task) or {})
@@ -176,7 +196,7 @@ class TaskMonitor:
                     continue
                 self._emit(res, task, "calibration", None, ch, now, outcomes)
             st["calibration"] = cal.to_state()
-        self.state[task] = st
+        self.state[task] = marked(st, mark)
         return self._finish(res)
 
     def _remember(self, task: str, outcomes: Sequence[OutcomeEvent]) -> None:

@@ -14,13 +14,17 @@ from .wiring import Wiring
 
 
 def stats_snapshot(wiring: Wiring) -> dict[str, Any]:
-    """Per-task numbers (current window and all-time), firing alerts and join counters."""
+    """Per-task numbers (current window, all-time, events fed to the quality detectors), firing
+    alerts and join counters."""
     out: dict[str, Any] = {"tasks": {}, "firing": wiring.monitor.firing(), "join": vars(wiring.joiner.stats)}
-    window, totals = wiring.tables["window"], wiring.tables["totals"]
+    window, totals, detectors = wiring.tables["window"], wiring.tables["totals"], wiring.tables["detectors"]
     for task in list(totals.keys()):
+        quality = (detectors.get(task) or {}).get("quality") or {}
         out["tasks"][task] = {
             "window": windows.summarise(window[task].value()),
             "total": windows.summarise(totals.get(task)),
+            # outcomes the quality detectors were fed, by model (each exactly once, replays skipped)
+            "detector_events": {model: st.get("n", 0) for model, st in quality.items()},
         }
     return out
 

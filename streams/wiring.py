@@ -17,6 +17,7 @@ from .fastpaths import FastPaths
 from .fastpaths.outbox import Outbox
 from .join import CallFeedbackJoin
 from .metrics import StreamMetrics
+from .replayguard import ReplayGuard
 from .settings import StreamsSettings
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Wiring:
     outbox: Outbox | None = None
     fast: FastPaths | None = None
     cheap_tier: str | None = None
+    replay_guard: ReplayGuard | None = None  # what the join published before an assignment
     warm: bool = False  # evidently imported (the worker's warm-up task finished)
     join_inputs: int = 0  # calls and feedback records the join has processed
 

@@ -9,6 +9,7 @@ A timer sweeps join entries past their TTL.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -38,10 +39,13 @@ def register(app: faust.App, w: Wiring) -> None:
     outcomes_name, task_outcomes_name = outcomes_t.get_topic_name(), task_outcomes_t.get_topic_name()
     hard_name, features_name = hard_t.get_topic_name(), features_t.get_topic_name()
     join_table = w.tables["join"]
+    guard = w.replay_guard
 
     @app.agent(topics["calls_and_feedback"], name="join")
     async def join_agent(stream: faust.StreamT) -> None:
         async for events in stream.take_events(settings.batch_size, settings.batch_within_s):
+            if guard is not None:
+                await guard.prepare(events)  # the replay after an assignment: what is already published
             now = time.time()
             outcomes: list[OutcomeEvent] = []
             hard: list[Any] = []
@@ -81,27 +85,37 @@ def register(app: faust.App, w: Wiring) -> None:
             metrics.consumed(calls_name, n_calls)
             metrics.consumed(feedback_name, len(events) - n_calls)
             encoded = [(o.task.encode(), o.to_bytes()) for o in outcomes]  # (key, value), in order
+            public, internal = encoded, encoded
+            if guard is not None and guard.ids:
+                pairs = list(zip(encoded, [o.request_id for o in outcomes], strict=True))
+                public = [e for e, rid in pairs if not guard.seen(outcomes_name, rid)]
+                internal = [e for e, rid in pairs if not guard.seen(task_outcomes_name, rid)]
+            # Outputs first, acknowledged, then the join's changelog: a "joined" marker never
+            # reaches the changelog before its outcome is on the topics (else a kill -9 in between
+            # loses the outcome: the replay finds the marker and derives nothing).
             if settings.direct_produce:
-                join_writes.flush_direct(outbox.add)
-                for task, raw in encoded:
+                for task, raw in public:
                     outbox.add(outcomes_name, task, raw)
-                for task, batch in task_batches(encoded):
+                for task, batch in task_batches(internal):
                     outbox.add(task_outcomes_name, task, batch)
                 for hq in hard:
                     outbox.add(hard_name, hq.task.encode(), hq.to_bytes())
                 for task, batch in features.items():
                     outbox.add(features_name, task.encode(), json_bytes(batch.record()))
+                await outbox.send(app.producer, wait=True)
+                join_writes.flush_direct(outbox.add)
                 await outbox.send(app.producer)
             else:
-                join_writes.flush()
-                for task, raw in encoded:
-                    await outcomes_t.send(key=task, value=raw)
-                for task, batch in task_batches(encoded):
-                    await task_outcomes_t.send(key=task, value=batch)
+                sent = [await outcomes_t.send(key=task, value=raw) for task, raw in public]
+                for task, batch in task_batches(internal):
+                    sent.append(await task_outcomes_t.send(key=task, value=batch))
                 for hq in hard:
-                    await w.send_keyed("hard_queries", hq.task, hq)
+                    sent.append(await hard_t.send(key=hq.task.encode(), value=hq.to_bytes()))
                 for task, batch in features.items():
-                    await features_t.send(key=task, value=batch.record())
+                    sent.append(await features_t.send(key=task, value=batch.record()))
+                if sent:
+                    await asyncio.gather(*sent)
+                join_writes.flush()
             metrics.outcomes.inc(len(outcomes))
             for hq in hard:
                 metrics.hard_queries.labels(reason=hq.reason.value).inc()

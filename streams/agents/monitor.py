@@ -19,6 +19,7 @@ from services.contracts import OutcomeEvent
 from .. import windows
 from ..codecs import decode_outcomes
 from ..fastpaths.current_event import bind
+from ..idempotence import fresh, marked
 from ..wiring import Wiring
 
 log = logging.getLogger(__name__)
@@ -33,26 +34,38 @@ def register(app: faust.App, w: Wiring) -> None:
     batched = w.fast is not None and w.fast.bind
 
     async def process(events: list[Any]) -> None:
-        by_task: dict[str, tuple[list[OutcomeEvent], Any]] = {}
+        # Per task: (partition, offset, outcomes) of its input records in order, and the last event.
+        by_task: dict[str, tuple[list[tuple[int, int, list[OutcomeEvent]]], Any]] = {}
         metrics.consumed(task_outcomes_name, len(events))
         for ev in events:
             outs, bad = decode_outcomes(ev.value)
             for raw, exc in bad:
                 await w.dead_letter(ev, exc, "monitor", raw)
+            msg = ev.message
             for o in outs:
-                batch = by_task.setdefault(o.task, ([], ev))
-                batch[0].append(o)
-                by_task[o.task] = (batch[0], ev)
-        for task, (outs, ev) in by_task.items():
+                items = by_task.setdefault(o.task, ([], ev))[0]
+                if not items or items[-1][1] != msg.offset:
+                    items.append((msg.partition, msg.offset, []))
+                items[-1][2].append(o)
+                by_task[o.task] = (items, ev)
+        for task, (items, ev) in by_task.items():
             if batched:
                 bind(ev)  # the last event of this task: its partition owns the task's table entries
-            window_table[task] = windows.add_outcomes(window_table[task].value(), outs, cheap_tier)
-            totals_table[task] = windows.add_outcomes(totals_table.get(task), outs, cheap_tier)
+            # Each entry carries the (partition, offset) of the last record folded into it, in the
+            # same changelog record as its numbers: a record replayed after a kill -9 is skipped.
+            win = window_table[task].value()
+            outs, mark = fresh(win, items)
+            if outs:
+                window_table[task] = marked(windows.add_outcomes(win, outs, cheap_tier), mark)
+            tot = totals_table.get(task)
+            outs, mark = fresh(tot, items)
+            if outs:
+                totals_table[task] = marked(windows.add_outcomes(tot, outs, cheap_tier), mark)
             try:
-                result = monitor.on_outcomes(task, outs)
+                result = monitor.on_outcomes_from(task, items)
             except Exception:  # a detector bug must not stop the other tasks or the worker
                 metrics.errors.labels(stage="monitor").inc()
-                log.exception("monitor failed on a batch of task %s (%d outcomes)", task, len(outs))
+                log.exception("monitor failed on a batch of task %s (%d records)", task, len(items))
                 continue
             await w.publish(result)
 

@@ -19,6 +19,7 @@ every record goes through Faust's public ``producer.send`` in order, one by one.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import time
@@ -80,15 +81,25 @@ class Outbox:
     def __len__(self) -> int:
         return sum(len(v) for v in self._groups.values())
 
-    async def send(self, faust_producer: Any) -> int:
-        """Hand every record to the producer; return how many."""
+    async def send(self, faust_producer: Any, wait: bool = False) -> int:
+        """Hand every record to the producer; return how many. With ``wait``, return only once
+        the broker acknowledged all of them (the bulk path sends their batches at once, without
+        waiting out the producer's linger) and raise the first delivery error: what the join
+        needs before it writes the changelog records that say these outputs exist."""
         if not self._groups:
             return 0
         groups, self._groups = self._groups, {}
+        futures: list[Any] | None = [] if wait else None
         producer = self._bulk_producer(faust_producer) if self.bulk else None
         if producer is None:
-            return await self._send_public(faust_producer, groups)
-        return await self._send_bulk(producer, groups)
+            n = await self._send_public(faust_producer, groups, futures)
+        else:
+            n = await self._send_bulk(producer, groups, futures)
+            if futures:
+                send_now(producer._message_accumulator, futures)
+        if futures:
+            await asyncio.gather(*futures)
+        return n
 
     def _bulk_producer(self, faust_producer: Any) -> Any:
         """The aiokafka producer Faust runs, when the bulk path can use it (else None)."""
@@ -105,18 +116,30 @@ class Outbox:
             return None
         return producer
 
-    async def _send_public(self, faust_producer: Any, groups: dict[tuple[str, int | None], Records]) -> int:
+    async def _send_public(
+        self,
+        faust_producer: Any,
+        groups: dict[tuple[str, int | None], Records],
+        futures: list[Any] | None = None,
+    ) -> int:
         n = 0
         for (topic, partition), records in groups.items():
             fut = None
             for key, value in records:
                 fut = await faust_producer.send(topic, key, value, partition, None, None)
+                if futures is not None:
+                    futures.append(fut)
             if fut is not None and self.on_sent is not None:
                 fut.add_done_callback(self.on_sent)
             n += len(records)
         return n
 
-    async def _send_bulk(self, producer: Any, groups: dict[tuple[str, int | None], Records]) -> int:
+    async def _send_bulk(
+        self,
+        producer: Any,
+        groups: dict[tuple[str, int | None], Records],
+        futures: list[Any] | None = None,
+    ) -> int:
         by_tp: dict[TopicPartition, Records] = {}
         for (topic, partition), records in groups.items():
             await producer.client._wait_on_metadata(topic)
@@ -145,8 +168,20 @@ class Outbox:
             for batch in await append_to_batches(acc, tp, records, timeout):
                 if self.on_sent is not None:
                     batch.future.add_done_callback(self.on_sent)
+                if futures is not None:
+                    futures.append(batch)
             n += len(records)
         return n
+
+
+def send_now(acc: Any, batches: list[Any]) -> None:
+    """Close ``batches`` (no more appends: they stop lingering) and wake the sender, as aiokafka's
+    ``flush_for_commit`` does for all batches; replaces each batch in ``batches`` by its future."""
+    for i, batch in enumerate(batches):
+        batch._builder.close()
+        batches[i] = batch.future
+    if not acc._waiter_future.done():
+        acc._waiter_future.set_result(None)
 
 
 async def append_to_batches(acc: Any, tp: TopicPartition, records: Records, timeout: float) -> list[Any]:
