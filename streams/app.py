@@ -172,6 +172,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         settings.load_reference(),
         defer_reports=True,
         input_store=tables["input_drift"],
+        cheap_tier=catalog.tiers[0] if catalog.tiers else None,
     )
     notifier = None
     if settings.webhook_url:

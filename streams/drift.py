@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from services.contracts import AlertEvent, AlertStatus, OutcomeEvent, RetrainRequest
+from services.contracts.events import RoutingMode
 
 from .alerts import AlertTracker
 from .detectors import (
@@ -28,6 +29,8 @@ from .detectors import (
     write_report,
 )
 from .idempotence import fresh, marked
+from .opportunity import Opportunity, OpportunityDetector
+from .opportunity import summary as opportunity_summary
 from .settings import StreamsSettings
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,7 @@ class TaskMonitor:
         write_reports: bool = True,
         defer_reports: bool = False,
         input_store: MutableMapping[str, Any] | None = None,
+        cheap_tier: str | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -136,6 +140,7 @@ class TaskMonitor:
         self._recent: dict[str, deque[dict[str, float]]] = {}
         self._baseline: dict[str, list[dict[str, float]]] = {}
         self.input_store: MutableMapping[str, Any] = input_store if input_store is not None else {}
+        self.cheap_tier = cheap_tier  # the catalog's cheapest tier (the opportunity detector's "cheap")
         self._input: dict[str, InputDrift] = {}  # live detectors; their lasting state: input_store
 
     # -- quality and calibration (outcomes) -------------------------------------------------
@@ -165,9 +170,10 @@ class TaskMonitor:
         now = now or datetime.now(UTC)
         res = MonitorResult()
         st = dict(self.state.get(task) or {})
-        self._remember(task, outcomes)
+        served = [o for o in outcomes if o.mode is not RoutingMode.EXPLORE]  # shadows: evidence only
+        self._remember(task, served)
         by_model: dict[str, list[bool]] = {}
-        for o in outcomes:
+        for o in served:
             by_model.setdefault(o.chosen_model, []).append(o.accepted)
         qstates = dict(st.get("quality", {}))
         recovered = False
@@ -196,8 +202,55 @@ class TaskMonitor:
                     continue
                 self._emit(res, task, "calibration", None, ch, now, outcomes)
             st["calibration"] = cal.to_state()
+        if self.settings.opportunity.enabled and self.cheap_tier is not None:
+            opp = OpportunityDetector.from_state(
+                self.settings.opportunity, self.cheap_tier, st.get("opportunity")
+            )
+            for change in opp.update(outcomes, now.timestamp()):
+                self._emit_opportunity(res, task, change, now, outcomes)
+            st["opportunity"] = opp.to_state()
         self.state[task] = marked(st, mark)
         return self._finish(res)
+
+    def _emit_opportunity(
+        self,
+        res: MonitorResult,
+        task: str,
+        change: Opportunity,
+        now: datetime,
+        outcomes: Sequence[OutcomeEvent],
+    ) -> None:
+        """A savings opportunity: an informational notice (never a page) and a retrain request
+        with reason ``opportunity``; its resolve when the task routes cheaply again."""
+        text = opportunity_summary(task, change)
+        if change.kind == "resolve":
+            alert = self.tracker.resolve(task, "opportunity", text, change.evidence, now=now)
+            if alert is not None:
+                res.alerts.append(alert)
+            return
+        alert = self.tracker.fire(
+            task,
+            "opportunity",
+            text,
+            {**change.evidence, "why": change.reason},
+            severity="info",
+            window_start=min(o.ts for o in outcomes) if outcomes else None,
+            window_end=max(o.ts for o in outcomes) if outcomes else now,
+            now=now,
+        )
+        if alert is not None:
+            res.alerts.append(alert)
+            res.retrain.append(
+                RetrainRequest(
+                    reason="opportunity",
+                    source="streams",
+                    tasks=[task],
+                    window_start=alert.window_start,
+                    window_end=alert.window_end,
+                    alert_id=alert.alert_id,
+                    ts=now,
+                )
+            )
 
     def _remember(self, task: str, outcomes: Sequence[OutcomeEvent]) -> None:
         size = self.settings.input_drift.reference_size

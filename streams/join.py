@@ -43,6 +43,7 @@ _CALL_FIELDS = frozenset(
         "escalated",
         "cost_usd",
         "latency_ms",
+        "shadow_of",
         "status",
     )
 )
@@ -174,6 +175,7 @@ class CallFeedbackJoin:
             cost_usd=c("cost_usd", 0.0),
             latency_ms=c("latency_ms", 0.0),
             feedback_source=source,
+            shadow_of=c("shadow_of"),
         )
 
     def sweep(self, now: float, keys: Iterable[str] | None = None) -> int:

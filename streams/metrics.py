@@ -26,6 +26,12 @@ class StreamMetrics:
             p + "join_expired_total", "Calls whose feedback never came within the TTL.", registry=r
         )
         self.alerts = Counter(p + "alerts_total", "Alerts emitted.", ["detector", "status"], registry=r)
+        self.notices = Counter(
+            p + "notices_total",
+            "Informational notices (savings opportunities): on the alerts topic, never paged.",
+            ["detector", "status"],
+            registry=r,
+        )
         self.webhook_sent = Counter(
             p + "webhook_deliveries_total", "Alerts delivered to on-call.", registry=r
         )

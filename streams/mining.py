@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.contracts import CallEvent, HardQueryEvent, HardQueryReason, OutcomeEvent
+from services.contracts.events import RoutingMode
 
 
 def top2_margin(scores: dict[str, float]) -> float | None:
@@ -45,8 +46,11 @@ def mine_call(call: CallEvent, low_margin: float) -> HardQueryEvent | None:
 def mine_outcome(
     outcome: OutcomeEvent, cheap_tier: str | None, scores: dict[str, float] | None = None
 ) -> HardQueryEvent | None:
-    """Negative feedback on an answer from the cheap tier."""
+    """Negative feedback on an answer from the cheap tier (served to a client: an exploration's
+    shadow answer never was)."""
     if outcome.accepted or cheap_tier is None or outcome.tier != cheap_tier:
+        return None
+    if outcome.mode is RoutingMode.EXPLORE:
         return None
     return HardQueryEvent(
         request_id=outcome.request_id,

@@ -9,6 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .opportunity import OpportunityConfig
+
 
 class QualityDetectorConfig(BaseModel):
     """Bernoulli CUSUM on the acceptance of routed answers, per (task, model).
@@ -184,6 +186,10 @@ class StreamsSettings(BaseSettings):
     calibration: CalibrationDetectorConfig = Field(
         default_factory=CalibrationDetectorConfig,
         description="Gap between the router's predicted and the observed acceptance, per task.",
+    )
+    opportunity: OpportunityConfig = Field(
+        default_factory=OpportunityConfig,
+        description="Savings opportunities: tasks on expensive tiers without good cheap-tier evidence.",
     )
     input_drift: InputDriftConfig = Field(
         default_factory=InputDriftConfig,

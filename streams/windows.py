@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from services.contracts import OutcomeEvent
+from services.contracts.events import RoutingMode
 
 # Upper bounds (ms) of the latency histogram buckets; the last bucket is open.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
@@ -66,6 +67,9 @@ def add_outcomes(
         }
     )
     for o in outcomes:
+        if o.mode is RoutingMode.EXPLORE:  # a shadow sample: evidence, not served traffic
+            out["shadow"] = out.get("shadow", 0) + 1
+            continue
         acc = int(o.accepted)
         out["n"] += 1
         out["accepted"] += acc
@@ -116,6 +120,7 @@ def summarise(agg: dict[str, Any] | None) -> dict[str, Any]:
         "acceptance_by_tier": {
             t: {"events": v[0], "acceptance": rate(v[1], v[0])} for t, v in agg["by_tier"].items()
         },
+        "shadow_samples": agg.get("shadow", 0),
         "escalation_rate": rate(agg["escalated"], n),
         "cost_per_request_usd": rate(agg["cost"], n),
         "cheap_tier_share": rate(agg["cheap"], n),

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from services.contracts import HardQueryEvent, OutcomeEvent, prompt_hash
-from services.contracts.events import ContractError, Event
+from services.contracts.events import ContractError, Event, RoutingMode
 from services.contracts.topics import HARD_QUERIES, OUTCOMES, TopicSpec, topic_name
 
 from .data import LABEL, LOADERS, DataNotFoundError, check_datasets, labels_last
@@ -250,7 +250,7 @@ def fresh_labels_from_outcomes(
             "model": o.chosen_model,
             "label": float(o.score),
             "weight": 1,
-            "source": "outcome",
+            "source": "explore" if o.mode is RoutingMode.EXPLORE else "outcome",
         }
     return pd.DataFrame(
         list(rows.values()), columns=["prompt_hash", "prompt", "task", "model", "label", "weight", "source"]

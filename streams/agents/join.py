@@ -17,6 +17,7 @@ from typing import Any
 import faust
 
 from services.contracts import CallEvent, ContractError, FeedbackEvent, OutcomeEvent
+from services.contracts.events import RoutingMode
 from services.contracts.topics import CALLS, FEEDBACK, topic_name
 
 from ..codecs import task_batches
@@ -60,7 +61,9 @@ def register(app: faust.App, w: Wiring) -> None:
                     if topic == calls_name:
                         call = CallEvent.from_bytes(ev.value)
                         out = joiner.on_call(call, now, ev.message.partition)
-                        if joiner.stats.duplicates == dup_before:
+                        if joiner.stats.duplicates == dup_before and call.mode is not RoutingMode.EXPLORE:
+                            # shadow calls of the exploration are evidence, not traffic: no mining,
+                            # no input features
                             hq = mine_call(call, settings.low_margin)
                             if hq is not None:
                                 hard.append(hq)

@@ -1,4 +1,5 @@
-"""Agent ``oncall``: alerts from ``switchyard.alerts.v1`` to the on-call webhook, each once."""
+"""Agent ``oncall``: alerts from ``switchyard.alerts.v1`` to the on-call webhook, each once;
+informational notices (severity ``info``: savings opportunities) stay on the topic and never page."""
 
 from __future__ import annotations
 
@@ -29,6 +30,10 @@ def register(app: faust.App, w: Wiring) -> None:
                 await w.dead_letter(ev, exc, "oncall")
                 continue
             if delivery.seen(alert):
+                continue
+            if alert.severity == "info":  # a notice (a savings opportunity): on the topic, never paged
+                metrics.notices.labels(detector=alert.detector, status=alert.status.value).inc()
+                delivery.mark(alert)
                 continue
             if w.notifier is not None:
                 try:

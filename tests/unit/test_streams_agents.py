@@ -35,6 +35,12 @@ async def test_oncall_agent_delivers_each_alert_once(tmp_path) -> None:
     assert [b[0]["labels"]["fingerprint"] for b in bodies] == [firing.alert_id, firing.alert_id]
     assert "endsAt" not in bodies[0][0] and bodies[1][0]["endsAt"]
     assert app.switchyard.tables["deliveries"][firing.alert_id].startswith(f"{firing.alert_id}:resolved:")
+    notice = tracker.fire("world_religions", "opportunity", "savings opportunity", {}, severity="info")
+    async with app.agents["oncall"].test_context() as agent:
+        await agent.put(notice.to_bytes())
+    assert len(bodies) == 2, "an informational notice must never page on-call"
+    notices = app.switchyard.metrics.notices.labels(detector="opportunity", status="firing")
+    assert notices._value.get() == 1
 
 
 async def test_an_input_drift_alert_fires_and_resolves_across_a_worker_restart(tmp_path) -> None:

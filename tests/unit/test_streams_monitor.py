@@ -195,3 +195,35 @@ def test_the_worker_keeps_input_drift_state_in_a_changelogged_table(tmp_path) ->
     w = app.switchyard
     assert w.monitor.input_store is w.tables["input_drift"]
     assert w.tables["input_drift"].changelog_topic.get_topic_name().endswith("-input-drift-changelog")
+
+
+def test_a_new_task_on_the_strong_tier_gives_one_notice_that_never_pages_and_a_retrain(tmp_path) -> None:
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, cheap_tier="budget")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    strong = [outcome(i, True, STRONG, task="world_religions", predicted=None) for i in range(200)]
+    results = [mon.on_outcomes("world_religions", strong[k : k + 50], now) for k in range(0, 200, 50)]
+    alerts = [a for r in results for a in r.alerts]
+    retrain = [q for r in results for q in r.retrain]
+    assert [(a.detector, a.severity, a.status) for a in alerts] == [
+        ("opportunity", "info", AlertStatus.FIRING)
+    ]
+    assert alerts[0].evidence["why"] == "missing" and "not a page" in alerts[0].summary
+    assert (
+        len(retrain) == 1 and retrain[0].reason == "opportunity" and retrain[0].tasks == ["world_religions"]
+    )
+    # the retrained router sends the task to the cheap tier: the notice resolves, no quality alert
+    cheap = [outcome(500 + i, True, CHEAP, task="world_religions", predicted=None) for i in range(300)]
+    after = [mon.on_outcomes("world_religions", cheap[k : k + 50], now) for k in range(0, 300, 50)]
+    closed = [a for r in after for a in r.alerts]
+    assert [(a.detector, a.status) for a in closed] == [("opportunity", AlertStatus.RESOLVED)]
+
+
+def test_shadow_samples_feed_no_quality_detector_and_no_window(tmp_path) -> None:
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, reference={"gsm8k": {CHEAP: 0.9}}, cheap_tier="budget")
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    bad_shadows = [outcome(i, False, mode="explore") for i in range(400)]
+    res = mon.on_outcomes("gsm8k", bad_shadows, now)
+    assert not [a for a in res.alerts if a.detector == "quality"]  # never served: no quality page
+    agg = windows.add_outcomes(None, bad_shadows, "budget")
+    assert windows.summarise(agg)["events"] == 0 and windows.summarise(agg)["shadow_samples"] == 400
+    assert mine_outcome(bad_shadows[0], "budget") is None
