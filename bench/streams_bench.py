@@ -395,6 +395,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
     shutil.rmtree(state, ignore_errors=True)
     dl = [ln for ln in metrics.splitlines() if ln.startswith("switchyard_streams_dead_letters_total")]
     alerts = [ln for ln in metrics.splitlines() if ln.startswith("switchyard_streams_alerts_total")]
+    notices = [ln for ln in metrics.splitlines() if ln.startswith("switchyard_streams_notices_total")]
     return {
         "requests": args.requests,
         "input_events": 2 * args.requests,
@@ -415,6 +416,7 @@ async def _throughput(args: argparse.Namespace) -> dict:
         "settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("SWITCHYARD_STREAMS_")},
         "dead_letters": dl,
         "alerts": alerts,
+        "notices": notices,
     }
 
 
