@@ -83,6 +83,19 @@ class FeatureBatch:
         return {"n": self.n, "columns": dict(zip(FEATURE_COLUMNS, self.columns, strict=True))}
 
 
+def _retrain_for(alert: AlertEvent, reason: str, now: datetime) -> RetrainRequest:
+    """The retrain request a firing alert (or notice) of a task asks for, over its window."""
+    return RetrainRequest(
+        reason=reason,
+        source="streams",
+        tasks=[alert.task],
+        window_start=alert.window_start,
+        window_end=alert.window_end,
+        alert_id=alert.alert_id,
+        ts=now,
+    )
+
+
 def _outcome_row(o: OutcomeEvent) -> dict[str, float]:
     return {
         "accepted": float(o.accepted),
@@ -240,17 +253,7 @@ class TaskMonitor:
         )
         if alert is not None:
             res.alerts.append(alert)
-            res.retrain.append(
-                RetrainRequest(
-                    reason="opportunity",
-                    source="streams",
-                    tasks=[task],
-                    window_start=alert.window_start,
-                    window_end=alert.window_end,
-                    alert_id=alert.alert_id,
-                    ts=now,
-                )
-            )
+            res.retrain.append(_retrain_for(alert, "opportunity", now))
 
     def _remember(self, task: str, outcomes: Sequence[OutcomeEvent]) -> None:
         size = self.settings.input_drift.reference_size
@@ -342,17 +345,7 @@ class TaskMonitor:
                 res.alerts.append(alert)
                 if report:
                     res.reports.append(report[1])
-                res.retrain.append(
-                    RetrainRequest(
-                        reason=f"{detector} drift{what} on task {task}",
-                        source="streams",
-                        tasks=[task],
-                        window_start=alert.window_start,
-                        window_end=alert.window_end,
-                        alert_id=alert.alert_id,
-                        ts=now,
-                    )
-                )
+                res.retrain.append(_retrain_for(alert, f"{detector} drift{what} on task {task}", now))
         else:
             alert = self.tracker.resolve(
                 task,
