@@ -11,9 +11,10 @@ watches the other side, per task, over a sliding window of its outcomes:
   never as traffic), with their acceptance and when the last one was seen.
 
 It fires when the expensive share is at least ``expensive_share`` over at least ``min_outcomes``
-outcomes, and either the cheap evidence is missing or thin (fewer than ``min_cheap_labels``),
-stale (none for ``stale_s``), or already good (the lower confidence bound of the cheap tier's
-acceptance is within ``acceptance_ratio`` of the expensive tier's acceptance on the same task).
+outcomes, and either the cheap evidence is missing, thin (fewer than ``min_cheap_labels``, and
+their upper confidence bound does not rule the cheap tier out), stale (none for ``stale_s``), or
+already good (the lower confidence bound of the cheap tier's acceptance is within
+``acceptance_ratio`` of the expensive tier's acceptance on the same task).
 The notice is informational (severity ``info``: it never pages) and comes with a retrain request
 whose reason is ``opportunity``; it resolves when the task's expensive share falls back below
 ``resolve_share`` (the new router sends it to a cheaper tier) or after ``cooldown_s`` without a
@@ -77,6 +78,9 @@ class Opportunity:
     kind: str
     reason: str
     evidence: dict[str, Any]
+    # when the oldest outcome still in the detector's window happened (epoch s): the retrain
+    # request's window starts there, so the loop reads all the evidence the decision saw
+    window_start: float | None = None
 
 
 def _lower_bound(successes: int, n: int, z: float = 1.64) -> float:
@@ -90,6 +94,11 @@ def _lower_bound(successes: int, n: int, z: float = 1.64) -> float:
     return max(0.0, (centre - spread) / denom)
 
 
+def _upper_bound(successes: int, n: int, z: float = 1.64) -> float:
+    """Wilson upper bound of a proportion (one-sided 95 %)."""
+    return 1.0 - _lower_bound(n - successes, n, z)
+
+
 class OpportunityDetector:
     """One task's detector; ``from_state``/``to_state`` round-trip it through a table entry."""
 
@@ -100,6 +109,7 @@ class OpportunityDetector:
         self.cheap_tier = cheap_tier
         # [routed, expensive, expensive accepted, cheap labels, cheap accepted, shadow], oldest first
         self.buckets: list[list[int]] = []
+        self.since: list[float | None] = []  # per bucket: when its first outcome happened (epoch s)
         self.last_cheap_ts: float | None = None
         self.firing = False
         self.resolved_at: float | None = None
@@ -111,6 +121,9 @@ class OpportunityDetector:
         det = cls(cfg, cheap_tier)
         if state:
             det.buckets = [list(b) for b in state.get("buckets", [])]
+            since = list(state.get("since") or [])
+            # states written before ``since`` existed: those buckets' times are unknown
+            det.since = since if len(since) == len(det.buckets) else [None] * len(det.buckets)
             det.last_cheap_ts = state.get("last_cheap_ts")
             det.firing = bool(state.get("firing"))
             det.resolved_at = state.get("resolved_at")
@@ -119,6 +132,7 @@ class OpportunityDetector:
     def to_state(self) -> dict[str, Any]:
         return {
             "buckets": self.buckets,
+            "since": self.since,
             "last_cheap_ts": self.last_cheap_ts,
             "firing": self.firing,
             "resolved_at": self.resolved_at,
@@ -130,7 +144,10 @@ class OpportunityDetector:
         for o in outcomes:
             if not self.buckets or self.buckets[-1][0] + self.buckets[-1][5] >= size:
                 self.buckets.append([0, 0, 0, 0, 0, 0])
-                del self.buckets[: max(0, len(self.buckets) - self.BUCKETS)]
+                self.since.append(o.ts.timestamp())
+                drop = max(0, len(self.buckets) - self.BUCKETS)
+                del self.buckets[:drop]
+                del self.since[:drop]
             b = self.buckets[-1]
             shadow = o.mode is RoutingMode.EXPLORE  # evidence only: never served to anyone
             cheap = self.cheap_tier is not None and o.tier == self.cheap_tier
@@ -156,6 +173,7 @@ class OpportunityDetector:
             "shadow_labels": shadow,
             "cheap_acceptance": cheap_ok / cheap if cheap else None,
             "cheap_acceptance_lower": _lower_bound(cheap_ok, cheap) if cheap else None,
+            "cheap_acceptance_upper": _upper_bound(cheap_ok, cheap) if cheap else None,
             "expensive_acceptance": exp_ok / exp if exp else None,
             "cheap_evidence_age_s": None if self.last_cheap_ts is None else now_ts - self.last_cheap_ts,
         }
@@ -164,12 +182,17 @@ class OpportunityDetector:
         cfg = self.cfg
         if ev["outcomes"] < cfg.min_outcomes or ev["expensive_share"] < cfg.expensive_share:
             return None
+        exp_acc = ev["expensive_acceptance"]
+        if ev["cheap_labels"] == 0:
+            return "missing"
         if ev["cheap_labels"] < cfg.min_cheap_labels:
-            return "missing" if ev["cheap_labels"] == 0 else "thin"
+            # thin evidence counts only while it leaves room for the cheap tier to be good: a few
+            # labels that already rule it out (a broken cheap model) are evidence, not its absence
+            bound = ev["cheap_acceptance_upper"]
+            return "thin" if exp_acc is None or bound >= cfg.acceptance_ratio * exp_acc else None
         age = ev["cheap_evidence_age_s"]
         if age is not None and age > cfg.stale_s:
             return "stale"
-        exp_acc = ev["expensive_acceptance"]
         if exp_acc is not None and ev["cheap_acceptance_lower"] >= cfg.acceptance_ratio * exp_acc:
             return "cheap_good"
         return None
@@ -187,7 +210,11 @@ class OpportunityDetector:
         if why is None:
             return []
         self.firing = True
-        return [Opportunity("fire", why, ev)]
+        return [Opportunity("fire", why, ev, window_start=self.window_start())]
+
+    def window_start(self) -> float | None:
+        """When the oldest outcome still in the window happened (None: not known)."""
+        return self.since[0] if self.since else None
 
 
 REASONS = {

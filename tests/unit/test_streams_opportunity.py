@@ -105,3 +105,29 @@ def test_shadow_samples_are_evidence_not_traffic() -> None:
     ev = c.evidence
     assert ev["outcomes"] == 100 and ev["expensive_share"] == 1.0  # shadows do not dilute the share
     assert ev["cheap_labels"] == 60 and ev["shadow_labels"] == 60 and c.reason == "cheap_good"
+
+
+def test_the_notice_carries_the_start_of_the_window_it_judged() -> None:
+    det = detector()
+    first = outcomes(40, cheap_share=0.0, cheap_acc=0.0)
+    assert det.update(first, 0) == []
+    [c] = det.update(outcomes(40, cheap_share=0.0, cheap_acc=0.0, start=40), 0)
+    # the retrain must read every outcome the decision saw, not only the batch that tipped it
+    assert c.window_start == first[0].ts.timestamp()
+    # the window slides: once the oldest buckets are gone, it starts later
+    det.update(outcomes(600, cheap_share=0.0, cheap_acc=0.0, start=80), 0)
+    assert det.window_start() is not None and det.window_start() > first[0].ts.timestamp()
+    assert len(det.since) == len(det.buckets) <= OpportunityDetector.BUCKETS
+    # a state written before the window's times were kept: unknown, not wrong
+    old = {k: v for k, v in det.to_state().items() if k != "since"}
+    assert OpportunityDetector.from_state(OpportunityConfig(), "budget", old).window_start() is None
+
+
+def test_a_few_failing_cheap_answers_are_evidence_not_its_absence() -> None:
+    """A new task where the cheap model is broken (the demo's drift story): the router sends some
+    of it to the cheap tier, those answers fail, and that rules the cheap tier out."""
+    det = detector()
+    assert det.update(outcomes(100, cheap_share=0.15, cheap_acc=0.0, seed=4), 0) == []
+    promising = detector()  # the same thin evidence, but every cheap answer was right
+    [c] = promising.update(outcomes(100, cheap_share=0.15, cheap_acc=1.0, seed=4), 0)
+    assert c.reason == "thin"
