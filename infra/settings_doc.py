@@ -61,8 +61,9 @@ def _default(field: FieldInfo) -> str:
         return "(see below)"
     if value is None:
         return "unset"
-    if isinstance(value, Path):
-        value = str(value)
+    if isinstance(value, Path):  # a path inside the checkout is shown relative to it
+        root = PAGE.parents[1]
+        value = str(value.relative_to(root)) if value.is_relative_to(root) else str(value)
     text = repr(value) if isinstance(value, str) else str(value)
     return f"`{text}`" if len(text) <= 60 else f"`{text[:57]}...`"
 

@@ -289,8 +289,7 @@ class Kafka(_Service):
         cmd = self._java(
             "kafka.tools.StorageTool",
             "format",
-            "-t",
-            _kafka_uuid(),
+            f"--cluster-id={_kafka_uuid()}",  # one token: a base64 id may start with "-"
             "-c",
             str(self.dir / "server.properties"),
         )

@@ -76,8 +76,10 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
         settings={
             "api_keys": [KEY],
             "max_body_bytes": 200_000,
+            # a short window, so the breaker tests judge their own calls, not the earlier tests'
             "breaker_min_calls": 3,
-            "breaker_failure_rate": 1.0,
+            "breaker_failure_rate": 0.5,
+            "breaker_window_s": 1.0,
             "breaker_half_open_probes": 1,
             "breaker_reset_s": 2.0,
             "retry_initial_s": 0.02,

@@ -76,14 +76,23 @@ def test_onnx_int8_router_trains_registers_and_serves(
         assert not isinstance(r, Exception), r
         assert r.model in catalog.model_ids and 0.0 <= max(r.scores.values()) <= 1.0
 
-    # serving-side override, e.g. back to torch fp32 without retraining
+    # serving-side override, e.g. back to torch fp32 without retraining: the router replicas get
+    # SWITCHYARD_ROUTER_* as RouterSettings from the app builder, as the loader's options
+    import functools
+
+    from pydantic import ValidationError
+
+    from services.gateway.routing import default_loader
+    from services.router.settings import RouterSettings
+
     monkeypatch.setenv("SWITCHYARD_ROUTER_BACKEND", "torch")
     monkeypatch.setenv("SWITCHYARD_ROUTER_QUANTIZE_INT8", "false")
-    rt2 = RouterRuntime(catalog)
+    options = RouterSettings().encoder_options(0, tmp_path)
+    rt2 = RouterRuntime(catalog, functools.partial(default_loader, **options))
     assert rt2.swap(f"models:/{name}@champion"), rt2.status.last_error
     assert (rt2.router.encoder_config.backend, rt2.router.encoder_config.quantize_int8) == ("torch", False)
     assert rt2.router.encoder.session is None
-    # an invalid override is refused and nothing is swapped in
+    # an invalid override is refused loudly where the settings are built (the app never starts)
     monkeypatch.setenv("SWITCHYARD_ROUTER_BACKEND", "tvm")
-    rt3 = RouterRuntime(catalog)
-    assert not rt3.swap(f"models:/{name}@champion") and rt3.router is None
+    with pytest.raises(ValidationError):
+        RouterSettings()

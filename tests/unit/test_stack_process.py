@@ -124,3 +124,22 @@ def test_download_list_covers_every_local_file(data_dir: Path) -> None:
     local = {str(p.relative_to(data_dir)) for p in data_dir.rglob("*") if p.suffix in {".csv", ".jsonl"}}
     assert local <= wanted, f"files the downloader would not fetch: {sorted(local - wanted)}"
     assert all(url.startswith("https://raw.githubusercontent.com/") for url in sources().values())
+
+
+def test_a_cluster_id_starting_with_a_dash_is_not_read_as_an_option(tmp_path: Path, monkeypatch) -> None:
+    import infra.stack as stack
+
+    seen: list[list[str]] = []
+
+    def run(cmd, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(stack, "_kafka_uuid", lambda: "-Ab3x_Qk9T2uJm0w1nRz5A")
+    monkeypatch.setattr(stack.subprocess, "run", run)
+    (tmp_path / "kafka_2.13-4.4.0.jar").touch()  # what `make setup` puts there
+    kafka = Kafka(StackSettings(state_dir=tmp_path, kafka_libs_dir=tmp_path))
+    kafka.dir.mkdir(parents=True, exist_ok=True)
+    kafka.prepare()
+    [cmd] = seen
+    assert "--cluster-id=-Ab3x_Qk9T2uJm0w1nRz5A" in cmd and "-t" not in cmd
