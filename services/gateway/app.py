@@ -73,6 +73,7 @@ class Gateway:
         self.on_start = on_start
         self.on_stop = on_stop
         self.health_timeout_s = health_timeout_s
+        self.router_seen = False  # whether /readyz has seen a router loaded since start
         self.started = False
 
     async def start(self) -> None:
@@ -233,7 +234,8 @@ def create_app(gw: Gateway) -> FastAPI:
     async def readyz() -> JSONResponse:
         """200 while requests are served: ``status`` is ``ok``, or ``degraded`` (the last good
         router restored from the local cache, or no router: the catalog default answers). 503
-        only while the replica is starting (its first router load has not finished)."""
+        only while starting: the first router load has not finished, or the router replica has
+        never answered yet."""
         if not gw.started:
             await gw.start()
         try:
@@ -241,6 +243,8 @@ def create_app(gw: Gateway) -> FastAPI:
                 router = await gw.router_status()
         except Exception as exc:  # noqa: BLE001 - a dead or hung router replica
             router = {"loaded": False, "error": f"{type(exc).__name__}: {exc}", "failed_swaps": None}
+        if router.get("loaded"):
+            gw.router_seen = True
         emitter = gw.service.emitter
         body: dict[str, Any] = {
             "ready": True,
@@ -257,7 +261,10 @@ def create_app(gw: Gateway) -> FastAPI:
             body["status"] = "degraded"
             body["reason"] = f"serving the last good router {router['restored']}: {router.get('last_error')}"
         elif not router.get("loaded"):
-            if router.get("failed_swaps") == 0 and "error" not in router:
+            # starting: no load attempt finished yet, or a replica that never answered (still
+            # coming up); once a router was seen, an unreachable replica is a degraded gateway
+            starting = router.get("failed_swaps") == 0 or ("error" in router and not gw.router_seen)
+            if starting:
                 return JSONResponse({**NotReady("router not loaded yet").body(), **body, "ready": False}, 503)
             body["status"] = "degraded"
             body["reason"] = f"no router: requests are served by the catalog default {default}"

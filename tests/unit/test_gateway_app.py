@@ -319,5 +319,7 @@ async def test_readiness_is_degraded_not_unready_while_requests_are_served(stack
     gw.router_status, gw.health_timeout_s = hung, 0.2
     t0 = asyncio.get_running_loop().time()
     r = await client.get("/readyz")
-    assert r.status_code == 200 and r.json()["status"] == "degraded"
+    assert r.status_code == 200 and r.json()["status"] == "degraded"  # a router was seen loaded before
     assert asyncio.get_running_loop().time() - t0 < 2  # a hung router replica never hangs health checks
+    gw.router_seen = False  # a fresh ingress whose router replica has never answered: still starting
+    assert (await client.get("/readyz")).status_code == 503
