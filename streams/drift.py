@@ -247,7 +247,15 @@ class TaskMonitor:
             text,
             {**change.evidence, "why": change.reason},
             severity="info",
-            window_start=min(o.ts for o in outcomes) if outcomes else None,
+            # the detector's whole window (the exploration evidence before this batch too), so the
+            # retrain reads every outcome the decision saw
+            window_start=(
+                datetime.fromtimestamp(change.window_start, UTC)
+                if change.window_start is not None
+                else min(o.ts for o in outcomes)
+                if outcomes
+                else None
+            ),
             window_end=max(o.ts for o in outcomes) if outcomes else now,
             now=now,
         )

@@ -438,7 +438,7 @@ def fit_cold_start(
         groups=tasks,
         coverage=coverage,
     )
-    return platt, table.model_copy(update={"candidates": _graded_candidates(labels, base, models)})
+    return platt, table.model_copy(update={"candidates": _graded_candidates(labels, base, models, tasks)})
 
 
 def _comparable_platt(
@@ -451,11 +451,21 @@ def _comparable_platt(
     return {m: fit_platt(logits[base, j], labels[base, j]) for j, m in enumerate(models)}, base
 
 
-def _graded_candidates(labels: np.ndarray, base: np.ndarray, models: list[str]) -> list[str]:
+def _graded_candidates(
+    labels: np.ndarray, base: np.ndarray, models: list[str], tasks: list[str] | np.ndarray | None = None
+) -> list[str]:
     """Models graded on at least half of the ``base`` rows: the candidates of a shared table (rows
-    graded for one model only would crowd out every model but the one the router usually picks)."""
-    graded = (~np.isnan(labels[base])).mean(axis=0) >= 0.5
-    return [m for m, g in zip(models, graded, strict=True) if g]
+    graded for one model only would crowd out every model but the one the router usually picks).
+    With ``tasks``, each task weighs the same: a retrain that loads every row of one big task
+    (a RouterBench task graded for 11 models) must not make that task's models the candidates
+    of every task the shared table serves (MMLU subjects with answers of two)."""
+    graded = ~np.isnan(labels[base])
+    if tasks is not None and base.any():
+        t = np.asarray(tasks)[base]
+        share = np.mean([graded[t == u].mean(axis=0) for u in np.unique(t)], axis=0)
+    else:
+        share = graded.mean(axis=0)
+    return [m for m, g in zip(models, share >= 0.5, strict=True) if g]
 
 
 def fit_calibration(
@@ -507,7 +517,9 @@ def fit_calibration(
     global_table = fit_table(
         probs[use], labels[use], prices, models, strong, rule=rule, confidence=confidence
     )
-    global_table = global_table.model_copy(update={"candidates": _graded_candidates(labels, base, models)})
+    global_table = global_table.model_copy(
+        update={"candidates": _graded_candidates(labels, base, models, tasks_arr)}
+    )
     task_tables = {}
     for t in own:
         rows = tasks_arr == t

@@ -150,7 +150,7 @@ def reference_acceptance(data_dir: Path) -> dict[str, dict[str, float]]:
 
 def start_initial_training(procs: Processes, ctx: RunContext) -> Proc:
     """``switchyard train run --no-kafka`` without the new task, registered as champion."""
-    reason = f"initial router (without {ctx.cfg.new_task})"
+    reason = f"initial router (without {', '.join(ctx.cfg.story_tasks)})"
     return procs.start(
         "train-initial", [ctx.cli, "train", "run", "--reason", reason, "--no-kafka"], ctx.train_env
     )
@@ -176,9 +176,7 @@ def start_streams(procs: Processes, ctx: RunContext, port: int, webhook_url: str
         "--reference",
         str(reference),
     ]
-    return procs.start(
-        "streams", cmd, {**ctx.base_env, "SWITCHYARD_STREAMS_STATE_DIR": str(ctx.log_dir / "streams")}
-    )
+    return procs.start("streams", cmd, ctx.streams_env)
 
 
 def start_gateway(procs: Processes, ctx: RunContext, port: int, catalog: Path) -> Proc:

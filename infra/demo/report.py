@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .settings import DEMO_TARGET
+from .settings import DEMO_TARGET, DemoSettings
 from .traffic import Req
 
 
@@ -54,7 +54,7 @@ def target_table(rows: list[Req], target: float) -> list[str]:
         "| stage | dataset | requests | quality / GPT-4 | minus target | cost ratio | cheap share |",
         "|---|---|---:|---:|---:|---:|---:|",
     ]
-    for stage in ("steady", "after"):
+    for stage in ("steady", "after", "after opportunity"):
         sel = [r for r in rows if r.stage == stage]
         for ds in [*sorted({r.dataset for r in sel if r.dataset}), None]:
             st = stats([r for r in sel if ds is None or r.dataset == ds])
@@ -68,8 +68,8 @@ def target_table(rows: list[Req], target: float) -> list[str]:
     return out
 
 
-def stage_table(rows: list[Req], new_task: str) -> list[str]:
-    """Markdown: quality and cost per stage, the new task apart from the others, vs all-GPT-4."""
+def stage_table(rows: list[Req], story_tasks: list[str]) -> list[str]:
+    """Markdown: quality and cost per stage, each story's task apart from the others, vs all-GPT-4."""
     out = [
         "",
         "## Per stage (quality and cost relative to sending everything to GPT-4)",
@@ -78,10 +78,12 @@ def stage_table(rows: list[Req], new_task: str) -> list[str]:
         "| cost ratio | cheap share |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for stage in ("steady", "drift", "during retrain", "after"):
+    for stage in STAGES:
         sel = [r for r in rows if r.stage == stage]
-        for label, kw in ((new_task, {"task": new_task}), ("others", {"not_task": new_task})):
-            st = stats(sel, **kw)
+        groups = [(t, [r for r in sel if r.task == t]) for t in story_tasks]
+        groups.append(("others", [r for r in sel if r.task not in story_tasks]))
+        for label, part in groups:
+            st = stats(part)
             if not st["requests"]:
                 continue
             ok = st["requests"] - st["errors"]
@@ -93,10 +95,122 @@ def stage_table(rows: list[Req], new_task: str) -> list[str]:
     return out
 
 
+STAGES = (
+    "steady",
+    "drift",
+    "during retrain",
+    "after",
+    "opportunity",
+    "during opportunity retrain",
+    "after opportunity",
+)
+
+# story (b)'s targets (issue 16): cost ratio after one loop, quality, notice -> serving
+OPPORTUNITY_COST_TARGET = 0.35
+OPPORTUNITY_QUALITY_TARGET = 0.95
+OPPORTUNITY_SERVING_TARGET_S = 300.0
+
+
+def opportunity_targets(opp: dict[str, Any]) -> dict[str, Any]:
+    """Story (b)'s realized figures against its targets."""
+    after, before = opp.get("after") or {}, opp.get("before") or {}
+    ex = opp.get("exploration") or {}
+    task = opp.get("task")
+    spend = (ex.get("spend_usd") or {}).get(task)
+    cap = ex.get("cap_usd_per_task_hour")
+
+    def row(value: Any, target: float, ok: bool | None) -> dict[str, Any]:
+        return {"value": value, "target": target, "met": ok}
+
+    cost = 1 - after["savings"] if after.get("requests") else None
+    quality = after.get("quality_ratio") if after.get("requests") else None
+    serving = opp.get("notice_to_serving_s")
+    errors = sum((opp.get(k) or {}).get("errors", 0) for k in ("during_retrain_all",))
+    return {
+        "cost_ratio_before": 1 - before["savings"] if before.get("requests") else None,
+        "cost_ratio_after": row(
+            cost, OPPORTUNITY_COST_TARGET, cost is not None and cost <= OPPORTUNITY_COST_TARGET
+        ),
+        "quality_ratio_after": row(
+            quality, OPPORTUNITY_QUALITY_TARGET, quality is not None and quality >= OPPORTUNITY_QUALITY_TARGET
+        ),
+        "notice_to_serving_s": row(
+            serving,
+            OPPORTUNITY_SERVING_TARGET_S,
+            serving is not None and serving < OPPORTUNITY_SERVING_TARGET_S,
+        ),
+        "exploration_spend_usd": row(spend, cap, spend is not None and cap is not None and spend <= cap),
+        "failed_requests_during_swap": row(errors, 0, errors == 0),
+    }
+
+
+def opportunity_section(opp: dict[str, Any]) -> list[str]:
+    """Markdown: story (b), its timeline, exploration and realized vs target."""
+    task = opp.get("task")
+    t = opp.get("targets") or {}
+    ex = opp.get("exploration") or {}
+    notice = opp.get("notice") or {}
+
+    def f(v: Any, spec: str = ".3f") -> str:
+        return "n/a" if v is None else format(v, spec)
+
+    out = [
+        "",
+        f"## Story (b): savings opportunity on {task}",
+        "",
+        f"- notice: {notice.get('summary', 'none')} (why: {(notice.get('evidence') or {}).get('why')})",
+        f"- task appears -> notice: {opp.get('onset_to_notice_s')} s ({opp.get('requests_before_notice')} "
+        f"requests of all tasks); notice -> new champion serving: {opp.get('notice_to_serving_s')} s; "
+        f"router {opp.get('router_before')} -> {opp.get('router_after')}",
+        f"- drift alerts on {task}: {len(opp.get('drift_alerts_on_task') or [])} "
+        "(none expected: quality holds)",
+        f"- exploration (gateway /metrics): {f((ex.get('calls') or {}).get(task), '.0f')} shadow calls on "
+        f"{task}, ${f((ex.get('spend_usd') or {}).get(task), '.3f')} spent (cap "
+        f"${f(ex.get('cap_usd_per_task_hour'), '.2f')} per task per hour); all tasks: "
+        f"{f(sum((ex.get('calls') or {}).values()), '.0f')} calls, "
+        f"${f(sum((ex.get('spend_usd') or {}).values()), '.3f')}",
+        "",
+        "| figure | realized | target | met |",
+        "|---|---:|---:|---|",
+    ]
+    cap = f(ex.get("cap_usd_per_task_hour"), ".2f")
+    for key, label, target, spec in (
+        (
+            "cost_ratio_after",
+            f"cost ratio of {task} (before: {f(t.get('cost_ratio_before'))})",
+            f"<= {OPPORTUNITY_COST_TARGET}",
+            ".3f",
+        ),
+        ("quality_ratio_after", f"quality of {task} / GPT-4's", f">= {OPPORTUNITY_QUALITY_TARGET}", ".3f"),
+        (
+            "notice_to_serving_s",
+            "notice -> new champion serving (s)",
+            f"< {OPPORTUNITY_SERVING_TARGET_S:.0f}",
+            ".1f",
+        ),
+        ("exploration_spend_usd", f"exploration spend on {task} (USD)", f"<= {cap}", ".3f"),
+        ("failed_requests_during_swap", "failed requests during the swap", "0", ".0f"),
+    ):
+        r = t.get(key) or {}
+        out.append(f"| {label} | {f(r.get('value'), spec)} | {target} | {r.get('met')} |")
+    return out
+
+
+def _marker_color(label: str) -> str:
+    if "alert" in label:
+        return "red"
+    if "opportunity detected" in label:
+        return "darkorange"
+    if "champion" in label:
+        return "green"
+    return "grey"
+
+
 def _plots(
-    out: Path, rows: list[Req], events: dict[str, float], new_task: str, rb_tasks: set[str]
+    out: Path, rows: list[Req], events: dict[str, float], story_tasks: list[str], rb_tasks: set[str]
 ) -> list[str]:
-    """Quality per task group, cost per request and tier share over time; the PNG names."""
+    """Quality per task group, cost per request and tier share over time, and each story task's
+    quality and cost ratio against GPT-4; the PNG names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -105,8 +219,8 @@ def _plots(
     t0 = rows[0].t
 
     def group(r: Req) -> str:
-        if r.task == new_task:
-            return new_task
+        if r.task in story_tasks:
+            return r.task
         if r.task in ("gsm8k",):
             return "gsm8k"
         if r.task.startswith("mbpp") or r.task in rb_tasks:
@@ -133,12 +247,15 @@ def _plots(
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.legend(fontsize=8, loc="lower left")
-        for label, ts in events.items():
-            ax.axvline(ts - t0, color="red" if "alert" in label else "green", ls="--", lw=1)
-            ax.text(ts - t0, ax.get_ylim()[1], label, rotation=90, va="top", ha="right", fontsize=7)
+        markers(ax)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+    def markers(ax: Any) -> None:
+        for label, ts in events.items():
+            ax.axvline(ts - t0, color=_marker_color(label), ls="--", lw=1)
+            ax.text(ts - t0, ax.get_ylim()[1], label, rotation=90, va="top", ha="right", fontsize=7)
 
     ok_rows = [r for r in rows if r.ok]
     fig, ax = plt.subplots(figsize=(9, 4))
@@ -166,7 +283,31 @@ def _plots(
         ax.plot(*rolling(ok_rows, lambda r, t=tier: float(r.tier == t), 50), label=tier)
     ax.set_ylim(0, 1.05)
     finish(fig, ax, "Share per tier (rolling 50 requests)", "share of requests", "tiers.png")
-    return ["quality.png", "cost.png", "tiers.png"]
+    names = ["quality.png", "cost.png", "tiers.png"]
+
+    shown = [t for t in story_tasks if any(r.task == t for r in ok_rows)]
+    if shown:
+        fig, axes = plt.subplots(len(shown), 1, figsize=(9, 3.2 * len(shown)), squeeze=False)
+        for ax, task in zip(axes[:, 0], shown, strict=True):
+            sel = [r for r in ok_rows if r.task == task]
+            ax.plot(*rolling(sel, lambda r: r.correct, 30), label="quality (switchyard)")
+            ax.plot(*rolling(sel, lambda r: r.base_correct, 30), ls=":", label="quality (always GPT-4)")
+            ax.plot(
+                *rolling(sel, lambda r: (r.cost or 0.0) / r.base_cost if r.base_cost else None, 30),
+                label="cost ratio vs always GPT-4",
+                color="tab:purple",
+            )
+            ax.set_ylim(0, 1.1)
+            ax.set_ylabel("rolling 30 requests")
+            ax.set_title(f"{task}: quality and cost ratio")
+            ax.legend(fontsize=7, loc="lower left")
+            markers(ax)
+        axes[-1, 0].set_xlabel("seconds since the first request")
+        fig.tight_layout()
+        fig.savefig(out / "stories.png", dpi=110)
+        plt.close(fig)
+        names.append("stories.png")
+    return names
 
 
 def write_report(
@@ -176,28 +317,32 @@ def write_report(
     events: dict[str, float],
     summary: dict[str, Any],
     steps: dict[str, str],
-    new_task: str,
+    cfg: DemoSettings,
     rb_tasks: set[str],
 ) -> Path:
-    """Markdown + PNG plots over time (quality per task group, cost/request, tier share)."""
+    """Markdown + PNG plots over time (quality per task group, cost/request, tier share, the
+    story tasks), ``summary.json`` and ``requests.jsonl``."""
     out.mkdir(parents=True, exist_ok=True)
-    pngs = _plots(out, rows, events, new_task, rb_tasks) if rows else []
+    tasks = cfg.story_tasks
+    pngs = _plots(out, rows, events, tasks, rb_tasks) if rows else []
     md = [f"# Switchyard demo {run_id}", "", "## Steps", ""]
     md += [f"- {k}: **{v}**" for k, v in steps.items()]
-    md += stage_table(rows, new_task)
+    md += stage_table(rows, tasks)
     md += target_table(rows, DEMO_TARGET)
     tl = summary.get("timeline") or {}
     if tl:
         md += [
             "",
-            "## Timeline",
+            f"## Story (a): drift on {cfg.new_task}",
             "",
             f"- drift onset -> alert: {tl.get('onset_to_alert_s')} s "
-            f"({tl.get('new_task_labelled_before_alert')} labelled {new_task} answers; detector "
+            f"({tl.get('new_task_labelled_before_alert')} labelled {cfg.new_task} answers; detector "
             f"{tl.get('alert_detector')})",
             f"- alert -> new champion serving: {tl.get('alert_to_serving_s')} s",
             f"- drift onset -> new champion serving (the whole loop): {tl.get('onset_to_serving_s')} s",
         ]
+    if summary.get("opportunity"):
+        md += opportunity_section(summary["opportunity"])
     md += ["", "## Numbers", "", "```", json.dumps(summary, indent=1, default=str), "```", ""]
     md += [f"![{p}]({p})" for p in pngs]
     (out / "summary.json").write_text(json.dumps({"steps": steps, **summary}, indent=1, default=str))
@@ -210,9 +355,10 @@ def write_report(
 
 
 def print_summary(
-    steps: dict[str, str], summary: dict[str, Any], new_task: str, report: Path, log_dir: Path
+    steps: dict[str, str], summary: dict[str, Any], cfg: DemoSettings, report: Path, log_dir: Path
 ) -> None:
-    """The closing summary on stdout: steps, per-stage numbers, the new task, the timeline."""
+    """The closing summary on stdout: steps, per-stage numbers, each story's task, the timelines."""
+    new_task = cfg.new_task
     print("\n== Switchyard demo summary ==")
     for k, v in steps.items():
         print(f"  {k}: {v}")
@@ -222,27 +368,50 @@ def print_summary(
     if "after_new_task" in summary:
         b, a_ = summary["drift_new_task"], summary["after_new_task"]
         print(
-            f"  {new_task}: quality {b['quality']:.3f} = {100 * b['quality_ratio']:.1f}% of GPT-4's "
+            f"  (a) {new_task}: quality {b['quality']:.3f} = {100 * b['quality_ratio']:.1f}% of GPT-4's "
             f"(drift, old router) -> {a_['quality']:.3f} = {100 * a_['quality_ratio']:.1f}% (after); "
             f"cheap tier {100 * b['cheap_share']:.0f}% -> {100 * a_['cheap_share']:.0f}%"
         )
         o = summary["after_other_tasks"]
         print(
-            f"  other tasks after: quality {100 * o['quality_ratio']:.1f}% of GPT-4's at "
+            f"  (a) other tasks after: quality {100 * o['quality_ratio']:.1f}% of GPT-4's at "
             f"{100 * o['savings']:.1f}% lower cost"
         )
     if "timeline" in summary:
         tl = summary["timeline"]
         print(
-            f"  timeline: drift onset -> alert {tl.get('onset_to_alert_s')}s "
+            f"  (a) timeline: drift onset -> alert {tl.get('onset_to_alert_s')}s "
             f"({tl.get('new_task_labelled_before_alert')} labelled {new_task} answers, "
             f"{tl.get('alert_detector')} detector); alert -> new champion serving "
             f"{tl.get('alert_to_serving_s')}s; onset -> serving {tl.get('onset_to_serving_s')}s"
         )
-    if "after" in summary:
-        a_ = summary["after"]
+    opp = summary.get("opportunity")
+    if opp and opp.get("after"):
+        t, task = opp.get("targets") or {}, opp["task"]
+        ex = opp.get("exploration") or {}
+        b, a_ = opp["before"], opp["after"]
         print(
-            f"  whole traffic after the loop: cost ratio {1 - a_['savings']:.3f} at quality "
-            f"{a_['quality_ratio']:.3f} of all-GPT-4 (RouteNLP reports 0.159 at 0.971 on its own data)"
+            f"  (b) {task}: cost ratio {1 - b['savings']:.3f} -> {1 - a_['savings']:.3f} "
+            f"(target <= {OPPORTUNITY_COST_TARGET}), quality/GPT-4 {b['quality_ratio']:.3f} -> "
+            f"{a_['quality_ratio']:.3f} (target >= {OPPORTUNITY_QUALITY_TARGET}); cheap tier "
+            f"{100 * b['cheap_share']:.0f}% -> {100 * a_['cheap_share']:.0f}%"
         )
+        print(
+            f"  (b) timeline: appears -> notice {opp.get('onset_to_notice_s')}s, notice -> new champion "
+            f"serving {opp.get('notice_to_serving_s')}s (target < {OPPORTUNITY_SERVING_TARGET_S:.0f}); "
+            f"exploration {(ex.get('calls') or {}).get(task, 0):.0f} calls, "
+            f"${(ex.get('spend_usd') or {}).get(task, 0.0):.3f} "
+            f"(cap ${ex.get('cap_usd_per_task_hour')}/task/h); "
+            f"drift alerts on it: {len(opp.get('drift_alerts_on_task') or [])}; failed requests during the "
+            f"swap {(t.get('failed_requests_during_swap') or {}).get('value')}"
+        )
+        print(f"  (b) whole traffic after: {fmt(opp['after_all'])}")
+    last = (opp or {}).get("after_all") or summary.get("after")
+    if last:
+        print(
+            f"  whole traffic after the loop: cost ratio {1 - last['savings']:.3f} at quality "
+            f"{last['quality_ratio']:.3f} of all-GPT-4 (RouteNLP reports 0.159 at 0.971 on its own data)"
+        )
+    if "failed_requests" in summary:
+        print(f"  failed requests (all phases): {summary['failed_requests']}")
     print(f"  total time {summary['total_s']}s; report {report}; logs {log_dir}")

@@ -10,7 +10,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +24,78 @@ class DemoSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SWITCHYARD_DEMO_", env_file=None, extra="ignore")
 
-    new_task: str = Field(default="professional_law", description="MMLU subject that appears later.")
-    max_rows: int = Field(default=400, ge=50, description="Bootstrap rows per dataset for training.")
+    drift_story: bool = Field(
+        default=True,
+        description="Story (a): NEW_TASK appears, the emulator breaks the cheap model on it, a drift "
+        "alert fires and the loop restores quality. false runs story (b) alone.",
+    )
+    opportunity_story: bool = Field(
+        default=True,
+        description="Story (b): OPPORTUNITY_TASK appears with real recorded answers and no fault; the "
+        "savings-opportunity notice, exploration and the loop route it cheaply. false runs (a) alone.",
+    )
+    new_task: str = Field(
+        default="professional_law",
+        description="Story (a): the MMLU subject that appears later and on which the cheap model breaks.",
+    )
+    opportunity_task: str = Field(
+        default="world_religions",
+        description="Story (b): the MMLU subject that appears later, on which the cheap tier is "
+        "genuinely good (recorded accuracy Mixtral 0.901 vs GPT-4 0.860).",
+    )
+    opportunity_share: float = Field(
+        default=0.4, gt=0, lt=1, description="Story (b): the new task's share of the traffic once it appears."
+    )
+    opportunity_chunk: int = Field(
+        default=60, ge=10, description="Story (b): requests per replay chunk while waiting for the notice."
+    )
+    opportunity_max_requests: int = Field(
+        default=900, ge=10, description="Story (b): give up on the opportunity notice after these requests."
+    )
+    opportunity_after_requests: int = Field(
+        default=240, ge=10, description="Story (b): requests replayed after its new champion serves."
+    )
+    explore_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The gateway's exploration share in the demo (SWITCHYARD_GATEWAY_EXPLORE_SHARE; "
+        "product default 0.05): the new task must gather tens of labelled cheap answers in a few "
+        "hundred requests, not in hours.",
+    )
+    explore_min_requests: int = Field(
+        default=20,
+        ge=1,
+        description="Routed requests of a task before the gateway explores it "
+        "(SWITCHYARD_GATEWAY_EXPLORE_MIN_REQUESTS; product default 50).",
+    )
+    explore_budget_usd: float = Field(
+        default=2.0,
+        ge=0,
+        description="The gateway's exploration cap per task and hour in the demo "
+        "(SWITCHYARD_GATEWAY_EXPLORE_BUDGET_USD_PER_TASK_HOUR; product default 0.25).",
+    )
+    opportunity_min_outcomes: int = Field(
+        default=100,
+        ge=1,
+        description="Outcomes a task needs before the opportunity detector judges it "
+        "(SWITCHYARD_STREAMS_OPPORTUNITY__MIN_OUTCOMES; product default 60): by then exploration, "
+        "which starts after EXPLORE_MIN_REQUESTS, has labelled enough cheap answers for the retrain.",
+    )
+    opportunity_timeout_s: float = Field(
+        default=480.0,
+        gt=0,
+        description="Story (b): longest wait (s) from the notice to its new champion serving.",
+    )
+    max_rows: int | None = Field(
+        default=None,
+        ge=50,
+        description="Bootstrap rows per dataset for training; default 800 when story (a) runs, else "
+        "400. With 400 and both story tasks left out, the initial router's cold start sends every "
+        "unseen task to GPT-4: story (a) then has no drift to repair; with 800 it sends 33% of "
+        "professional_law to the cheap model, but also 56% of world_religions, so story (b) alone "
+        "keeps 400 (docs/closed-loop.md).",
+    )
     steady_requests: int = Field(
         default=150, ge=10, description="Requests replayed before the new task appears."
     )
@@ -65,10 +135,40 @@ class DemoSettings(BaseSettings):
         default=ROOT / "reports" / "demo", description="Reports go to <root>/<run-id>/."
     )
 
+    @model_validator(mode="after")
+    def _two_tasks(self) -> DemoSettings:
+        if self.drift_story and self.opportunity_story and self.new_task == self.opportunity_task:
+            raise ValueError("NEW_TASK and OPPORTUNITY_TASK must differ when both stories run")
+        if not (self.drift_story or self.opportunity_story):
+            raise ValueError("switch at least one story on (DRIFT_STORY, OPPORTUNITY_STORY)")
+        return self
+
+    @property
+    def rows(self) -> int:
+        """The bootstrap rows per dataset the demo trains on (see ``max_rows``)."""
+        return self.max_rows or (800 if self.drift_story else 400)
+
+    @property
+    def story_tasks(self) -> list[str]:
+        """The tasks the initial router never sees: those of the stories that run."""
+        return [
+            t
+            for on, t in ((self.drift_story, self.new_task), (self.opportunity_story, self.opportunity_task))
+            if on
+        ]
+
     @property
     def drift_mix(self) -> dict[str, float]:
         """The base mix with the new task at ~40% of the traffic."""
         return {**BASE_MIX, self.new_task: sum(BASE_MIX.values()) * 2 / 3}
+
+    @property
+    def opportunity_mix(self) -> dict[str, float]:
+        """Story (b)'s traffic: what ran before (the drifted mix when story (a) ran) plus the
+        opportunity task at ``opportunity_share`` of it."""
+        before = self.drift_mix if self.drift_story else dict(BASE_MIX)
+        rest = sum(before.values())
+        return {**before, self.opportunity_task: rest * self.opportunity_share / (1 - self.opportunity_share)}
 
 
 @dataclass(frozen=True)
@@ -120,8 +220,8 @@ class RunContext:
         train_env = {
             **base_env,
             "SWITCHYARD_STATE_DIR": str(state),
-            "SWITCHYARD_TRAIN_EXCLUDE_TASKS": json.dumps([cfg.new_task]),
-            "SWITCHYARD_TRAIN_MAX_ROWS": str(cfg.max_rows),
+            "SWITCHYARD_TRAIN_EXCLUDE_TASKS": json.dumps(cfg.story_tasks),
+            "SWITCHYARD_TRAIN_MAX_ROWS": str(cfg.rows),
         }
         return cls(
             cfg=cfg,
@@ -147,4 +247,16 @@ class RunContext:
             "SWITCHYARD_GATEWAY_STATE_DIR": str(self.ray_dir),
             "SWITCHYARD_GATEWAY_API_KEYS": json.dumps([self.api_key]),
             "SWITCHYARD_GATEWAY_ROUTER_TIMEOUT_S": "10",
+            # budgeted exploration, sized for a few minutes of traffic (see DemoSettings)
+            "SWITCHYARD_GATEWAY_EXPLORE_SHARE": str(self.cfg.explore_share),
+            "SWITCHYARD_GATEWAY_EXPLORE_MIN_REQUESTS": str(self.cfg.explore_min_requests),
+            "SWITCHYARD_GATEWAY_EXPLORE_BUDGET_USD_PER_TASK_HOUR": str(self.cfg.explore_budget_usd),
+        }
+
+    @property
+    def streams_env(self) -> dict[str, str]:
+        return {
+            **self.base_env,
+            "SWITCHYARD_STREAMS_STATE_DIR": str(self.log_dir / "streams"),
+            "SWITCHYARD_STREAMS_OPPORTUNITY__MIN_OUTCOMES": str(self.cfg.opportunity_min_outcomes),
         }

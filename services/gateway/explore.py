@@ -1,7 +1,8 @@
 """Budgeted exploration (DESIGN.md "Streams", savings opportunities): for a task whose routed
 traffic goes mostly to the top tier, a small share of its requests also gets a shadow call to the
-cheapest cheaper model the router scored, graded by the judge, so the evidence that a cheaper tier
-would do (or would not) keeps coming without anyone paying for it on the client's path.
+cheapest cheaper candidate the policy considered for the request, graded by the judge, so the
+evidence that a cheaper tier would do (or would not) keeps coming without anyone paying for it on
+the client's path.
 
 :class:`Explorer` only decides and accounts; the shadow call itself runs in
 :class:`services.gateway.service.ChatService` (off the request path, through the provider pool and
@@ -148,8 +149,11 @@ class Explorer:
         return st.expensive / len(st.window) >= self.config.expensive_share
 
     def shadow_model(self, routed_model: str, scored: Iterable[str], tried: Iterable[str] = ()) -> str | None:
-        """The cheapest model the router scored in a lower tier than ``routed_model`` that this
-        request has not already tried (a cascade's rejected rung is evidence already)."""
+        """The cheapest of ``scored`` in a lower tier than ``routed_model`` that this request has
+        not already tried (a cascade's rejected rung is evidence already). The gateway passes the
+        policy's candidates for the request (its ranking), not every model the router scored: a
+        model outside the task's calibrated candidates would never be routed to, so its answers
+        are no evidence for the task (and the emulator has no recorded answer to grade)."""
         known, done = set(self.catalog.model_ids), set(tried)
         rank = self.catalog.tier_rank(routed_model)
         cheaper = [m for m in scored if m in known and m not in done and self.catalog.tier_rank(m) < rank]

@@ -392,7 +392,9 @@ class ChatService:
             decision = ex.consider(
                 ctx.task,
                 ctx.model,
-                ctx.route.scores,
+                # the policy's candidates for this request (its ranking), not every model the router
+                # scored: a model the task was never calibrated for is no evidence for this task
+                ctx.route.ranking or list(ctx.route.scores),
                 tried=[a.model for a in ctx.attempts if a.status in ("ok", "rejected")],
                 prompt_tokens=ctx.prompt_tokens,
                 completion_tokens=ctx.completion_tokens,

@@ -190,6 +190,28 @@ async def test_the_hourly_budget_caps_a_tasks_spend(tmp_path: Path) -> None:
     )
 
 
+async def test_only_the_policys_candidates_are_shadowed_not_every_scored_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router scores every catalog model, but a task is calibrated for a few (an MMLU subject:
+    GPT-4 and Mixtral). A cheaper model outside the policy's candidates (its ranking) would never
+    be routed to for the task, so shadowing it gives no evidence: the shadow goes to the cheapest
+    candidate."""
+    from services.gateway.routing import RouteResult
+    from services.gateway.testing import FakeRouter
+
+    async def route(self: FakeRouter, req) -> RouteResult:  # noqa: ANN001
+        scores = {STRONG: 0.95, WEAK: 0.9, "mistralai/mistral-7b-chat": 0.5}
+        return RouteResult(scores, "v-test", STRONG, [STRONG, WEAK], 0.1, 0.05, low_margin=False)
+
+    monkeypatch.setattr(FakeRouter, "route", route)
+    s = Stack(tmp_path)
+    await s.ask()
+    calls, _ = await s.events()
+    [shadow] = shadows(calls)
+    assert shadow.chosen_model == WEAK and s.upstream.calls == [STRONG, WEAK, JUDGE]
+
+
 async def test_a_task_routed_cheaply_gets_no_shadow_calls(tmp_path: Path) -> None:
     s = Stack(tmp_path, choose=WEAK)
     for _ in range(10):

@@ -394,3 +394,25 @@ def test_verdict_records_every_task() -> None:
         "reason",
     ):
         assert key in dumped
+
+
+def test_a_small_task_the_retrain_was_asked_for_counts_as_a_gain_when_cheaper() -> None:
+    """A savings opportunity on a 34-row task (too small to be gated alone, and left out of its
+    dataset's group because the retrain targets it): routed to the cheap tier at equal quality, its
+    own significant saving is the retrain's gain, even when the retrain's noise elsewhere (here 55
+    rows of another task sent to GPT-4) leaves the overall cost no lower. The same saving on a task
+    nobody asked about is judged with its group, as before."""
+    rng = np.random.default_rng(5)
+    tiny = (rng.random(34) < 0.9).astype(float).tolist()
+    x = STRONG["mmlu_x"]
+    champ = cost_ev("champ", {"mmlu_x": (x, x, [0.4] * 400), "tiny": (tiny, tiny, [GPT4] * 34)})
+    noisy = [1.0] * 55 + [0.4] * 345
+    chall = cost_ev("chall", {"mmlu_x": (x, x, noisy), "tiny": (tiny, tiny, [CHEAP] * 34)})
+    v = gate(chall, champ, GateConfig(), ["tiny"])
+    assert v.passed, v.reasons
+    s = _slice(v, "task:tiny")
+    assert not s.gated and s.outcome == "cheaper" and s.p_cheaper < 1e-6
+    assert _slice(v, "overall").outcome == "not significantly different"
+    assert "task:tiny cheaper" in next(c for c in v.checks if c.name == "gain").detail
+    unasked = gate(chall, champ, GateConfig(), [])
+    assert not unasked.passed and any(r.startswith("no gain") for r in unasked.reasons)

@@ -220,3 +220,51 @@ def test_warm_start_does_not_leak_into_calibration(tmp_path: Path) -> None:
     for j, m in enumerate(router.models):
         lo, hi = ranges[m]
         assert 0 <= lo < hi <= 1 and lo - 1e-6 <= served[:, j].min() and served[:, j].max() <= hi + 1e-6
+
+
+def test_a_run_for_one_task_keeps_the_live_labels_of_tasks_without_bootstrap_labels(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Story (b) after story (a) in the demo: the run for the opportunity task must not forget the
+    repair of the drifted task, whose only labels are live ones (it has no bootstrap labels); a
+    stable task's live labels stay out (they are a selection-biased sample)."""
+    from services.contracts import OutcomeEvent
+    from training.collect import FRESH
+    from training.loop.run import label_tasks
+    from training.loop.state import RunState
+
+    strong = "gpt-4-1106-preview"
+
+    assert label_tasks(["world_religions"], ["professional_law", "world_religions"]) == [
+        "professional_law",
+        "world_religions",
+    ]
+    settings = TrainSettings(
+        datasets=["mmlu"], max_rows=60, holdout_rows=0, exclude_tasks=["professional_law", "world_religions"]
+    )
+    lctx = LoopContext(settings, MLflowSettings(tracking_uri="http://127.0.0.1:1"), None, data_dir, tmp_path)
+    ex = RunExecutor(lctx)
+    state = RunState(run_id="run-b", tasks=["world_religions"])
+    frame = ex._frame(state)
+    law = frame[frame["task"] == "professional_law"]
+    other = frame[~frame["task"].isin(settings.exclude_tasks)]
+    rows = [(law.iloc[0], "professional_law"), (other.iloc[0], other.iloc[0]["task"])]
+    outcomes = [
+        OutcomeEvent(
+            request_id=f"r{i}",
+            task=task,
+            prompt_hash=row["prompt_hash"],
+            prompt=row["prompt"],
+            chosen_model=strong,
+            mode="route",
+            score=1.0,
+            accepted=True,
+        )
+        for i, (row, task) in enumerate(rows)
+    ]
+    d = ex._dir(state)
+    (d / "outcomes.jsonl").write_text("".join(o.model_dump_json() + "\n" for o in outcomes))
+    full, *_ = ex._datasets(state)
+    fresh = dict(zip(full["prompt_hash"], full[FRESH], strict=True))
+    assert strong in fresh[outcomes[0].prompt_hash]  # the excluded (repaired) task keeps its live label
+    assert fresh[outcomes[1].prompt_hash] == ""  # a stable task's live label stays out

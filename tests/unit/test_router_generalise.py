@@ -226,3 +226,19 @@ def test_cascade_table_lands_on_its_target_on_held_out_gsm8k(data_dir) -> None:
     for t, q in realized.items():
         assert t - 0.015 <= q <= t + 0.015, realized
     assert accept[0.9].mean() > accept[0.95].mean() > 0.3  # a lower target accepts more; it saves
+
+
+def test_one_big_task_graded_for_many_models_does_not_make_them_every_tasks_candidates() -> None:
+    """A retrain that loads every row of a RouterBench task (11 graded models) beside MMLU
+    subjects (two graded models): the shared table's candidates stay the two, since each task
+    weighs the same; by row share alone the big task's models would win."""
+    from training.train import _graded_candidates
+
+    models = [GPT4, MIX, "claude-v1"]
+    small = np.array([[1.0, 0.0, np.nan]] * 10)  # 30 MMLU-like tasks of 10 rows: GPT-4 and Mixtral
+    big = np.array([[1.0, 1.0, 1.0]] * 1200)  # one task of 1,200 rows graded for all three
+    labels = np.concatenate([small] * 30 + [big])
+    tasks = [f"mmlu{i}" for i in range(30) for _ in range(10)] + ["arc"] * 1200
+    base = np.ones(len(labels), bool)
+    assert _graded_candidates(labels, base, models) == models  # the old rule: by rows
+    assert _graded_candidates(labels, base, models, tasks) == [GPT4, MIX]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -216,6 +216,19 @@ def test_a_new_task_on_the_strong_tier_gives_one_notice_that_never_pages_and_a_r
     after = [mon.on_outcomes("world_religions", cheap[k : k + 50], now) for k in range(0, 300, 50)]
     closed = [a for r in after for a in r.alerts]
     assert [(a.detector, a.status) for a in closed] == [("opportunity", AlertStatus.RESOLVED)]
+
+
+def test_the_opportunity_retrain_window_covers_the_evidence_before_the_notice(tmp_path) -> None:
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, cheap_tier="budget")
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    strong = [
+        outcome(i, True, STRONG, task="world_religions", predicted=None, ts=t0 + timedelta(seconds=i))
+        for i in range(100)
+    ]
+    batches = [strong[k : k + 20] for k in range(0, 100, 20)]
+    [req] = [q for b in batches for q in mon.on_outcomes("world_religions", b).retrain]
+    # the loop collects from window_start: the whole detector window, not the batch that fired
+    assert req.window_start == strong[0].ts and req.window_end == strong[59].ts
 
 
 def test_shadow_samples_feed_no_quality_detector_and_no_window(tmp_path) -> None:

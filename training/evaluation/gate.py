@@ -18,7 +18,8 @@ The challenger passes when it is **not worse anywhere and better or cheaper some
    (cost-ratio points, significantly) without a significant quality gain, e.g. a repaired router
    that sends a whole task to GPT-4 where the cheap tier was fine;
 6. a gain (``require_gain``): the challenger is significantly cheaper or significantly better on
-   at least one task, group or overall, or repairs a drifting task that the champion left below
+   at least one task, group or overall (a task the retrain was asked for counts however small,
+   since it is left out of its group), or repairs a drifting task that the champion left below
    ``quality_target - repair_margin``. A challenger that sends a task to the cheap tier at equal
    quality passes on this rule alone.
 
@@ -510,6 +511,11 @@ def gate(
                 record(s, f"task:{task}")
             else:
                 slices.append(s)  # recorded, not a check: its dataset's group is
+                if task in drift and s.outcome in GAINS:
+                    # the task this retrain was asked for (a drift, a savings opportunity) is left
+                    # out of its group; its own significant saving or gain is what the retrain is
+                    # for, however small the task (the slice's tests keep noise out)
+                    gains.append(f"{s.name} {s.outcome}")
         if challenger.rows is not None:
             groups = sorted(
                 {g for t, g in zip(challenger.rows.tasks, challenger.rows.groups, strict=True) if t in small}

@@ -65,6 +65,14 @@ def _load_champion(ctx: LoopContext):  # noqa: ANN202
         return None, version
 
 
+def label_tasks(run_tasks: list[str], exclude_tasks: list[str] | tuple[str, ...]) -> list[str]:
+    """Tasks whose live outcomes become labels in a run: the run's own (drifting or flagged) tasks,
+    plus the tasks the bootstrap data gives no labels for (``exclude_tasks``). Live labels are all
+    the router knows of those, so a retrain for another task must keep them: otherwise the run
+    after a repair (say, of a new task's drift) forgets it."""
+    return sorted({*run_tasks, *exclude_tasks})
+
+
 def warm_start_params(champion, vocab: list[str], models: list[str]) -> dict | None:  # noqa: ANN001
     """The champion's mlp weights re-indexed to a new task vocabulary (new tasks start at 0)."""
     import numpy as np
@@ -234,7 +242,9 @@ class RunExecutor:
         catalog = self._catalog()
         frame = self._frame(state)
         outcomes = self._read(state, "outcomes.jsonl", OutcomeEvent)
-        fresh = fresh_labels_from_outcomes(outcomes, prompt_lookup(frame), tasks=list(state.tasks))
+        fresh = fresh_labels_from_outcomes(
+            outcomes, prompt_lookup(frame), tasks=label_tasks(state.tasks, self.ctx.settings.exclude_tasks)
+        )
         p = self.store.run_dir(state.run_id) / "distilled.jsonl"
         if p.exists() and p.stat().st_size:
             fresh = pd.concat([fresh, pd.read_json(p, orient="records", lines=True)], ignore_index=True)
