@@ -23,6 +23,7 @@ from services.contracts.events import (
     RoutingMode,
     Usage,
     prompt_hash,
+    utcnow,
 )
 from services.contracts.topics import CALLS, FEEDBACK
 from services.errors import BadRequest, SwitchyardError, UnknownModel, UpstreamError
@@ -382,7 +383,7 @@ class ChatService:
 
     # -- exploration (off the request path) -------------------------------------------------------
 
-    def _maybe_explore(self, ctx: CallContext) -> None:
+    def _maybe_explore(self, ctx: CallContext, call: CallEvent) -> None:
         """After the client's answer: fold this routed request into the explorer's windows and,
         when it picks the request, start its shadow call as a task nobody awaits."""
         ex = self.explorer
@@ -406,14 +407,14 @@ class ChatService:
             self.metrics.explore_skipped.labels(task=ctx.task, reason=decision).inc()
             return
         try:
-            task = asyncio.get_running_loop().create_task(self._shadow(ctx, decision))
+            task = asyncio.get_running_loop().create_task(self._shadow(ctx, decision, call))
         except RuntimeError:  # no running loop (a stream closed outside one): give the slot back
             ex.settle(decision, 0.0)
             return
         self._shadows.add(task)
         task.add_done_callback(self._shadows.discard)
 
-    async def _shadow(self, ctx: CallContext, ticket: Ticket) -> None:
+    async def _shadow(self, ctx: CallContext, ticket: Ticket, call: CallEvent) -> None:
         """One shadow call: the same payload to ``ticket.model`` through the pool (no fallback:
         the answer must be that model's), graded by the judge; a call event (mode ``explore``,
         ``shadow_of`` the client's call) and a feedback event (source ``explore``) follow."""
@@ -449,7 +450,7 @@ class ChatService:
                 outcome = "unjudged"
             else:
                 outcome = "accepted" if score >= self.cascade_accept else "rejected"
-            self._emit_shadow(ctx, ticket, shadow_id, attempts, result, latency_ms, error, score)
+            self._emit_shadow(call, ticket, shadow_id, attempts, result, latency_ms, error, score)
         except asyncio.CancelledError:
             outcome = "cancelled"
             raise
@@ -463,7 +464,7 @@ class ChatService:
 
     def _emit_shadow(
         self,
-        ctx: CallContext,
+        call: CallEvent,
         ticket: Ticket,
         shadow_id: str,
         attempts: list[Attempt],
@@ -474,31 +475,29 @@ class ChatService:
     ) -> None:
         if self.emitter is None:
             return
-        prompt = ctx.request.last_user_text()
-        route = ctx.route
-        event = CallEvent(
-            request_id=shadow_id,
-            task=ctx.task,
-            tenant=ctx.knobs.tenant or ctx.caller.key_id,
-            prompt_hash=prompt_hash(prompt),
-            prompt=None if self.redact_prompts else prompt,
-            requested_model=ticket.model,
-            mode=RoutingMode.EXPLORE,
-            router_version=route.router_version if route else None,
-            scores=route.scores if route else {},
-            quality_target=ctx.quality_target,
-            threshold=route.threshold if route else None,
-            chosen_model=ticket.model if result is not None else None,
-            attempts=attempts,
-            usage=Usage(
-                prompt_tokens=result.prompt_tokens if result is not None else 0,
-                completion_tokens=result.completion_tokens if result is not None else 0,
-            ),
-            cost_usd=sum(a.cost_usd for a in attempts),
-            latency_ms=latency_ms,
-            status=CallStatus.ERROR if error else CallStatus.OK,
-            error=error.message[:500] if error else None,
-            shadow_of=ctx.request_id,
+        # the client's call event with what the shadow call changed: same task, tenant, prompt
+        # (hash computed once), router decision and target
+        event = call.model_copy(
+            update={
+                "request_id": shadow_id,
+                "ts": utcnow(),
+                "requested_model": ticket.model,
+                "mode": RoutingMode.EXPLORE,
+                "router_fallback": False,
+                "chosen_model": ticket.model if result is not None else None,
+                "attempts": attempts,
+                "escalated": False,
+                "stream": False,
+                "usage": Usage(
+                    prompt_tokens=result.prompt_tokens if result is not None else 0,
+                    completion_tokens=result.completion_tokens if result is not None else 0,
+                ),
+                "cost_usd": sum(a.cost_usd for a in attempts),
+                "latency_ms": latency_ms,
+                "status": CallStatus.ERROR if error else CallStatus.OK,
+                "error": error.message[:500] if error else None,
+                "shadow_of": call.request_id,
+            }
         )
         self.emitter.emit(CALLS, event, key=shadow_id)
         if score is not None:
@@ -507,7 +506,7 @@ class ChatService:
                 request_id=shadow_id,
                 score=max(0.0, min(1.0, score)),
                 source=FeedbackSource.EXPLORE,
-                comment=f"{judge} on {ticket.model}'s shadow answer to {ctx.request_id}",
+                comment=f"{judge} on {ticket.model}'s shadow answer to {call.request_id}",
             )
             self.emitter.emit(FEEDBACK, feedback, key=shadow_id)
 
@@ -554,7 +553,7 @@ class ChatService:
             self.emitter.emit(CALLS, event, key=ctx.request_id)
         self._observe(ctx, event, error)
         if error is None and self.explorer is not None:
-            self._maybe_explore(ctx)
+            self._maybe_explore(ctx, event)
         log.log(
             logging.WARNING if error else logging.DEBUG,
             "request %s %s mode=%s model=%s router=%s cost=%.6f latency_ms=%.1f",
