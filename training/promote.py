@@ -25,8 +25,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from services.contracts.settings import MLflowSettings
+from services.router.promotion import (
+    GATE_KIND_TAG,
+    GATE_REASONS_TAG,
+    GATE_TAG,
+    NO_GATE_RECORD,
+    gate_problem,
+    parse_model_ref,
+    verify,
+)
 
-from .registry import GATE_KIND_TAG, GATE_REASONS_TAG, GATE_TAG, RegistryError, _client, promote, rollback
+from .registry import RegistryError, _client, promote, rollback
 
 log = logging.getLogger(__name__)
 
@@ -99,39 +108,19 @@ class PromotionCheck(BaseModel):
         return f"{what}: " + "; ".join(self.problems)
 
 
-def parse_model_ref(ref: str) -> tuple[str, str | None, str | None] | None:
-    """``models:/NAME/VERSION`` → (NAME, VERSION, None); ``models:/NAME@ALIAS`` → (NAME, None,
-    ALIAS); anything else (a path, ``runs:/``) → None."""
-    if not ref.startswith("models:/"):
-        return None
-    rest = ref[len("models:/") :].strip("/")
-    if "@" in rest:
-        name, _, alias = rest.rpartition("@")
-        return (name, None, alias) if name and alias else None
-    name, _, version = rest.rpartition("/")
-    return (name, version, None) if name and version.isdigit() else None
-
-
 def _verify(check: PromotionCheck, ref: str, tracking_uri: str) -> None:
     """Download, load (content hashes checked) and smoke-check the router behind ``ref``."""
-    from services.router.artifact import RouterLoadError, load_router, smoke_check
-
-    try:
-        router = load_router(ref, tracking_uri=tracking_uri)
-        smoke_check(router)
-    except RouterLoadError as exc:
-        check.problems.append(f"fails verification: {exc}")
+    version, failed = verify(ref, tracking_uri)
+    if failed:
+        check.problems.append(failed)
         return
-    except Exception as exc:  # noqa: BLE001 - any failure to load is a failed verification
-        check.problems.append(f"fails verification: {type(exc).__name__}: {exc}")
-        return
-    if check.router_version and router.version != check.router_version:
+    if check.router_version and version != check.router_version:
         check.problems.append(
-            f"fails verification: the artefact is {router.version}, the version was registered as "
+            f"fails verification: the artefact is {version}, the version was registered as "
             f"{check.router_version}"
         )
         return
-    check.router_version = router.version
+    check.router_version = version
     check.verified = True
 
 
@@ -153,10 +142,9 @@ def check_version(
     tags = mv.tags or {}
     check.gate, check.gate_kind = tags.get(GATE_TAG), tags.get(GATE_KIND_TAG)
     check.gate_reasons, check.router_version = tags.get(GATE_REASONS_TAG), tags.get("router_version")
-    if check.gate != "passed":
-        why = f": {check.gate_reasons}" if check.gate_reasons else ""
-        state = "no gate record" if check.gate is None else f"gate {check.gate}"
-        check.problems.append(f"has no passed gate ({state}{why})")
+    problem = gate_problem(tags)
+    if problem:
+        check.problems.append(problem)
     if verify:
         _verify(check, check.ref, ms.tracking_uri)
     return check
@@ -171,9 +159,7 @@ def check_ref(ms: MLflowSettings, ref: str, *, verify: bool = True) -> Promotion
     parsed = parse_model_ref(ref)
     if parsed is None:
         check = PromotionCheck(ref=ref)
-        check.problems.append(
-            "has no gate record (only registered versions, models:/NAME/N or models:/NAME@ALIAS, carry one)"
-        )
+        check.problems.append(NO_GATE_RECORD)
         if verify:
             _verify(check, ref, ms.tracking_uri)
         return check

@@ -28,9 +28,8 @@ from services.router.artifact import Manifest
 log = logging.getLogger(__name__)
 
 HISTORY_TAG = "champion_history"
-GATE_TAG = "gate"
-GATE_KIND_TAG = "gate_kind"
-GATE_REASONS_TAG = "gate_reasons"
+# the gate record's tag names, read back by promote and by the gateway's swap
+from services.router.promotion import GATE_KIND_TAG, GATE_REASONS_TAG, GATE_TAG  # noqa: E402
 
 
 class RegistryError(RuntimeError):

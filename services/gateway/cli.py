@@ -12,6 +12,16 @@ from pathlib import Path
 
 import typer
 
+from services.router.promotion import (  # noqa: F401 - the tag names are part of the swap's contract
+    GATE_KIND_TAG,
+    GATE_REASONS_TAG,
+    GATE_TAG,
+    NO_GATE_RECORD,
+    gate_problem,
+    parse_model_ref,
+    verify,
+)
+
 log = logging.getLogger(__name__)
 
 serve_app = typer.Typer(help="Run the gateway (Ray Serve) locally; hot-swap its router.")
@@ -60,57 +70,39 @@ def serve(
         ray.shutdown()
 
 
-# The gate record a registered router version carries (written by training.registry; the tag
-# names are part of the registry's contract, tests/unit/test_promotion_gate.py keeps them equal).
-GATE_TAG, GATE_KIND_TAG, GATE_REASONS_TAG = "gate", "gate_kind", "gate_reasons"
-
-
 def _gate_problems(ref: str, tracking_uri: str) -> list[str]:
     """Why ``ref`` has no passed gate record: only a registered version (``models:/NAME/N`` or
     ``models:/NAME@ALIAS``) carries one, in its tags."""
-    if not ref.startswith("models:/"):
-        return [
-            "has no gate record (only registered versions, models:/NAME/N or models:/NAME@ALIAS, carry one)"
-        ]
+    parsed = parse_model_ref(ref)
+    if parsed is None:
+        return [NO_GATE_RECORD]
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    rest = ref[len("models:/") :].strip("/")
+    name, version, alias = parsed
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        if "@" in rest:
-            name, _, alias = rest.rpartition("@")
+        if alias:
             mv = client.get_model_version_by_alias(name, alias)
         else:
-            name, _, version = rest.rpartition("/")
             mv = client.get_model_version(name, version)
     except MlflowException as exc:
         return [f"cannot be resolved in MLflow ({tracking_uri}): {exc.message}"]
     except OSError as exc:
         return [f"MLflow at {tracking_uri} is unreachable: {exc}"]
-    tags = mv.tags or {}
-    if tags.get(GATE_TAG) == "passed":
-        return []
-    why = f": {tags[GATE_REASONS_TAG]}" if tags.get(GATE_REASONS_TAG) else ""
-    state = f"gate {tags[GATE_TAG]}" if tags.get(GATE_TAG) else "no gate record"
-    return [f"version {mv.version} has no passed gate ({state}{why})"]
+    problem = gate_problem(mv.tags)
+    return [f"version {mv.version} {problem}"] if problem else []
 
 
 def swap_problems(ref: str, tracking_uri: str | None = None) -> list[str]:
     """Why the gateway should not swap to ``ref`` (empty: go ahead): no passed gate record, or the
     artefact fails verification (download, load with content hashes checked, smoke check)."""
     from services.contracts.settings import MLflowSettings
-    from services.router.artifact import RouterLoadError, load_router, smoke_check
 
     uri = tracking_uri or MLflowSettings().tracking_uri
     problems = _gate_problems(ref, uri)
-    try:
-        smoke_check(load_router(ref, tracking_uri=uri))
-    except RouterLoadError as exc:
-        problems.append(f"fails verification: {exc}")
-    except Exception as exc:  # noqa: BLE001 - any failure to load is a failed verification
-        problems.append(f"fails verification: {type(exc).__name__}: {exc}")
-    return problems
+    _, failed = verify(ref, uri)
+    return problems + ([failed] if failed else [])
 
 
 @serve_app.command("swap")

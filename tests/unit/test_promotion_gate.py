@@ -162,7 +162,9 @@ def test_serve_swap_refuses_a_path_without_gate_and_an_unverifiable_ref(
     from services.gateway import cli
 
     loaded: list[str] = []
-    monkeypatch.setattr(artifact, "load_router", lambda ref, **kw: loaded.append(ref) or ref)
+    monkeypatch.setattr(
+        artifact, "load_router", lambda ref, **kw: loaded.append(ref) or SimpleNamespace(version="mlp-x")
+    )
     monkeypatch.setattr(artifact, "smoke_check", lambda router: [])
     problems = cli.swap_problems(str(tmp_path), tracking_uri="http://127.0.0.1:1")
     assert problems == [problems[0]] and "no gate record" in problems[0] and loaded == [str(tmp_path)]
