@@ -71,6 +71,7 @@ class QualityCusum:
         self.n = 0
         self.run_n = 0
         self.run_accepted = 0
+        self.run_start: float | None = None  # earliest time (epoch s) in the run, when known
         self._ref_n = 0
         self._ref_sum = 0.0
         self.learned = True
@@ -140,9 +141,16 @@ class QualityCusum:
                 self._ref_n = cap
             self._set_learned()
 
-    def update(self, accepted: Sequence[bool] | np.ndarray) -> list[Change]:
-        """Feed observations in order; return the fire/resolve changes they caused."""
+    def update(
+        self, accepted: Sequence[bool] | np.ndarray, ts: Sequence[float] | np.ndarray | None = None
+    ) -> list[Change]:
+        """Feed observations in order; return the fire/resolve changes they caused. ``ts``: their
+        times (epoch seconds), so the evidence can say when the run since the estimated change
+        point began (``change_point_ts``: what a retrain for the alert should read from)."""
         x = np.asarray(accepted, dtype=bool)
+        t = None if ts is None else np.asarray(ts, dtype=float)
+        if t is not None and len(t) != len(x):
+            raise ValueError("ts must have one time per observation")
         changes: list[Change] = []
         start = 0
         if self.p0 is None:
@@ -169,12 +177,12 @@ class QualityCusum:
             if len(hit) == 0:
                 if not self.firing:
                     in_control.append(rest)
-                self._advance(rest, series)
+                self._advance(rest, series, None if t is None else t[start:])
                 break
             i = int(hit[0])
             if not self.firing:
                 in_control.append(rest[: i + 1])
-            self._advance(rest[: i + 1], series[: i + 1])
+            self._advance(rest[: i + 1], series[: i + 1], None if t is None else t[start : start + i + 1])
             evidence = self.evidence()
             self._flip()
             if self.firing:  # the queued observations hold the drop: they never join the reference
@@ -187,13 +195,21 @@ class QualityCusum:
                 self._learn(part)
         return changes
 
-    def _advance(self, x: np.ndarray, series: np.ndarray) -> None:
+    def _advance(self, x: np.ndarray, series: np.ndarray, ts: np.ndarray | None = None) -> None:
         self.n += len(x)
         zeros = np.flatnonzero(series <= 0)
         if len(zeros):  # the statistic restarted: the run (estimated change point) begins after it
-            self.run_n = len(x) - int(zeros[-1]) - 1
-            self.run_accepted = int(x[int(zeros[-1]) + 1 :].sum())
+            first = int(zeros[-1]) + 1
+            self.run_n = len(x) - first
+            self.run_accepted = int(x[first:].sum())
+            self.run_start = float(ts[first:].min()) if ts is not None and first < len(x) else None
         else:
+            if ts is not None and len(x):  # the earliest time in the run (outcomes come out of order)
+                low = float(ts.min())
+                known = self.run_n and self.run_start is not None
+                self.run_start = min(self.run_start, low) if known else low
+            elif self.run_n == 0:
+                self.run_start = None
             self.run_n += len(x)
             self.run_accepted += int(x.sum())
         if self.firing:
@@ -207,6 +223,7 @@ class QualityCusum:
         self.recover = 0.0
         self.run_n = 0
         self.run_accepted = 0
+        self.run_start = None
 
     def evidence(self) -> dict[str, Any]:
         """What an alert shows: the reference, the tuned drop, the statistic and the rate since the
@@ -220,6 +237,7 @@ class QualityCusum:
             "statistic": self.recover if self.firing else self.stat,
             "threshold": self.cfg.resolve_threshold if self.firing else self.cfg.threshold,
             "events_since_change_point": self.run_n,
+            "change_point_ts": self.run_start if self.run_n else None,
             "observed_acceptance": (self.run_accepted / self.run_n) if self.run_n else None,
             "events_total": self.n,
         }
@@ -234,6 +252,7 @@ class QualityCusum:
             "n": self.n,
             "run_n": self.run_n,
             "run_acc": self.run_accepted,
+            "run_start": self.run_start,
             "ref_n": self._ref_n,
             "ref_sum": self._ref_sum,
             "learned": self.learned,
@@ -256,6 +275,7 @@ class QualityCusum:
         det.n = int(state.get("n", 0))
         det.run_n = int(state.get("run_n", 0))
         det.run_accepted = int(state.get("run_acc", 0))
+        det.run_start = state.get("run_start")
         det._ref_n = int(state.get("ref_n", 0))
         det._ref_sum = float(state.get("ref_sum", 0.0))
         return det

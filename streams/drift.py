@@ -186,15 +186,17 @@ class TaskMonitor:
         served = [o for o in outcomes if o.mode is not RoutingMode.EXPLORE]  # shadows: evidence only
         self._remember(task, served)
         by_model: dict[str, list[bool]] = {}
+        times: dict[str, list[float]] = {}
         for o in served:
             by_model.setdefault(o.chosen_model, []).append(o.accepted)
+            times.setdefault(o.chosen_model, []).append(o.ts.timestamp())
         qstates = dict(st.get("quality", {}))
         recovered = False
         for model, accepted in by_model.items():
             det = QualityCusum.from_state(self.settings.quality, qstates.get(model))
             if det.p0 is None and model in self.reference.get(task, {}):
                 det.configure(self.reference[task][model])
-            for ch in det.update(accepted):
+            for ch in det.update(accepted, times[model]):
                 recovered |= ch.kind == "resolve"
                 self._emit(res, task, "quality", model, ch, now, outcomes)
             qstates[model] = det.to_state()
@@ -344,7 +346,7 @@ class TaskMonitor:
                 ch.evidence,
                 subject=subject,
                 severity="critical" if detector == "quality" else "warning",
-                window_start=min(o.ts for o in outcomes) if outcomes else None,
+                window_start=_window_start(ch.evidence, outcomes),
                 window_end=max(o.ts for o in outcomes) if outcomes else now,
                 report_url=report_url,
                 now=now,
@@ -416,3 +418,15 @@ def _summary(task: str, detector: str, subject: str | None, ev: dict[str, Any]) 
             f"{ev.get('predicted_minus_observed'):+.1%} over {ev.get('events')} answers"
         )
     return f"input drift on task {task}: {ev.get('drifted_share', 0):.0%} of router features drifted"
+
+
+def _window_start(evidence: dict[str, Any], outcomes: Sequence[OutcomeEvent]) -> datetime | None:
+    """Where a drift alert's retrain should start reading: the detector's estimated change point
+    (the whole run of evidence since the drop began, not only the batch that tipped it), else the
+    batch's first outcome."""
+    first = min(o.ts for o in outcomes) if outcomes else None
+    cp = evidence.get("change_point_ts")
+    if cp is None:
+        return first
+    at = datetime.fromtimestamp(float(cp), UTC)
+    return at if first is None else min(at, first)

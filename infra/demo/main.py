@@ -16,7 +16,7 @@ from typing import Any
 
 from . import steps as s
 from .processes import DemoError, Processes
-from .report import opportunity_targets, print_summary, stats, write_report
+from .report import opportunity_targets, print_summary, stats, whole_traffic, write_report
 from .settings import ROOT, DemoSettings, RunContext
 from .traffic import Traffic
 
@@ -199,6 +199,11 @@ def run(cfg: DemoSettings, procs: Processes, run_id: str, log_dir: Path, report_
         if cfg.opportunity_story:
             _opportunity_story(ctx, procs, services, traffic, status, events, summary)
         summary["failed_requests"] = sum(1 for r in traffic.rows if not r.ok)
+        # the traffic of the last replay after the loop(s): the whole-traffic figures
+        last_stage = "after opportunity" if cfg.opportunity_story else "after"
+        summary["whole_traffic"] = whole_traffic(
+            [r for r in traffic.rows if r.stage == last_stage], cfg.new_task if cfg.drift_story else None
+        )
         # every alert and notice of the run (a notice may fire on another task too)
         alerts = s.read_alerts(ctx.kafka_bootstrap, ctx.prefix)
         summary["all_alerts"] = [

@@ -36,6 +36,50 @@ def stats(rows: list[Req], task: str | None = None, not_task: str | None = None)
     }
 
 
+def whole_traffic(rows: list[Req], broken_task: str | None) -> dict[str, Any]:
+    """The last replay's whole traffic against all-GPT-4, and what story (a)'s task weighs in it:
+    the emulator keeps the cheap model wrong there, so every router must send it to GPT-4 and its
+    share of the all-GPT-4 spend is a floor under the whole cost ratio. ``without_broken_task`` is
+    the rest of the traffic, where routing has a choice."""
+    out: dict[str, Any] = {"all": stats(rows)}
+    if broken_task:
+        base = sum(r.base_cost for r in rows if r.ok)
+        broken = sum(r.base_cost for r in rows if r.ok and r.task == broken_task)
+        out["broken_task"] = broken_task
+        out["broken_task_spend_share"] = broken / base if base else float("nan")
+        out["without_broken_task"] = stats(rows, not_task=broken_task)
+    return out
+
+
+def whole_section(whole: dict[str, Any]) -> list[str]:
+    """Markdown: the whole traffic after the loop, with story (a)'s task apart."""
+    if not whole.get("all"):
+        return []
+    rows = [("all of it", whole["all"])]
+    if whole.get("without_broken_task"):
+        rows.append((f"without {whole['broken_task']}", whole["without_broken_task"]))
+    md = [
+        "",
+        "## Whole traffic after the loop",
+        "",
+        "| traffic | requests | cost ratio | quality / GPT-4 | cheap share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    md += [
+        f"| {name} | {st['requests']} | {1 - st['savings']:.3f} | {st['quality_ratio']:.3f} | "
+        f"{100 * st['cheap_share']:.0f}% |"
+        for name, st in rows
+    ]
+    if whole.get("broken_task"):
+        md += [
+            "",
+            f"{whole['broken_task']} is {100 * whole['broken_task_spend_share']:.0f}% of the all-GPT-4 "
+            "spend; the emulator keeps the cheap model wrong on it, so it can only go to GPT-4: that "
+            "share is a floor under the whole cost ratio.",
+        ]
+    return md
+
+
 def fmt(s: dict[str, Any]) -> str:
     """One line of :func:`stats`."""
     return (
@@ -343,6 +387,7 @@ def write_report(
         ]
     if summary.get("opportunity"):
         md += opportunity_section(summary["opportunity"])
+    md += whole_section(summary.get("whole_traffic") or {})
     md += ["", "## Numbers", "", "```", json.dumps(summary, indent=1, default=str), "```", ""]
     md += [f"![{p}]({p})" for p in pngs]
     (out / "summary.json").write_text(json.dumps({"steps": steps, **summary}, indent=1, default=str))
@@ -406,11 +451,19 @@ def print_summary(
             f"swap {(t.get('failed_requests_during_swap') or {}).get('value')}"
         )
         print(f"  (b) whole traffic after: {fmt(opp['after_all'])}")
-    last = (opp or {}).get("after_all") or summary.get("after")
+    whole = summary.get("whole_traffic") or {}
+    last = whole.get("all")
     if last:
         print(
             f"  whole traffic after the loop: cost ratio {1 - last['savings']:.3f} at quality "
             f"{last['quality_ratio']:.3f} of all-GPT-4 (RouteNLP reports 0.159 at 0.971 on its own data)"
+        )
+    rest = whole.get("without_broken_task")
+    if rest:
+        print(
+            f"    of which {whole['broken_task']} (cheap model broken by the emulator: GPT-4 only) is "
+            f"{100 * whole['broken_task_spend_share']:.0f}% of the all-GPT-4 spend, a floor under that "
+            f"ratio; the rest: cost ratio {1 - rest['savings']:.3f} at quality {rest['quality_ratio']:.3f}"
         )
     if "failed_requests" in summary:
         print(f"  failed requests (all phases): {summary['failed_requests']}")

@@ -108,8 +108,17 @@ def test_demo_closes_the_loop(kafka_bootstrap: str, mlflow_uri: str, data_dir: P
         assert 1 - opp["after"]["savings"] <= 0.5, opp["after"]
         assert opp["after"]["quality_ratio"] >= 0.9, opp["after"]
 
+    # the whole traffic after the loop, with story (a)'s GPT-4-only task apart: routing still
+    # saves on the rest at the quality target
+    whole = summary["whole_traffic"]
+    assert whole["all"]["errors"] == 0 and whole["broken_task"] == new_task
+    assert 0 < whole["broken_task_spend_share"] < 1
+    rest = whole["without_broken_task"]
+    assert 1 - rest["savings"] < 1 - whole["all"]["savings"] and rest["quality_ratio"] >= 0.9, rest
+
     md = (report_dir / "README.md").read_text()
     assert "## Per stage" in md and "## Story (a)" in md and "## Story (b)" in md
+    assert "## Whole traffic after the loop" in md
     for png in ("quality.png", "cost.png", "tiers.png", "stories.png"):
         assert (report_dir / png).stat().st_size > 1000
 

@@ -50,6 +50,28 @@ def test_cusum_fires_once_then_resolves_when_quality_returns() -> None:
     assert not det.firing
 
 
+def test_cusum_dates_the_change_point_across_batches() -> None:
+    # a drop that starts at t=1000 and is fed in small batches: the alert's evidence dates the run
+    # since the estimated change point near the drop, not at the batch that tipped the statistic
+    rng = np.random.default_rng(11)
+    det = QualityCusum(CFG, p0=0.8)
+    stable = rng.random(1000) < 0.8
+    det.update(stable, np.arange(1000.0))
+    drop = rng.random(600) < 0.3
+    fired = []
+    for k in range(0, 600, 20):
+        fired += det.update(drop[k : k + 20], 1000.0 + np.arange(k, k + 20))
+    [fire] = [c for c in fired if c.kind == "fire"]
+    ts = fire.evidence["change_point_ts"]
+    assert 990.0 <= ts <= 1010.0  # the estimate: the last restart of the statistic near the drop
+    assert fire.evidence["events_since_change_point"] > 20  # more than the tipping batch
+    # the state carries it, and a batch without times leaves it unknown rather than wrong
+    again = QualityCusum.from_state(CFG, det.to_state())
+    assert again.run_start == det.run_start
+    with pytest.raises(ValueError, match="one time per observation"):
+        det.update([True, False], [1.0])
+
+
 def test_cusum_learns_its_reference_from_the_first_events() -> None:
     rng = np.random.default_rng(5)
     det = QualityCusum(QualityDetectorConfig(reference_events=400))

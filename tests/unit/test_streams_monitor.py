@@ -137,6 +137,24 @@ def test_monitor_alert_window_with_outcomes_out_of_time_order(tmp_path) -> None:
     assert req.window_start == base.replace(second=0) and req.window_end == base.replace(second=59)
 
 
+def test_a_drift_retrain_reads_from_the_change_point_not_the_tipping_batch(tmp_path) -> None:
+    # story (a) of the demo alone: the retrain request used to start at the batch that tipped the
+    # detector, so the loop read a few seconds of labels; it starts at the change point now
+    rng = np.random.default_rng(8)
+    mon = TaskMonitor(_settings(tmp_path), {}, {}, reference={"law": {CHEAP: 0.5}}, write_reports=False)
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    outs = [
+        outcome(i, bool(a), task="law", ts=base + timedelta(seconds=i))
+        for i, a in enumerate(rng.random(400) < 0.05)
+    ]
+    reqs = []
+    for k in range(0, 400, 10):
+        reqs += mon.on_outcomes("law", outs[k : k + 10]).retrain
+    [req] = reqs
+    assert req.window_start <= base + timedelta(seconds=5)  # the drop was there from the start
+    assert req.window_end - req.window_start > timedelta(seconds=10)  # more than the tipping batch
+
+
 def test_an_input_drift_alert_resolves_after_a_restart(tmp_path) -> None:
     from faust.serializers import codecs
 
