@@ -13,7 +13,7 @@ KAFKA_LIBS := $(SWITCHYARD_STATE_DIR)/kafka-libs
 export SWITCHYARD_DATA_DIR ?= $(if $(wildcard $(CURDIR)/../shared/data/routellm),$(abspath $(CURDIR)/../shared/data),$(CURDIR)/data)
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock data up down status topics test test-unit test-slow demo router bench lint clean
+.PHONY: help setup lock data up down status topics test test-unit test-slow demo router bench bench-peer lint clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-17s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ bench: setup up ## measurements (not tests): router speed, emulator load, stream
 	$(PY) bench/streams_bench.py detect
 	$(PY) bench/streams_bench.py throughput
 	$(PY) bench/gateway_bench.py --router $${SWITCHYARD_BENCH_ROUTER:-models:/switchyard-router@champion} --out bench/results/gateway.json
+
+bench-peer: setup ## side by side with LiteLLM (own venv under the state dir): added latency, sustainable rate; PEER_FLAGS=--quick for a smoke check
+	@mkdir -p bench/results
+	$(PY) bench/peer.py $(PEER_FLAGS)
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check services streams training infra switchyard tests bench

@@ -22,8 +22,8 @@ Upstream latency modes (``--modes``):
 Then ``--cached``: the realistic run at 16 clients over a small warmed prompt pool (router cache
 hits), and ``--rate``: an open-loop sustained run (Poisson arrivals at that rate, realistic
 upstream, distinct prompts, and the same again over cached prompts), counting errors and
-router fall-backs (``x-switchyard-route: default``: the router missed its deadline and the
-catalog default answered). The 1-minute load average and the CPU seconds of the gateway's
+router fall-backs (``x-switchyard-route-source`` ``prior`` or ``default``: no learned router
+answered in time). The 1-minute load average and the CPU seconds of the gateway's
 processes (Ray: proxy, replicas, controller, raylet, GCS), of the emulator and of the load
 generator are recorded around every run; CPU seconds per request is the figure that does not
 depend on what else shares the machine.
@@ -221,7 +221,7 @@ class Recorder:
                 if r.status != 200:
                     self.errors[str(r.status)] += 1
                     return
-                route = r.headers.get("x-switchyard-route")
+                route = r.headers.get("x-switchyard-route-source")
                 if route is not None:
                     self.routes[route] += 1
                     st = server_timing(r.headers.get("server-timing"))
@@ -244,7 +244,8 @@ class Recorder:
             out["overhead"] = pct(self.overhead)
             out["router"] = pct(self.router)
             out["routes"] = dict(self.routes)
-            out["router_fallback_share"] = self.routes.get("default", 0) / max(1, sum(self.routes.values()))
+            unlearned = self.routes.get("default", 0) + self.routes.get("prior", 0)
+            out["router_fallback_share"] = unlearned / max(1, sum(self.routes.values()))
         return out
 
 

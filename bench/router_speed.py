@@ -2,6 +2,8 @@
 
 Variants (``[backend:]tokens:dtype``, e.g. ``128:fp32`` or ``onnx:64:int8``): the encoder backend
 (torch or ONNX Runtime), truncation (tokens kept, head + tail), int8 dynamic quantisation (CPU).
+The static backend (MiniLM distilled by model2vec) is ``static:tokens:pcaN`` (``pca0``: all 384
+dimensions; tokens 0: no truncation), e.g. ``static:128:pca256``.
 For each: one-query latency (p50/p95 over real prompts, one at a time) and batched throughput;
 and the accuracy cost at serving time: the production head (trained on fp32 / 128-token
 embeddings of the other folds) scores one held-out MMLU sample with the variant's embeddings:
@@ -9,6 +11,9 @@ APGR and GPT-4 share @95% on that sample, and how often the routing decision at 
 operating point differs from fp32/128.
 
     nice -n 10 .venv/bin/python bench/router_speed.py --out reports/router/speed.json
+    # CPU cost only (no accuracy sample, no torch fp32 embeddings needed): static vs onnx int8
+    .venv/bin/python bench/router_speed.py --speed-only --parallel 0 \
+        --variants onnx:128:int8,static:128:pca256 --out reports/router/speed-static.json
 
 Single-query CPU time is the process's CPU time per call (every thread), the machine-independent
 figure on shared cores. ``--parallel 2`` also runs each variant in 2 worker processes at once (one
@@ -29,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from services.router.encoder import Encoder, EncoderConfig
 from services.router.heads import features, make_head, sigmoid
@@ -65,10 +71,15 @@ def _single(fn, prompts: list[str]) -> dict[str, float]:  # noqa: ANN001
 
 
 def parse_variant(spec: str) -> EncoderConfig:
-    """``[backend:]tokens:dtype`` → an encoder config (backend defaults to torch)."""
+    """``[backend:]tokens:dtype`` → an encoder config (backend defaults to torch); for the static
+    backend the last part is ``pcaN`` (its PCA dimensions, 0: none)."""
     parts = spec.split(":")
     backend = parts[0] if len(parts) == 3 else "torch"
     length, dtype = parts[-2], parts[-1]
+    if backend == "static":
+        if not dtype.startswith("pca"):
+            raise ValueError(f"static variant {spec!r}: expected static:TOKENS:pcaN")
+        return EncoderConfig(max_length=int(length), backend="static", static_pca_dims=int(dtype[3:]))
     return EncoderConfig(max_length=int(length), quantize_int8=dtype == "int8", backend=backend)
 
 
@@ -173,6 +184,11 @@ def main() -> None:
     )
     ap.add_argument("--only-router", action="store_true", help="Skip the encoder variants.")
     ap.add_argument(
+        "--speed-only",
+        action="store_true",
+        help="Time the variants only: no accuracy sample (needs no torch fp32 embedding cache).",
+    )
+    ap.add_argument(
         "--router-variants",
         default="manifest,torch:fp32,onnx:int8",
         help="With --router: 'manifest' (as trained) and/or backend:dtype overrides.",
@@ -180,6 +196,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(1)  # one intra-op thread per process (per replica), for every backend
+    # numpy's BLAS too: the heads' matmuls would otherwise spread over every core (OpenBLAS threads
+    # spin), which cost the static router ~2x its CPU per batched query here
+    threadpool_limits(1)
 
     bench = load_all(args.data_dir)
     f = bench.frame
@@ -189,7 +208,53 @@ def main() -> None:
     lat_prompts = [prompts_all[i] for i in sample[: args.latency_n + 4]]
     thr_prompts = [prompts_all[i] for i in sample[: args.throughput_n]]
 
-    # accuracy: fold 0 of MMLU held out; head trained on the cached fp32/128 embeddings of the rest
+    results = {
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "uname": " ".join(os.uname()),
+        "variants": [],
+    }
+    route_eval = None
+    if not args.speed_only:
+        route_eval, test_prompts, emb_test, base_gain, cut = _accuracy_setup(args, bench, rng, results)
+    for spec in [] if args.only_router else args.variants.split(","):
+        cfg = parse_variant(spec)
+        enc = Encoder(cfg, device="cpu", threads=1, static_cache_dir=args.state_dir / "cache" / "static")
+        row: dict[str, object] = {
+            "variant": spec,
+            "load_avg_1m": os.getloadavg()[0],
+            **latency(enc, lat_prompts, args.latency_n),
+            **throughput(enc, thr_prompts, args.batch),
+        }
+        if cfg.backend == "onnx":
+            enc2 = Encoder(cfg, device="cpu", threads=2)
+            two = _batched(enc2.encode, thr_prompts, args.batch)
+            row["threads2_qps"] = two["batched_qps"]
+            row["threads2_q_per_cpu_s"] = two["batched_q_per_cpu_s"]
+            del enc2
+        if args.parallel > 1:
+            row.update(parallel(cfg, thr_prompts, args.batch, args.parallel))
+        if route_eval is not None and cfg.backend != "static":  # a static space needs its own head
+            e = enc.encode(test_prompts)
+            m, gain = route_eval(e)
+            row.update({f"{k}": v for k, v in m.items()})
+            row["decision_agreement_at_95"] = float(((gain >= cut) == (base_gain >= cut)).mean())
+            row["cosine_to_fp32_128"] = float(np.mean(np.sum(e * emb_test, axis=1)))
+        log.info("%s", row)
+        results["variants"].append(row)
+    if args.router:
+        results["router_path"] = full_path(args.router, lat_prompts, thr_prompts, args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
+    print(json.dumps(results, indent=1))
+
+
+def _accuracy_setup(args: argparse.Namespace, bench, rng, results: dict):  # noqa: ANN001, ANN202
+    """The accuracy sample: fold 0 of MMLU held out; a head trained on the cached fp32/128
+    embeddings of the rest. Returns (route_eval, test prompts, their fp32 vectors, the fp32
+    gains, the 95% operating cut)."""
+    f = bench.frame
+    prompts_all = f["prompt"].tolist()
     base_cfg = EncoderConfig(max_length=128)
     base_enc = Encoder(base_cfg, device="cpu")
     cache = EmbeddingCache(args.state_dir / "cache" / "embeddings", base_enc)
@@ -218,42 +283,9 @@ def main() -> None:
 
     base_metrics, base_gain = route_eval(emb[test])
     cut = np.quantile(base_gain, 1 - base_metrics["share_at_95"])
-    results = {
-        "threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "accuracy_sample": int(len(test)),
-        "reference": {"variant": "128:fp32 (cached)", **base_metrics},
-        "variants": [],
-    }
-    for spec in [] if args.only_router else args.variants.split(","):
-        cfg = parse_variant(spec)
-        enc = Encoder(cfg, device="cpu", threads=1)
-        row: dict[str, object] = {
-            "variant": spec,
-            "load_avg_1m": os.getloadavg()[0],
-            **latency(enc, lat_prompts, args.latency_n),
-            **throughput(enc, thr_prompts, args.batch),
-        }
-        if cfg.backend == "onnx":
-            enc2 = Encoder(cfg, device="cpu", threads=2)
-            two = _batched(enc2.encode, thr_prompts, args.batch)
-            row["threads2_qps"] = two["batched_qps"]
-            row["threads2_q_per_cpu_s"] = two["batched_q_per_cpu_s"]
-            del enc2
-        if args.parallel > 1:
-            row.update(parallel(cfg, thr_prompts, args.batch, args.parallel))
-        e = enc.encode(test_prompts)
-        m, gain = route_eval(e)
-        row.update({f"{k}": v for k, v in m.items()})
-        row["decision_agreement_at_95"] = float(((gain >= cut) == (base_gain >= cut)).mean())
-        row["cosine_to_fp32_128"] = float(np.mean(np.sum(e * emb[test], axis=1)))
-        log.info("%s", row)
-        results["variants"].append(row)
-    if args.router:
-        results["router_path"] = full_path(args.router, lat_prompts, thr_prompts, args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1), encoding="utf-8")
-    print(json.dumps(results, indent=1))
+    results["accuracy_sample"] = int(len(test))
+    results["reference"] = {"variant": "128:fp32 (cached)", **base_metrics}
+    return route_eval, test_prompts, emb[test], base_gain, cut
 
 
 if __name__ == "__main__":

@@ -24,20 +24,21 @@ class LazyEncoder:
     """The encoder, loaded only when a prompt is missing from the embedding cache (loading it costs
     a minute on a busy 2-core machine; the loop's prompts are usually all cached)."""
 
-    def __init__(self, config: EncoderConfig | None = None) -> None:
+    def __init__(self, config: EncoderConfig | None = None, *, static_cache_dir: Path | None = None) -> None:
         self.config = config or EncoderConfig()
+        self.static_cache_dir = static_cache_dir
         self._enc: Encoder | None = None
 
     @property
     def dim(self) -> int:
-        return 384
+        return self.config.dim
 
     def weights_sha256(self) -> str:
         return weights_sha256()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if self._enc is None:
-            self._enc = Encoder(self.config)
+            self._enc = Encoder(self.config, static_cache_dir=self.static_cache_dir)
         return self._enc.encode(texts)
 
 

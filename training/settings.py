@@ -122,8 +122,9 @@ class TrainSettings(BaseSettings):
     )
     encoder_backend: str = Field(
         default="torch",
-        pattern="^(torch|onnx)$",
-        description="Encoder of the first router (no champion yet); later runs reuse the champion's.",
+        pattern="^(torch|onnx|static)$",
+        description="Encoder backend of the first router (torch, onnx or static; no champion yet); "
+        "later runs reuse the champion's.",
     )
     encoder_int8: bool = Field(default=False, description="int8 encoder for the first router.")
     encoder_max_length: int = Field(

@@ -133,7 +133,10 @@ def prepare(
     device: str | None = None,
 ) -> TrainingSet:
     """Embed (through the cache) and tabulate a benchmark for training."""
-    enc = Encoder(encoder or EncoderConfig(), device=device)
+    # a distilled static model is cached beside the embedding cache (<state>/cache/static)
+    enc = Encoder(
+        encoder or EncoderConfig(), device=device, static_cache_dir=Path(cache_dir).parent / "static"
+    )
     cache = EmbeddingCache(cache_dir, enc)
     f = bench.frame
     emb = cache.embed(f["prompt"].tolist(), f["prompt_hash"].tolist())
@@ -539,6 +542,7 @@ def train_router(
     encoder_sha: str | None,
     extra: dict[str, Any] | None = None,
     init: dict[str, np.ndarray] | None = None,
+    static_cache_dir: Path | None = None,
 ) -> tuple[Manifest, dict[str, float]]:
     """Fit calibration on out-of-fold predictions, refit on all rows, save the artefact.
     ``init``: head weights to start from (warm start; mlp, shapes must match the task vocabulary).
@@ -549,8 +553,14 @@ def train_router(
     - a warm start that then trains as long as a cold fit ends up far more confident than the
       cold fold models the calibration was fitted on. In the demo, such challengers lost 4.4
       points of quality on the small MMLU subjects (0.917 vs 0.962 of GPT-4's) where the same
-      data trained cold passed the gate."""
+      data trained cold passed the gate.
+    ``static_cache_dir``: where the static encoder's distilled model is cached (static backend
+    only; it is copied into the artefact; default ``.state/cache/static``)."""
     t0 = time.perf_counter()
+    static_model = None
+    if encoder.backend == "static":
+        # resolved first: the same files the embeddings came from (a cache hit after prepare)
+        static_model = Encoder(encoder, static_cache_dir=static_cache_dir).static_files
     unknown = [m for m in ts.models if m not in catalog.model_ids]
     if unknown:
         raise ValueError(f"models {unknown} are not in the catalog")
@@ -615,6 +625,7 @@ def train_router(
         head_options=opts,
         cascade=cascade,
         training=training,
+        static_model=static_model,
     )
     log.info("trained %s on %d rows in %.1fs", manifest.version, len(ts.frame), elapsed)
     return manifest, metrics

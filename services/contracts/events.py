@@ -118,7 +118,15 @@ class CallEvent(Event):
     requested_model: str
     mode: RoutingMode
     router_version: str | None = None
-    router_fallback: bool = Field(default=False, description="Router failed; catalog default used.")
+    router_fallback: bool = Field(
+        default=False, description="No learned score in time: per-task priors or the catalog default chose."
+    )
+    route_source: str | None = Field(
+        default=None,
+        description="Where a routed request's model came from: router, cheap (the in-ingress cheap "
+        "router), prior (the task's learned decision mix) or default (the catalog default); None for "
+        "pass-through.",
+    )
     scores: dict[str, Probability] = Field(default_factory=dict)
     quality_target: Probability | None = None
     threshold: float | None = None

@@ -250,6 +250,7 @@ def create_app(gw: Gateway) -> FastAPI:
             "ready": True,
             "status": "ok",
             "router": router,
+            "routing": gw.service.chain.status(),
             "emitter": {
                 "connected": emitter.connected if emitter else None,
                 "queue_depth": emitter.queue_depth if emitter else 0,
@@ -267,7 +268,10 @@ def create_app(gw: Gateway) -> FastAPI:
             if starting:
                 return JSONResponse({**NotReady("router not loaded yet").body(), **body, "ready": False}, 503)
             body["status"] = "degraded"
-            body["reason"] = f"no router: requests are served by the catalog default {default}"
+            body["reason"] = (
+                "no router: requests are served by the cheap router when held here, else each task's "
+                f"learned prior, else the catalog default {default}"
+            )
         return JSONResponse(body)
 
     @app.get("/metrics")

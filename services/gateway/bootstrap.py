@@ -14,6 +14,7 @@ from services.providers.pool import ProviderPool, RetryPolicy
 
 from .app import Gateway
 from .auth import KeyStore, RateLimiter
+from .degrade import LocalRouter, RouteChain, TaskPriors
 from .emitter import EmitterConfig, EventEmitter
 from .explore import ExploreConfig, Explorer
 from .metrics import GatewayMetrics
@@ -71,6 +72,8 @@ def build_gateway(
     answer_score: AnswerScoreFn | None = None,
     pool: ProviderPool | None = None,
     emitter: EventEmitter | None = None,
+    local_router: LocalRouter | None = None,
+    local_is_primary: bool = False,
 ) -> Gateway:
     """Wire the gateway from settings; unset collaborators are the real ones."""
     catalog = catalog or load_catalog(settings.catalog_path)
@@ -93,6 +96,7 @@ def build_gateway(
         ),
         on_breaker_change=metrics.set_breaker,
         max_models=settings.max_models_per_request,
+        max_connections=settings.upstream_max_connections,
         wire=settings.providers_transport,
     )
     if emitter is None and settings.events_enabled:
@@ -124,6 +128,14 @@ def build_gateway(
         cascade_accept=settings.cascade_accept,
         hard_query_margin=settings.hard_query_margin,
         explorer=explorer,
+        chain=RouteChain(
+            catalog,
+            route_fn,
+            timeout_s=settings.router_timeout_s,
+            priors=TaskPriors(half_life=settings.prior_half_life, min_decisions=settings.prior_min_decisions),
+            local=local_router,
+            local_is_primary=local_is_primary and local_router is not None,
+        ),
     )
     hashes = settings.key_hashes()
     if not hashes:

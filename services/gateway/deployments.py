@@ -29,7 +29,8 @@ from services.router.settings import RouterSettings
 
 from .app import create_app
 from .bootstrap import build_gateway
-from .routing import RouterConfig, RouteRequest, RouteResult, RouterRuntime, default_loader
+from .degrade import LocalRouter, is_cheap_artefact
+from .routing import RouterConfig, RouteRequest, RouteResult, RouterLoadFailed, RouterRuntime, default_loader
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -186,7 +187,13 @@ class RouterDeployment:
 class ChatIngress:
     """The OpenAI-compatible HTTP front door (FastAPI), reaching the router through a handle."""
 
-    def __init__(self, router: DeploymentHandle, settings: GatewaySettings, kafka: KafkaSettings):
+    def __init__(
+        self,
+        router: DeploymentHandle,
+        settings: GatewaySettings,
+        kafka: KafkaSettings,
+        router_settings: RouterSettings | None = None,
+    ):
         _quiet_logs()
         self._router = router
 
@@ -195,6 +202,16 @@ class ChatIngress:
         async def route_fn(req: RouteRequest) -> RouteResult:
             return await router.route.remote(req, budget_s)
 
+        self._settings = settings
+        options = (router_settings or RouterSettings()).encoder_options(
+            settings.router_threads, settings.state_dir
+        )
+        self._loader = functools.partial(_load_only, **options)
+        catalog = load_catalog(settings.catalog_path)
+        self._local = LocalRouter(catalog, self._loader)
+        if settings.cheap_router_ref and not self._local.swap(settings.cheap_router_ref):
+            log.error("the cheap router %s cannot be held in the ingress", settings.cheap_router_ref)
+
         async def router_status() -> dict[str, Any]:
             return await router.status.remote()
 
@@ -202,8 +219,37 @@ class ChatIngress:
             return await router.answer_score.remote(question, answer, model)
 
         self.gateway = build_gateway(
-            settings, route_fn, router_status, kafka=kafka, answer_score=answer_score
+            settings,
+            route_fn,
+            router_status,
+            kafka=kafka,
+            answer_score=answer_score,
+            local_router=self._local,
         )
+        self._swap_lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The serving router's ref (the same ``user_config`` as the router deployment's): held
+        and scored here when placement puts it in the ingress (a static router), else the
+        deployment scores and the ingress keeps its cheap router (if any) for degradation."""
+        cfg = RouterConfig.model_validate(user_config)
+        async with self._swap_lock:
+            await asyncio.to_thread(self._place, cfg.router_ref)
+
+    def _place(self, ref: str) -> None:
+        s, chain = self._settings, self.gateway.service.chain
+        placement = s.router_placement
+        if placement == "auto":
+            cheap = s.router_num_gpus == 0 and is_cheap_artefact(ref, self._loader)
+            placement = "ingress" if cheap else "deployment"
+        if placement == "ingress" and self._local.swap(ref):
+            chain.local_is_primary = True
+            log.info("ingress scores with the cheap router %s itself", self._local.version)
+            return
+        # a transformer champion: the deployment scores; a cheap router held here (the configured
+        # one, or the last static champion) stays as the degradation stage
+        chain.local_is_primary = False
+        log.info("ingress asks the router deployment (%s); cheap stage: %s", ref, self._local.version)
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
         return create_app(self.gateway)
@@ -268,6 +314,17 @@ class GatewayArgs(BaseModel):
         )
 
 
+def _load_only(ref: str, **encoder_options: Any) -> Any:
+    """An artefact for the ingress: loaded and verified, its encoder not built yet (a static one
+    is built on first use; a transformer one never is here)."""
+    from services.router import artifact
+
+    try:
+        return artifact.load_router(ref, **encoder_options)
+    except Exception as exc:  # noqa: BLE001
+        raise RouterLoadFailed(f"cannot load router {ref!r}: {type(exc).__name__}: {exc}") from exc
+
+
 def _code_version(settings: GatewaySettings, kafka: KafkaSettings, router: RouterSettings) -> str:
     """A hash of this package's gateway code and of everything bound into the deployments."""
     h = hashlib.sha256()
@@ -309,8 +366,9 @@ def build_app(args: GatewayArgs) -> Application:
     return ChatIngress.options(
         version=version,
         _internal=True,
+        user_config=RouterConfig(router_ref=settings.router_ref).model_dump(),
         num_replicas=settings.ingress_replicas,
         logging_config=logging_config,
         max_ongoing_requests=settings.ingress_max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.ingress_num_cpus},
-    ).bind(router, shared, kafka)
+    ).bind(router, shared, kafka, router_settings)

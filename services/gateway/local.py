@@ -36,6 +36,11 @@ SERVE_ENV_DEFAULTS = {
     "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
     "RAY_SERVE_USE_GRPC_BY_DEFAULT": "1",
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    # Ray starts every worker process (the ingress and router replicas, Serve's controller and
+    # proxy) at nice 15 (`worker_niceness`) so that its raylet and GCS win the CPU; on a machine
+    # shared with other work every nice-0 process then takes the cores first (a weight of 1024
+    # against 36 in Linux's scheduler) and the gateway's own request path queues behind them.
+    "RAY_worker_niceness": "0",
 }
 
 
@@ -47,6 +52,10 @@ def serve_env(log_to_driver: bool = False, direct_ingress_port: int | None = Non
         env["RAY_SERVE_LOG_TO_STDERR"] = "0"  # replica logs still go to their files
     if direct_ingress_port:
         env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
+        # A direct-ingress replica keeps serving for this long after it is told to stop, so that
+        # a load balancer in front can deregister it (Serve's default 30 s). Locally there is none,
+        # and the wait outlasted serve.shutdown()'s 30 s ("Controller failed to shut down").
+        env["RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"] = "1"
         env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] = str(direct_ingress_port)
         env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(direct_ingress_port + 1)
     return {k: os.environ.get(k, v) for k, v in env.items()}

@@ -55,8 +55,10 @@ class GatewayMetrics:
         )
         self.routes = Counter(
             "switchyard_routes",
-            "Chosen model per request (route shares).",
-            ["model", "tier", "task", "mode"],
+            "Chosen model per request (route shares); source: router, cheap (the in-ingress cheap "
+            "router), prior (the task's learned decision mix), default (the catalog default), "
+            "passthrough (a concrete model was asked for).",
+            ["model", "tier", "task", "mode", "source"],
             registry=r,
         )
         self.fallbacks = Counter(
@@ -68,7 +70,9 @@ class GatewayMetrics:
         self.escalations = Counter("switchyard_escalations", "Cascade escalations.", ["task"], registry=r)
         self.router_fallbacks = Counter(
             "switchyard_router_fallbacks",
-            "Requests served with the default model because the router failed.",
+            "Routed requests whose better routing source failed or was late, by the source that "
+            "answered instead (cheap, prior, default): degraded decisions.",
+            ["source"],
             registry=r,
         )
         self.breaker_state = Gauge(

@@ -32,6 +32,7 @@ from services.request_context import bound
 from services.router.policy import cascade_ladder
 
 from .auth import Caller
+from .degrade import RouteChain, RouteSource
 from .emitter import EventEmitter
 from .explore import Explorer, Ticket
 from .metrics import GatewayMetrics
@@ -61,7 +62,8 @@ class CallContext:
     started: float = field(default_factory=time.perf_counter)
     route: RouteResult | None = None
     router_ms: float = 0.0
-    router_fallback: bool = False
+    router_fallback: bool = False  # no learned score in time: priors or the catalog default chose
+    route_source: RouteSource | None = None  # None: pass-through
     attempts: list[Attempt] = field(default_factory=list)
     escalated: bool = False
     model: str | None = None
@@ -74,7 +76,11 @@ class CallContext:
 
     @property
     def route_label(self) -> str:
-        return "default" if self.router_fallback else self.mode.value
+        return self.mode.value
+
+    @property
+    def source_label(self) -> str:
+        return self.route_source.value if self.route_source is not None else "passthrough"
 
     def server_timing(self) -> str:
         """W3C ``Server-Timing``: router, upstream (every attempt) and total ms inside the gateway,
@@ -84,7 +90,11 @@ class CallContext:
         return f"router;dur={self.router_ms:.2f}, upstream;dur={upstream:.2f}, total;dur={total:.2f}"
 
     def headers(self) -> dict[str, str]:
-        h = {"x-switchyard-request-id": self.request_id, "x-switchyard-route": self.route_label}
+        h = {
+            "x-switchyard-request-id": self.request_id,
+            "x-switchyard-route": self.route_label,
+            "x-switchyard-route-source": self.source_label,
+        }
         if self.model:
             h["x-switchyard-model"] = self.model
         if self.route:
@@ -125,10 +135,11 @@ class ChatService:
         cascade_accept: float = 0.5,
         hard_query_margin: float = 0.1,
         explorer: Explorer | None = None,
+        chain: RouteChain | None = None,
     ):
         self.catalog = catalog
         self.pool = pool
-        self.route_fn = route_fn
+        self.chain = chain or RouteChain(catalog, route_fn, timeout_s=router_timeout_s)
         self.emitter = emitter
         self.metrics = metrics
         self.scorer = scorer
@@ -138,7 +149,15 @@ class ChatService:
         self.hard_query_margin = hard_query_margin
         self.explorer = explorer if explorer is not None and explorer.active else None
         self._shadows: set[asyncio.Task[None]] = set()
-        self._router_warned_at = -1e9
+
+    @property
+    def route_fn(self) -> RouteFn:
+        """The router deployment's route call (the chain's first remote source)."""
+        return self.chain.remote
+
+    @route_fn.setter
+    def route_fn(self, fn: RouteFn) -> None:
+        self.chain.remote = fn
 
     # -- entry points -----------------------------------------------------------------------------
 
@@ -253,29 +272,15 @@ class ChatService:
         )
         t0 = time.perf_counter()
         try:
-            async with asyncio.timeout(self.router_timeout_s):
-                ctx.route = await self.route_fn(rr)
-            ctx.model = ctx.route.model
-        except Exception as exc:  # noqa: BLE001 - a router failure is not a request failure
-            ctx.router_fallback, ctx.model, ctx.route = True, self.catalog.default_model, None
-            self.metrics.router_fallbacks.inc()
-            # one warning a second at most: an overloaded router fails many requests a second
-            now = time.monotonic()
-            loud = now - self._router_warned_at >= 1.0
-            if loud:
-                self._router_warned_at = now
-            log.log(
-                logging.WARNING if loud else logging.DEBUG,
-                "request %s: router failed (%s: %s); using default %s",
-                ctx.request_id,
-                type(exc).__name__,
-                exc,
-                ctx.model,
-            )
+            routed = await self.chain.route(rr)
         finally:
             elapsed = time.perf_counter() - t0
             ctx.router_ms = elapsed * 1000
             self.metrics.router_latency.observe(elapsed)
+        ctx.model, ctx.route, ctx.route_source = routed.model, routed.route, routed.source
+        ctx.router_fallback = routed.route is None
+        if routed.why:
+            self.metrics.router_fallbacks.labels(source=routed.source.value).inc()
 
     async def _prepare(self, ctx: CallContext) -> dict[str, Any]:
         await self._route(ctx)
@@ -536,6 +541,7 @@ class ChatService:
             mode=ctx.mode,
             router_version=ctx.route.router_version if ctx.route else None,
             router_fallback=ctx.router_fallback,
+            route_source=ctx.route_source.value if ctx.route_source is not None else None,
             scores=ctx.route.scores if ctx.route else {},
             quality_target=ctx.quality_target,
             threshold=ctx.route.threshold if ctx.route else None,
@@ -581,7 +587,9 @@ class ChatService:
                 m.upstream_latency.labels(model=a.model).observe(a.latency_ms / 1000)
         if ctx.model and not error:
             tier = self.catalog.model(ctx.model).tier
-            m.routes.labels(model=ctx.model, tier=tier, task=ctx.task, mode=ctx.mode.value).inc()
+            m.routes.labels(
+                model=ctx.model, tier=tier, task=ctx.task, mode=ctx.mode.value, source=ctx.source_label
+            ).inc()
             m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="prompt").inc(ctx.prompt_tokens)
             m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="completion").inc(
                 ctx.completion_tokens

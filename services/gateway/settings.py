@@ -65,11 +65,47 @@ class GatewaySettings(BaseSettings):
         description="Intra-op threads of the router's encoder (torch / ONNX Runtime); 0 = Ray's "
         "default for the replica (its whole CPUs, at least 1). More than 1 only pays on idle cores.",
     )
-    router_timeout_s: float = Field(default=2.0, gt=0, description="Past this the catalog default is used.")
+    router_timeout_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="Budget of the router deployment's answer; past it (or when its queue cannot meet "
+        "it) the request degrades to the cheap router, then the task's prior, then the catalog default.",
+    )
+    router_placement: Literal["auto", "ingress", "deployment"] = Field(
+        default="auto",
+        description="Where the serving router scores: ingress (in each ingress process, no Ray hop; "
+        "only a cheap static-encoder router), deployment (the router replicas), or auto (ingress when "
+        "the artefact is a static router and the router has no GPU, else deployment).",
+    )
+    cheap_router_ref: str | None = Field(
+        default=None,
+        description="A static-encoder router held in every ingress replica as the degradation stage "
+        "when the serving router runs in the deployment (e.g. the transformer on GPU). Unset: none.",
+    )
+    prior_half_life: int = Field(
+        default=500,
+        ge=1,
+        description="Decisions of a task after which an older one weighs half in its learned prior.",
+    )
+    prior_min_decisions: int = Field(
+        default=20,
+        ge=1,
+        description="Learned decisions a task needs before its prior answers when no router does "
+        "(else the mix of all tasks, else the catalog default).",
+    )
     ingress_replicas: int = Field(default=1, ge=1, description="HTTP ingress replicas.")
     ingress_num_cpus: float = Field(default=0.5, ge=0, description="Ray CPUs reserved per ingress replica.")
     ingress_max_ongoing_requests: int = Field(
-        default=256, ge=1, description="Requests one ingress replica serves at once."
+        default=1024,
+        ge=1,
+        description="Requests one ingress replica serves at once (Serve queues the rest before the "
+        "app). At rate r and upstream latency L about r × L are in flight: 300/s at 1.5 s is 450.",
+    )
+    upstream_max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="Open connections per upstream provider and ingress replica; calls past it wait "
+        "for one. Keep it at least INGRESS_MAX_ONGOING_REQUESTS.",
     )
     direct_ingress: bool = Field(
         default=False,

@@ -9,6 +9,10 @@ Layout of an artefact directory::
     cascade.safetensors  optional: the cascade answer scorer
     encoder.safetensors  optional: fine-tuned encoder layers (kind ``finetune``), loaded over the
                          base encoder's weights
+    static-vectors.safetensors, static-tokenizer.json
+                         the distilled static model, when the encoder backend is ``static``
+                         (:mod:`services.router.static_backend`): serving needs no torch and
+                         never distils
 
 ``load_router(ref)`` accepts a local directory or an MLflow URI (``models:/name@alias``,
 ``models:/name/3``, ``runs:/<run>/router``). Anything wrong — a bad ref, a missing file, a
@@ -41,6 +45,9 @@ from .cascade import CascadeScorer
 from .encoder import EncoderConfig, file_sha256
 from .heads import Head, features, make_head
 from .policy import RoutingPolicy
+from .static_backend import TOKENIZER_FILE as STATIC_TOKENIZER_FILE
+from .static_backend import VECTORS_FILE as STATIC_VECTORS_FILE
+from .static_backend import StaticFiles
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +127,16 @@ def save_router(
     cascade: tuple[CascadeSpec, dict[str, np.ndarray]] | None = None,
     training: dict[str, Any] | None = None,
     encoder_weights: dict[str, np.ndarray] | None = None,
+    static_model: StaticFiles | None = None,
 ) -> Manifest:
     """Write an artefact directory; returns its manifest (the version hashes the contents).
-    ``encoder_weights``: fine-tuned encoder tensors under the base model's parameter names."""
+    ``encoder_weights``: fine-tuned encoder tensors under the base model's parameter names.
+    ``static_model``: the distilled model's files, required (and only allowed) when the
+    encoder backend is ``static``; they are copied in."""
+    import shutil
+
+    if (encoder.backend == "static") != (static_model is not None):
+        raise ValueError("a static-encoder router needs its static model files (and only it may have them)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_head(kind, head_params, head_options)  # fails early on an unknown kind or missing weights
@@ -135,6 +149,10 @@ def save_router(
     if encoder_weights:
         _save_arrays(out / ENCODER_WEIGHTS_FILE, encoder_weights)
         files.append(ENCODER_WEIGHTS_FILE)
+    if static_model is not None:
+        shutil.copyfile(static_model.vectors, out / STATIC_VECTORS_FILE)
+        shutil.copyfile(static_model.tokenizer, out / STATIC_TOKENIZER_FILE)
+        files += [STATIC_VECTORS_FILE, STATIC_TOKENIZER_FILE]
     sums = {f: file_sha256(out / f) for f in files}
     manifest = Manifest(
         version=content_version(kind, models, sums),
@@ -182,18 +200,32 @@ class LoadedRouter:
         self.head = head
         self.calibration = calibration
         self.cascade = cascade
-        self.encoder_config = EncoderConfig(**manifest.encoder)
-        if quantize_int8 is not None:
-            self.encoder_config = replace(self.encoder_config, quantize_int8=quantize_int8)
-        if backend is not None:
-            try:
+        self.encoder_config = encoder_config(manifest, path)
+        trained = self.encoder_config.backend
+        if backend == "static" and trained != "static":
+            raise RouterLoadError(
+                f"router {manifest.version} was trained on {trained} embeddings; the static encoder "
+                "produces a different embedding space (a static router is its own artefact)"
+            )
+        if trained == "static":
+            # serving overrides are meant for transformer routers: a lookup table has no torch/onnx
+            # or int8 variant, and its heads only fit its own vectors
+            if backend not in (None, "static") or quantize_int8:
+                log.info("router %s: static encoder, encoder overrides ignored", manifest.version)
+            backend, quantize_int8 = None, None
+        try:
+            if quantize_int8 is not None:
+                self.encoder_config = replace(self.encoder_config, quantize_int8=quantize_int8)
+            if backend is not None:
                 self.encoder_config = replace(self.encoder_config, backend=backend)
-            except ValueError as exc:
-                raise RouterLoadError(str(exc)) from exc
+        except ValueError as exc:
+            raise RouterLoadError(str(exc)) from exc
         self._device = device
         self._threads = threads
         self._onnx_cache_dir = onnx_cache_dir
         self.encoder_weights: Path | None = None  # fine-tuned encoder tensors (set by load_local)
+        self.static_files: StaticFiles | None = None  # the distilled model (set by load_local)
+        self._static_encoder = None  # the static encoder, verified by load_local
         self._encoder = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
@@ -214,6 +246,8 @@ class LoadedRouter:
 
     @property
     def encoder(self):  # noqa: ANN201 - lazy, avoids importing torch for artefact checks
+        if self._encoder is None and self._static_encoder is not None:
+            self._encoder = self._static_encoder
         if self._encoder is None:
             from .encoder import Encoder, EncoderError
 
@@ -264,6 +298,17 @@ class LoadedRouter:
                 out.append(v)
         return np.stack(out)
 
+    def score_batch(self, prompts: Sequence[str], tasks: Sequence[str | None] | None = None) -> np.ndarray:
+        """Calibrated ``P(acceptable)`` as a float array (len(prompts), len(self.models)), columns in
+        ``self.models`` order; ``tasks`` default to None (the cold-start calibration). No input
+        checks beyond :meth:`scores`' and no per-row dicts: the fast path for a first stage."""
+        if len(prompts) == 0:
+            return np.zeros((0, len(self.models)), dtype=np.float64)
+        tasks = list(tasks) if tasks is not None else [None] * len(prompts)
+        if len(tasks) != len(prompts):
+            raise ValueError("tasks and prompts differ in length")
+        return self.scores_from_embeddings(self.embed(list(prompts)), tasks)
+
     def scores_from_embeddings(self, embeddings: np.ndarray, tasks: Sequence[str | None]) -> np.ndarray:
         """Calibrated probabilities (n, n_models) from precomputed embeddings."""
         x = features(embeddings, tasks, self.manifest.task_vocab)
@@ -306,6 +351,14 @@ def content_version(kind: str, models: Sequence[str], sums: dict[str, str]) -> s
     the same id always means the same content."""
     digest = hashlib.sha256(json.dumps([kind, list(models), sums], sort_keys=True).encode()).hexdigest()
     return f"{kind}-{digest[:12]}"
+
+
+def encoder_config(manifest: Manifest, path: Path | str = "") -> EncoderConfig:
+    """The manifest's encoder config; :class:`RouterLoadError` when it is not a valid one."""
+    try:
+        return EncoderConfig(**manifest.encoder)
+    except (TypeError, ValueError) as exc:
+        raise RouterLoadError(f"router artefact {path}: invalid encoder {manifest.encoder}: {exc}") from exc
 
 
 def _verify(path: Path) -> Manifest:
@@ -361,10 +414,11 @@ def load_local(
     :func:`load_router`."""
     path = Path(path)
     manifest = _verify(path)
+    enc_cfg = encoder_config(manifest, path)
     arrays = _load_arrays(path / HEAD_FILE)
     try:
         head = make_head(manifest.kind, arrays, manifest.head_options)
-        head.check(384 + len(manifest.task_vocab), len(manifest.models))
+        head.check(enc_cfg.dim + len(manifest.task_vocab), len(manifest.models))
     except ValueError as exc:
         raise RouterLoadError(f"router artefact {path}: {exc}") from exc
     try:
@@ -407,7 +461,27 @@ def load_local(
         if not tensors or bad:
             raise RouterLoadError(f"router artefact {path}: {name} holds no encoder tensors ({bad[:3]})")
         router.encoder_weights = path / name
+    if enc_cfg.backend == "static":
+        _attach_static(router, path, enc_cfg)
     return router
+
+
+def _attach_static(router: LoadedRouter, path: Path, cfg: EncoderConfig) -> None:
+    """Load and check a static-encoder artefact's distilled model now (it is cheap), so a bad
+    one fails the load instead of the first request."""
+    from .encoder import Encoder, EncoderError
+
+    missing = [n for n in (STATIC_VECTORS_FILE, STATIC_TOKENIZER_FILE) if n not in router.manifest.files]
+    if missing:
+        raise RouterLoadError(
+            f"router artefact {path} uses the static encoder but its manifest lists no {', '.join(missing)}"
+        )
+    files = StaticFiles(path / STATIC_VECTORS_FILE, path / STATIC_TOKENIZER_FILE)
+    try:
+        router._static_encoder = Encoder(cfg, static_files=files)
+    except EncoderError as exc:
+        raise RouterLoadError(f"router artefact {path}: static encoder: {exc}") from exc
+    router.static_files = files
 
 
 def _download(ref: str, tracking_uri: str | None) -> Path:

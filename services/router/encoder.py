@@ -5,9 +5,11 @@ their tail (``head_tokens`` + the rest from the end): few-shot prompts put the r
 and the tail keeps an MMLU question's choices. Runs on CUDA when present, else CPU; optional int8
 dynamic quantisation of the linear layers for CPU serving.
 
-Two backends (``EncoderConfig.backend``): ``torch`` (default) and ``onnx`` — ONNX Runtime on CPU
+Three backends (``EncoderConfig.backend``): ``torch`` (default), ``onnx`` — ONNX Runtime on CPU
 (see :mod:`services.router.onnx_backend`; the exported / int8-quantised model is cached under the
-state dir). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
+state dir) — and ``static``: MiniLM distilled by model2vec into a token-vector table, a different
+(cheaper, coarser) embedding space with its own heads (:mod:`services.router.static_backend`;
+no torch at serving). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
 torch fp32). ``Encoder(threads=...)`` sets ONNX Runtime's intra-op threads (default 1: one
 thread per replica, see docs/router.md, "Scoring speed"; the gateway passes
 ``SWITCHYARD_GATEWAY_ROUTER_THREADS``).
@@ -22,14 +24,19 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .static_backend import StaticEncoder, StaticFiles
 
 log = logging.getLogger(__name__)
 
 ENCODER_NAME = "all-MiniLM-L6-v2"
 EMBED_DIM = 384
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "static")
+STATIC_FIELDS = ("static_pca_dims", "static_sif")
 
 
 class EncoderError(RuntimeError):
@@ -45,10 +52,27 @@ class EncoderConfig:
     head_tokens: int = 32
     quantize_int8: bool = False
     backend: str = "torch"
+    # static backend only: PCA dimensions of the distilled table (0: keep 384) and SIF coefficient
+    static_pca_dims: int = 256
+    static_sif: float = 1e-4
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ValueError(f"unknown encoder backend {self.backend!r} (known: {', '.join(BACKENDS)})")
+        if self.backend == "static":
+            if self.quantize_int8:
+                raise ValueError("int8 quantisation does not apply to the static encoder backend")
+            if not 0 <= self.static_pca_dims <= EMBED_DIM:
+                raise ValueError(f"static_pca_dims must be 0..{EMBED_DIM} (0: no PCA)")
+            if not 0 <= self.static_sif < 1:
+                raise ValueError("static_sif must be in [0, 1) (0: no SIF weighting)")
+
+    @property
+    def dim(self) -> int:
+        """Dimension of the vectors this config produces."""
+        if self.backend == "static" and self.static_pca_dims:
+            return self.static_pca_dims
+        return EMBED_DIM
 
     def key(self, weights_sha256: str) -> str:
         """A content key for embedding caches: the config without serving-only knobs + weights.
@@ -58,10 +82,20 @@ class EncoderConfig:
         raw = f"{self.name}|{self.max_length}|{self.head_tokens}|{self.quantize_int8}|{weights_sha256}"
         if self.backend != "torch":
             raw += f"|{self.backend}"
+        if self.backend == "static":
+            from .static_backend import DISTILL_VERSION
+
+            raw += f"|pca={self.static_pca_dims}|sif={self.static_sif!r}|{DISTILL_VERSION}"
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The manifest's ``encoder``; the static-only fields appear only for that backend, so
+        torch and onnx manifests are what they were."""
+        d = asdict(self)
+        if self.backend != "static":
+            for k in STATIC_FIELDS:
+                d.pop(k)
+        return d
 
 
 def encoder_dir() -> Path:
@@ -119,7 +153,7 @@ def padded_batches(
 
 
 class Encoder:
-    """Turns prompts into L2-normalised 384-d vectors."""
+    """Turns prompts into L2-normalised vectors (384-d; the static backend: ``config.dim``)."""
 
     def __init__(
         self,
@@ -131,15 +165,24 @@ class Encoder:
         threads: int | None = None,
         onnx_cache_dir: Path | None = None,
         weights_override: Path | None = None,
+        static_files: StaticFiles | None = None,
+        static_cache_dir: Path | None = None,
     ) -> None:
         """``weights_override``: a safetensors file of fine-tuned tensors (base-model parameter
-        names, e.g. ``encoder.layer.5.…``) loaded over the base weights; every key must exist."""
+        names, e.g. ``encoder.layer.5.…``) loaded over the base weights; every key must exist.
+        ``static_files`` (static backend): the distilled model to use (a router artefact's);
+        without them it comes from ``static_cache_dir`` (default ``.state/cache/static``),
+        distilled there once when missing. The static backend never imports torch."""
+        self.config = config or EncoderConfig()
+        self.static: StaticEncoder | None = None
+        if self.config.backend == "static":
+            self._init_static(model_dir, static_files, static_cache_dir, weights_override)
+            return
         import torch
         from transformers import AutoModel, AutoTokenizer
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        self.config = config or EncoderConfig()
         self.model_dir = Path(model_dir) if model_dir else encoder_dir()
         self.device = pick_device(device)
         if self.config.quantize_int8 and self.device != "cpu":
@@ -183,6 +226,36 @@ class Encoder:
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.model = model.to(self.device)
         self._torch = torch
+
+    def _init_static(
+        self,
+        model_dir: Path | None,
+        files: StaticFiles | None,
+        cache_dir: Path | None,
+        weights_override: Path | None,
+    ) -> None:
+        from .static_backend import StaticEncoder, StaticModelError, ensure_static_files
+
+        if weights_override is not None:
+            raise EncoderError("fine-tuned encoder weights cannot be distilled into the static backend")
+        self.backend = "static"
+        self.device = "cpu"
+        self.session = None
+        self.model = None
+        self.weights_override = None
+        self.override_sha256 = None
+        self._model_dir = Path(model_dir) if model_dir else None
+        try:
+            if files is None:
+                files = ensure_static_files(
+                    self.config,
+                    weights_sha256=self.weights_sha256(),
+                    model_dir=self.model_dir,
+                    cache_dir=cache_dir,
+                )
+            self.static = StaticEncoder(self.config, files)
+        except StaticModelError as exc:
+            raise EncoderError(str(exc)) from exc
 
     def _apply_override(self, model) -> None:  # noqa: ANN001 - a transformers model
         """Load the fine-tuned tensors over the base weights (strict on names and shapes)."""
@@ -229,7 +302,24 @@ class Encoder:
 
     @property
     def dim(self) -> int:
-        return EMBED_DIM
+        return self.config.dim
+
+    @property
+    def model_dir(self) -> Path:
+        """The base encoder's files (looked up lazily for the static backend, whose serving
+        needs only the artefact's distilled model)."""
+        if self._model_dir is None:
+            self._model_dir = encoder_dir()
+        return self._model_dir
+
+    @model_dir.setter
+    def model_dir(self, value: Path) -> None:
+        self._model_dir = value
+
+    @property
+    def static_files(self) -> StaticFiles | None:
+        """The distilled model's files (static backend), else None."""
+        return self.static.files if self.static is not None else None
 
     def weights_sha256(self) -> str:
         """Checksum of the base encoder weights (ties caches and artefacts to them)."""
@@ -247,10 +337,12 @@ class Encoder:
         return out
 
     def encode(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
-        """Embed ``texts`` → float32 array (n, 384), rows L2-normalised."""
-        torch = self._torch
+        """Embed ``texts`` → float32 array (n, dim), rows L2-normalised."""
         if len(texts) == 0:
-            return np.zeros((0, EMBED_DIM), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32)
+        if self.static is not None:
+            return self.static.encode(texts)
+        torch = self._torch
         bs = batch_size or self.batch_size
         ids = self._ids(texts)
         if self.session is not None:

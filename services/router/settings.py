@@ -22,8 +22,10 @@ class RouterSettings(BaseSettings):
     )
     backend: str | None = Field(
         default=None,
-        pattern="^(torch|onnx)$",
-        description="Override the artefact's encoder backend (torch or onnx). Default: its manifest's.",
+        pattern="^(torch|onnx|static)$",
+        description="Override the artefact's encoder backend (torch or onnx). Default: its manifest's. "
+        "A static-encoder router ignores the overrides (its heads fit only its own vectors); `static` "
+        "on a transformer router is refused at load (another embedding space).",
     )
     onnx_cache_dir: Path | None = Field(
         default=None,

@@ -134,6 +134,7 @@ def test_openai_client_non_stream_routes_and_reports_cost(client, gsm8k) -> None
     assert resp.choices[0].message.content
     assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
     assert raw.headers["x-switchyard-route"] == "route"
+    assert raw.headers["x-switchyard-route-source"] == "router"
     assert float(raw.headers["x-switchyard-cost-usd"]) > 0
     assert raw.headers["x-switchyard-router-version"].startswith("mlp-")
     # without a mode, gsm8k takes its catalog default: a cascade from the cheapest candidate
@@ -347,8 +348,8 @@ def test_hot_swap_under_load_drops_nothing(gateway, client, routers) -> None:
                 raw = c.chat.completions.with_raw_response.create(
                     model="switchyard/auto", messages=[{"role": "user", "content": "What is 12 + 30?"}]
                 )
-                if raw.headers["x-switchyard-route"] != "route":
-                    errors.append(f"served without the router: {raw.headers['x-switchyard-route']}")
+                if raw.headers["x-switchyard-route-source"] != "router":
+                    errors.append(f"served without the router: {raw.headers['x-switchyard-route-source']}")
                 results.append(raw.headers.get("x-switchyard-router-version"))
             except Exception as exc:  # noqa: BLE001 - every failure is counted
                 errors.append(repr(exc))

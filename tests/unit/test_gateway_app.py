@@ -108,9 +108,31 @@ async def test_router_failure_uses_catalog_default_and_flags_the_event(stack) ->
     router.broken = True
     r = await client.post("/v1/chat/completions", json=body())
     assert r.status_code == 200 and r.json()["model"] == CATALOG.default_model
-    assert r.headers["x-switchyard-route"] == "default"
+    assert r.headers["x-switchyard-route"] == "route" and r.headers["x-switchyard-route-source"] == "default"
     [ev] = await events(gw, broker)
-    assert ev["router_fallback"] is True
+    assert ev["router_fallback"] is True and ev["route_source"] == "default"
+    metrics = (await client.get("/metrics")).text
+    assert 'switchyard_router_fallbacks_total{source="default"} 1.0' in metrics
+    assert 'source="default",task="default",tier="budget"' in metrics  # routes_total tells it apart
+
+
+async def test_router_failure_after_learned_decisions_draws_from_the_task_prior(stack) -> None:
+    # the router chose the weak model for this task; when it fails the task keeps that mix: the
+    # request does not go to the catalog default, let alone to the strongest model
+    client, upstream, router, broker, gw = stack
+    gw.service.chain.priors.min_decisions = 3
+    for _ in range(3):
+        r = await client.post("/v1/chat/completions", json=body(), headers={"x-switchyard-task": "t"})
+        assert r.headers["x-switchyard-route-source"] == "router" and r.json()["model"] == WEAK
+    router.broken = True
+    r = await client.post("/v1/chat/completions", json=body(), headers={"x-switchyard-task": "t"})
+    assert r.status_code == 200 and r.json()["model"] == WEAK
+    assert r.headers["x-switchyard-route-source"] == "prior"
+    evs = await events(gw, broker)
+    assert [e["route_source"] for e in evs] == ["router", "router", "router", "prior"]
+    assert evs[-1]["router_fallback"] is True and evs[0]["router_fallback"] is False
+    metrics = (await client.get("/metrics")).text
+    assert 'switchyard_router_fallbacks_total{source="prior"} 1.0' in metrics
 
 
 async def test_all_upstreams_down_is_502_naming_the_upstream(stack) -> None:
@@ -307,7 +329,7 @@ async def test_readiness_is_degraded_not_unready_while_requests_are_served(stack
     status["failed_swaps"] = 1  # the router could not be loaded: the default model answers
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["status"] == "degraded"
-    assert STRONG in r.json()["reason"]
+    assert CATALOG.default_model in r.json()["reason"] and "prior" in r.json()["reason"]
     status.update(loaded=True, restored="mlp-abc", last_error="RouterLoadFailed: corrupt")
     r = await client.get("/readyz")
     assert r.status_code == 200 and r.json()["status"] == "degraded" and "mlp-abc" in r.json()["reason"]

@@ -24,7 +24,13 @@ def kinds_cmd(
     rules: str = typer.Option("gap,absolute,need", help="Routing rules to evaluate."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens)."),
     int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
-    backend: str = typer.Option("torch", help="Encoder backend: torch or onnx (ONNX Runtime, CPU)."),
+    backend: str = typer.Option(
+        "torch",
+        help="Encoder backend: torch, onnx (ONNX Runtime, CPU) or static (MiniLM distilled by model2vec).",
+    ),
+    static_pca_dims: int = typer.Option(
+        256, min=0, max=384, help="static backend: PCA dimensions of the distilled table (0: all 384)."
+    ),
     data_dir: Path = typer.Option(None, help="Benchmark data (default SWITCHYARD_DATA_DIR)."),  # noqa: B008
     log_mlflow: bool = typer.Option(False, "--mlflow", help="Also log the report to MLflow."),
 ) -> None:
@@ -38,7 +44,9 @@ def kinds_cmd(
     from ..settings import TrainSettings
 
     try:
-        enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8, backend=backend)
+        enc_cfg = EncoderConfig(
+            max_length=max_length, quantize_int8=int8, backend=backend, static_pca_dims=static_pca_dims
+        )
     except ValueError as exc:
         raise fail(str(exc)) from exc
     settings = TrainSettings()

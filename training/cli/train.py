@@ -39,7 +39,13 @@ def router_cmd(
     epochs: int = typer.Option(None, help="Override the head's training epochs."),
     max_length: int = typer.Option(128, help="Encoder truncation (tokens, head+tail)."),
     int8: bool = typer.Option(False, "--int8", help="int8 dynamic quantisation of the encoder (CPU)."),
-    backend: str = typer.Option("torch", help="Encoder backend: torch or onnx (ONNX Runtime, CPU)."),
+    backend: str = typer.Option(
+        "torch",
+        help="Encoder backend: torch, onnx (ONNX Runtime, CPU) or static (MiniLM distilled by model2vec).",
+    ),
+    static_pca_dims: int = typer.Option(
+        256, min=0, max=384, help="static backend: PCA dimensions of the distilled table (0: all 384)."
+    ),
     register: bool = typer.Option(
         False, "--register", help="Log to MLflow and register a version (alias challenger)."
     ),
@@ -99,9 +105,13 @@ def router_cmd(
         **({"epochs": epochs} if epochs else {}),
     )
     try:
-        enc_cfg = EncoderConfig(max_length=max_length, quantize_int8=int8, backend=backend)
+        enc_cfg = EncoderConfig(
+            max_length=max_length, quantize_int8=int8, backend=backend, static_pca_dims=static_pca_dims
+        )
     except ValueError as exc:
         raise fail(str(exc)) from exc
+    if kind == "finetune" and backend == "static":
+        raise fail("--kind finetune fine-tunes MiniLM: it cannot use the static backend")
     t0 = time.perf_counter()
     ts = prepare(bench, settings.cache_dir, enc_cfg, models, device=device)
     t_embed = time.perf_counter() - t0
@@ -128,7 +138,14 @@ def router_cmd(
             )
         else:
             manifest, metrics = train_router(
-                ts, cfg, cat, tmp, encoder=enc_cfg, encoder_sha=enc_sha, extra={"embed_seconds": t_embed}
+                ts,
+                cfg,
+                cat,
+                tmp,
+                encoder=enc_cfg,
+                encoder_sha=enc_sha,
+                extra={"embed_seconds": t_embed},
+                static_cache_dir=settings.state_dir / "cache" / "static",
             )
         dest = out or settings.routers_dir / manifest.version
         if dest.exists():

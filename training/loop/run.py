@@ -123,7 +123,10 @@ class RunExecutor:
         from ..embeddings import EmbeddingCache, LazyEncoder
 
         if self._cache is None:
-            self._cache = EmbeddingCache(self.ctx.cache_dir, LazyEncoder(self.encoder_config()))
+            static = self.ctx.state_dir / "cache" / "static"
+            self._cache = EmbeddingCache(
+                self.ctx.cache_dir, LazyEncoder(self.encoder_config(), static_cache_dir=static)
+            )
         return self._cache.embed(list(prompts), list(hashes))
 
     def training_set(self, frame, models):  # noqa: ANN001, ANN201
@@ -285,6 +288,7 @@ class RunExecutor:
                 "fresh_rows": int((rows["source"] != "bootstrap").sum()),
             },
             init=init,
+            static_cache_dir=self.ctx.state_dir / "cache" / "static",
         )
         state.router_dir, state.router_version = str(out), manifest.version
         state.timings["train_s"] = time.perf_counter() - t0
