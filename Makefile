@@ -64,8 +64,8 @@ test-slow: setup ## unit tests that export ONNX, fine-tune or run subprocesses (
 demo: setup up ## run the main job end to end on the embedded default
 	$(PY) -m infra.demo
 
-router: setup up ## train the production router on all bootstrap data, register it, make it champion (the first one; later: ROUTER_FLAGS=--force, or the gated loop)
-	$(SY) train router --kind mlp --backend onnx --int8 --register --promote $(ROUTER_FLAGS)
+router: setup up ## train the production router (mlp on the static encoder: scored in the ingress at line rate) on all bootstrap data, register it, make it champion (the first one; later: ROUTER_FLAGS=--force, or the gated loop)
+	$(SY) train router --kind mlp --backend static --register --promote $(ROUTER_FLAGS)
 
 bench: setup up ## measurements (not tests): router speed, emulator load, streams, gateway; JSON under bench/results
 	@mkdir -p bench/results

@@ -115,6 +115,7 @@ class Rec:
         self.routes: Counter[str] = Counter()
         self.models: Counter[str] = Counter()
         self.inside_ms: list[float] = []  # Server-Timing total: time inside Switchyard's app
+        self.cost_usd: list[float] = []  # x-switchyard-cost-usd of each answer (Switchyard only)
         self.late_s: list[float] = []  # open loop: how late the generator sent each request
 
     async def call(self, s: aiohttp.ClientSession, url: str, b: dict) -> None:
@@ -129,6 +130,8 @@ class Rec:
                 if (route := r.headers.get("x-switchyard-route-source")) is not None:
                     self.routes[route] += 1
                     self.models[r.headers.get("x-switchyard-model", "?")] += 1
+                    if (cost := r.headers.get("x-switchyard-cost-usd")) is not None:
+                        self.cost_usd.append(float(cost))
                     for part in r.headers.get("server-timing", "").split(","):
                         name, _, dur = part.strip().partition(";dur=")
                         if name == "total" and dur:
@@ -156,6 +159,8 @@ class Rec:
             learned = self.routes.get("router", 0) + self.routes.get("cheap", 0)
             out["routed_share"] = learned / n if "passthrough" not in self.routes else None
             out["models"] = dict(self.models.most_common(5))
+        if self.cost_usd:  # what the chosen models cost, per answered request (the stub's answers)
+            out["cost_per_request_usd"] = float(np.mean(self.cost_usd))
         if self.inside_ms:
             out["inside_p50_ms"] = float(np.percentile(self.inside_ms, 50))
             out["inside_p99_ms"] = float(np.percentile(self.inside_ms, 99))
@@ -444,6 +449,8 @@ def markdown(res: dict[str, Any]) -> str:
             if st.get("routed_share") is not None:
                 by = ", ".join(f"{k} {v}" for k, v in sorted(st["routes"].items()))
                 cell += f", learned {100 * st['routed_share']:.0f} % ({by})"
+            if st.get("cost_per_request_usd") is not None:
+                cell += f", ${1e6 * st['cost_per_request_usd']:.0f}/M req"
             cells.append(("**pass** " if st["passed"] else "fail ") + cell)
         lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
     la, lb = res["load_avg_before"], res["load_avg_after"]
@@ -462,7 +469,14 @@ def main() -> None:
     ap.add_argument(
         "--router-ref",
         default=None,
-        help="Router for switchyard-auto (default: trained once into the state dir).",
+        help="Router for switchyard-auto (default: --router-backend's recipe, trained once here).",
+    )
+    ap.add_argument(
+        "--router-backend",
+        choices=("static", "onnx"),
+        default="static",
+        help="Default router: static (the cheap router, scored in the ingress) or onnx (MiniLM int8, "
+        "scored in the router deployment).",
     )
     ap.add_argument(
         "--gateway-env",
@@ -522,7 +536,7 @@ def main() -> None:
     if a.router_ref is None:
         from peer_procs import default_router
 
-        a.router_ref = default_router(a.state_dir)
+        a.router_ref = default_router(a.state_dir, a.router_backend)
     res = run(a)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=2, default=str))

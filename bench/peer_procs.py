@@ -272,9 +272,12 @@ def start_litellm(py: Path, state_dir: Path, port: int, stub_url: str, model: st
     return gw
 
 
-def default_router(state_dir: Path) -> str:
-    """The production recipe (mlp, ONNX int8), trained once on 200 rows per dataset into the state dir."""
-    out = state_dir / "router-mlp-onnx-int8"
+def default_router(state_dir: Path, backend: str = "static") -> str:
+    """The production CPU recipe (mlp on the static encoder, scored in the ingress; ``onnx``: the
+    MiniLM ONNX int8 router in the router deployment), trained once on 200 rows per dataset into
+    the state dir."""
+    flags = ["--backend", "static"] if backend == "static" else ["--backend", "onnx", "--int8"]
+    out = state_dir / ("router-mlp-static" if backend == "static" else "router-mlp-onnx-int8")
     if not (out / "manifest.json").exists():
         cmd = [
             sys.executable,
@@ -286,9 +289,7 @@ def default_router(state_dir: Path) -> str:
             "mlp",
             "--max-rows",
             "200",
-            "--backend",
-            "onnx",
-            "--int8",
+            *flags,
             "--out",
             str(out),
         ]

@@ -149,15 +149,6 @@ class LocalRouter:
         return res
 
 
-def is_cheap_artefact(ref: str, loader: Callable[..., Any]) -> bool:
-    """Whether ``ref`` is a static-encoder router (loads only its manifest and heads)."""
-    try:
-        router = loader(ref)
-    except Exception:  # noqa: BLE001 - not loadable here: the deployment will say why
-        return False
-    return getattr(getattr(router, "encoder_config", None), "backend", None) == "static"
-
-
 class RouteChain:
     """The degradation order for one ingress replica (see the module docstring)."""
 

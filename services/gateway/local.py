@@ -41,6 +41,9 @@ SERVE_ENV_DEFAULTS = {
     # shared with other work every nice-0 process then takes the cores first (a weight of 1024
     # against 36 in Linux's scheduler) and the gateway's own request path queues behind them.
     "RAY_worker_niceness": "0",
+    # numpy's BLAS on one thread per process: the cheap router's small matmuls in the ingress
+    # otherwise spread over every core and cost twice the CPU (docs/router.md, "The static encoder")
+    "OPENBLAS_NUM_THREADS": "1",
 }
 
 

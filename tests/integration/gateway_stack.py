@@ -31,10 +31,11 @@ def emulator_catalog(tmp: Path, emulator_base: str, first_token_s: float = 3.0) 
     return path
 
 
-def make_router(kind: str, out: Path, max_rows: int = 60) -> Path:
+def make_router(kind: str, out: Path, max_rows: int = 60, backend: str | None = None) -> Path:
     """A router artefact for tests: ``SWITCHYARD_TEST_ROUTER_<KIND>`` if set, else trained small
-    with the real training command (cached in the state dir between runs)."""
-    env = os.environ.get(f"SWITCHYARD_TEST_ROUTER_{kind.upper()}")
+    with the real training command (cached in the state dir between runs); ``backend`` names the
+    encoder backend (``static``: the cheap router)."""
+    env = os.environ.get(f"SWITCHYARD_TEST_ROUTER_{kind.upper()}{'_' + backend.upper() if backend else ''}")
     if env:
         return Path(env)
     if (out / "manifest.json").exists():
@@ -51,6 +52,7 @@ def make_router(kind: str, out: Path, max_rows: int = 60) -> Path:
         str(max_rows),
         "--out",
         str(out),
+        *(["--backend", backend] if backend else []),
     ]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)  # noqa: S603
     if res.returncode != 0:

@@ -45,7 +45,11 @@ def emulator(data_dir):
 @pytest.fixture(scope="module")
 def routers(data_dir) -> dict[str, Path]:
     root = Path(__file__).resolve().parents[2] / ".state" / "gateway-test"
-    return {"a": make_router("mlp", root / "router-mlp"), "b": make_router("knn", root / "router-knn")}
+    return {
+        "a": make_router("mlp", root / "router-mlp"),
+        "b": make_router("knn", root / "router-knn"),
+        "static": make_router("mlp", root / "router-mlp-static", backend="static"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -374,3 +378,44 @@ def test_hot_swap_under_load_drops_nothing(gateway, client, routers) -> None:
     assert versions[0].startswith("mlp-") and versions[-1].startswith("knn-"), Counter(versions)
     ready = httpx.get(gateway["url"] + "/readyz").json()
     assert ready["router"]["version"].startswith("knn-") and ready["router"]["failed_swaps"] >= 1
+
+
+def test_a_static_router_scores_in_the_ingress_and_follows_the_swap(gateway, client, routers, gsm8k) -> None:
+    """The cheap router: swapped in like any router, held and scored by the ingress itself (no hop
+    to the router deployment), labelled ``cheap``; swapping back to a transformer router hands the
+    scoring back to the deployment."""
+    from services.gateway.local import swap_router
+    from services.router.artifact import load_local
+
+    static_version = load_local(routers["static"]).version
+    knobs = {"switchyard": {"task": "gsm8k", "mode": "route"}}
+
+    def source_and_version() -> tuple[str, str]:
+        raw, _ = ask(client, gsm8k.iloc[5]["prompt"], extra_body=knobs)
+        return raw.headers["x-switchyard-route-source"], raw.headers["x-switchyard-router-version"]
+
+    swap_router(gateway["args"], str(routers["static"]))
+    deadline = time.time() + 120
+    while time.time() < deadline and source_and_version() != ("cheap", static_version):
+        time.sleep(0.5)
+    assert source_and_version() == ("cheap", static_version)
+    ready = httpx.get(gateway["url"] + "/readyz").json()
+    assert ready["routing"]["primary"].startswith("cheap")
+    assert ready["routing"]["cheap_router"] == static_version
+    assert ready["router"]["version"] == static_version  # the deployment holds it too
+    before = metrics(gateway)
+    for i in range(10):
+        raw, resp = ask(client, gsm8k.iloc[10 + i]["prompt"], extra_body=knobs)
+        assert raw.headers["x-switchyard-route-source"] == "cheap" and resp.choices[0].message.content
+    after = metrics(gateway)
+    assert 'source="cheap"' in after and after != before
+    # a transformer router again: the deployment scores; the static one stays as the cheap stage
+    swap_router(gateway["args"], str(routers["b"]))
+    deadline = time.time() + 120
+    while time.time() < deadline and source_and_version()[0] != "router":
+        time.sleep(0.5)
+    src, version = source_and_version()
+    assert src == "router" and version.startswith("knn-")
+    ready = httpx.get(gateway["url"] + "/readyz").json()
+    assert ready["routing"]["primary"] == "router deployment"
+    assert ready["routing"]["cheap_router"] == static_version

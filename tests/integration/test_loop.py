@@ -41,8 +41,9 @@ def emulator(data_dir: Path):
         yield emu
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["torch", "static"])
 def loop_env(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     emulator,
     data_dir: Path,
@@ -77,6 +78,9 @@ def loop_env(
         coalesce_s=2.0,
         redeploy=False,
         first_min_quality=0.5,
+        # the MiniLM router, and the cheap static one `make router` ships: every stage of the
+        # loop (retrain, gate, register, corrupt refusal, rollback) with each
+        encoder_backend=request.param,
     )
     ctx = LoopContext(
         settings=settings,
