@@ -71,9 +71,10 @@ class PayloadTooLarge(SwitchyardError):
 
 
 class ValidationFailed(SwitchyardError):
-    """The body is JSON but does not match the API's schema (422)."""
+    """The body is JSON but does not match the API's schema: 400, as OpenAI answers a parameter of
+    the wrong type or range (``param`` names it)."""
 
-    status = 422
+    status = 400
     type = "invalid_request_error"
     code = "validation_error"
     log_level = logging.INFO
@@ -146,6 +147,27 @@ class CircuitOpen(UpstreamError):
         super().__init__(
             f"upstream {upstream} is unavailable (circuit open)", upstream=upstream, retryable=False
         )
+
+
+class UpstreamRejectedRequest(SwitchyardError):
+    """An upstream refused the request itself (its 400, 413 or 422: a parameter it cannot take, a
+    prompt over its context window): the caller's request is at fault, so it is a 400 naming the
+    upstream, with no fallback to another model (which would answer a different question
+    silently) and no breaker failure (the upstream is healthy). 408, 429 and 5xx are the
+    upstream's trouble and fall back as before."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "upstream_rejected_request"
+    log_level = logging.INFO
+
+    def __init__(self, cause: UpstreamError, model: str):
+        super().__init__(f"{cause.upstream} refused the request for {model}: {cause.message}")
+        self.upstream = cause.upstream
+        self.http_status = cause.http_status
+
+
+REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
 class AllUpstreamsFailed(UpstreamError):

@@ -6,13 +6,18 @@ what Switchyard itself reads is validated here.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from .events import FeedbackSource, RoutingMode
 
 ROUTING_MODES = ("route", "cascade", "hybrid")
+
+
+def _finite(lo: float, hi: float) -> Any:
+    """A JSON number in [lo, hi]: no NaN or infinity, no string ("hot" is a 400, as OpenAI says)."""
+    return Annotated[float, Field(ge=lo, le=hi, allow_inf_nan=False, strict=True)]
 
 
 class ChatMessage(BaseModel):
@@ -22,6 +27,26 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(v, list):
+            for i, part in enumerate(v):
+                kind = part.get("type")
+                if not isinstance(kind, str):
+                    raise ValueError(f"content part {i} needs a string 'type'")
+                if kind == "text" and not isinstance(part.get("text"), str):
+                    raise ValueError(f"content part {i} of type 'text' needs a string 'text'")
+        return v
+
+
+class StreamOptions(BaseModel):
+    """``stream_options``: OpenAI's object (``null`` means absent, as in OpenAI's schema)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
 
 
 class SwitchyardKnobs(BaseModel):
@@ -47,8 +72,28 @@ class ChatCompletionRequest(BaseModel):
 
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
     switchyard: SwitchyardKnobs = Field(default_factory=SwitchyardKnobs)
+    # the standard parameters, typed and ranged as OpenAI documents them: a wrong type or range is
+    # a 400 here, never a 500 later or an upstream 4xx that looks like the upstream's fault
+    temperature: _finite(0.0, 2.0) | None = None
+    top_p: _finite(0.0, 1.0) | None = None
+    presence_penalty: _finite(-2.0, 2.0) | None = None
+    frequency_penalty: _finite(-2.0, 2.0) | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    seed: StrictInt | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
+    stop: Annotated[str, Field(max_length=1000)] | Annotated[list[str], Field(max_length=4)] | None = None
+    user: Annotated[str, Field(max_length=256)] | None = None
+
+    @property
+    def include_usage(self) -> bool:
+        """``stream_options.include_usage``."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     @field_validator("messages")
     @classmethod
@@ -59,9 +104,7 @@ class ChatCompletionRequest(BaseModel):
 
     def upstream_payload(self) -> dict[str, Any]:
         """The body sent upstream: everything but Switchyard's own fields and ``model``."""
-        body = self.model_dump(exclude={"switchyard", "model", "stream"}, exclude_none=True)
-        body.pop("stream_options", None)
-        return body
+        return self.model_dump(exclude={"switchyard", "model", "stream", "stream_options"}, exclude_none=True)
 
     def last_user_text(self, max_chars: int = 4000) -> str:
         """The last user turn's text (bounded): what the router sees."""

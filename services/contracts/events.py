@@ -109,7 +109,10 @@ class Usage(BaseModel):
 class CallEvent(Event):
     """``switchyard.calls.v1``, key ``request_id``: one routed (or passed-through) call."""
 
-    request_id: str = Field(min_length=1)
+    request_id: str = Field(min_length=1, description="Server-issued; callers cannot set it.")
+    client_request_id: str | None = Field(
+        default=None, max_length=128, description="The caller's own id (X-Client-Request-Id), if sent."
+    )
     ts: datetime = Field(default_factory=utcnow)
     task: str = "default"
     tenant: str = "default"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -134,8 +135,16 @@ def _parse(model: type, raw: bytes) -> Any:
             pass
     try:
         data = json.loads(raw) if raw else None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+    try:  # a lone surrogate escape ("\ud800") parses, but no upstream or event can carry it
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest("request body holds an invalid Unicode escape (a lone surrogate)") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
     try:
@@ -143,6 +152,18 @@ def _parse(model: type, raw: bytes) -> Any:
     except ValidationError as exc:
         msg, param = _summarise(exc)
         raise ValidationFailed(f"invalid request: {msg}", param=param) from exc
+
+
+_CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces: safe in logs and headers
+
+
+def _client_request_id(request: Request) -> str | None:
+    raw = request.headers.get("x-client-request-id") or request.headers.get("x-request-id")
+    if raw is None:
+        return None
+    if not _CLIENT_ID.fullmatch(raw):
+        raise BadRequest("X-Client-Request-Id must be 1-128 printable ASCII characters without spaces")
+    return raw
 
 
 def _header_knobs(request: Request) -> SwitchyardKnobs:
@@ -199,13 +220,17 @@ def create_app(gw: Gateway) -> FastAPI:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(request: Request) -> Response:
-        request_id = (request.headers.get("x-request-id") or new_request_id())[:128]
+        # identity fields come from the server: the request id is always ours; a caller's own id
+        # (OpenAI's ``X-Client-Request-Id``, or ``X-Request-Id``) is kept beside it, never instead
+        request_id = new_request_id()
         request.state.request_id = request_id  # error responses name it too
+        client_id = _client_request_id(request)
         caller = await caller_of(request)
         req: ChatCompletionRequest = _parse(
             ChatCompletionRequest, await _read_body(request, gw.max_body_bytes)
         )
         ctx = gw.service.context(req, _header_knobs(request), caller, request_id)
+        ctx.client_request_id = client_id
         if req.stream:
             result = await gw.service.chat_stream(ctx)
             return StreamingResponse(result.events, media_type="text/event-stream", headers=result.headers)

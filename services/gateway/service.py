@@ -64,6 +64,7 @@ class CallContext:
     router_ms: float = 0.0
     router_fallback: bool = False  # no learned score in time: priors or the catalog default chose
     route_source: RouteSource | None = None  # None: pass-through
+    client_request_id: str | None = None  # the caller's own id, kept beside ours
     attempts: list[Attempt] = field(default_factory=list)
     escalated: bool = False
     model: str | None = None
@@ -99,6 +100,8 @@ class CallContext:
             h["x-switchyard-model"] = self.model
         if self.route:
             h["x-switchyard-router-version"] = self.route.router_version
+        if self.client_request_id:
+            h["x-client-request-id"] = self.client_request_id
         return h
 
 
@@ -216,7 +219,7 @@ class ChatService:
             self._finish(ctx, error=exc)
             raise
         ctx.model = handle.model
-        include_usage = bool((ctx.request.model_extra or {}).get("stream_options", {}).get("include_usage"))
+        include_usage = ctx.request.include_usage
 
         async def events() -> AsyncIterator[bytes]:
             error: SwitchyardError | None = None
@@ -542,6 +545,7 @@ class ChatService:
             router_version=ctx.route.router_version if ctx.route else None,
             router_fallback=ctx.router_fallback,
             route_source=ctx.route_source.value if ctx.route_source is not None else None,
+            client_request_id=ctx.client_request_id,
             scores=ctx.route.scores if ctx.route else {},
             quality_target=ctx.quality_target,
             threshold=ctx.route.threshold if ctx.route else None,
@@ -645,6 +649,6 @@ async def _replay_as_sse(body: dict[str, Any], ctx: CallContext) -> AsyncIterato
             "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}],
         }
     )
-    if (ctx.request.model_extra or {}).get("stream_options", {}).get("include_usage"):
+    if ctx.request.include_usage:
         yield _sse(_usage_chunk(ctx))
     yield b"data: [DONE]\n\n"

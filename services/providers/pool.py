@@ -24,7 +24,14 @@ from tenacity import (
 
 from services.catalog import Catalog, ModelEntry
 from services.contracts.events import Attempt
-from services.errors import AllUpstreamsFailed, CircuitOpen, UnknownModel, UpstreamError
+from services.errors import (
+    REQUEST_FAULT_STATUSES,
+    AllUpstreamsFailed,
+    CircuitOpen,
+    UnknownModel,
+    UpstreamError,
+    UpstreamRejectedRequest,
+)
 from services.request_context import current_request_id
 
 from .anthropic import AnthropicAdapter
@@ -251,6 +258,8 @@ class ProviderPool:
             try:
                 result = await self._call_model(model_id, lambda a, up: a.complete(payload, up), attempts)
             except UpstreamError as exc:
+                if exc.http_status in REQUEST_FAULT_STATUSES:
+                    raise UpstreamRejectedRequest(exc, model_id) from exc
                 last = exc
                 continue
             attempts.append(
@@ -289,6 +298,8 @@ class ProviderPool:
             try:
                 gen, held = await self._call_model(model_id, open_, attempts)
             except UpstreamError as exc:
+                if exc.http_status in REQUEST_FAULT_STATUSES:
+                    raise UpstreamRejectedRequest(exc, model_id) from exc
                 last = exc
                 continue
             return StreamHandle(model_id, self._rest(model_id, gen, held, usage, attempts, t0), usage, gen)

@@ -152,7 +152,7 @@ async def test_all_upstreams_down_is_502_naming_the_upstream(stack) -> None:
         ({"headers": {"authorization": "Bearer wrong"}}, 401, "invalid_api_key"),
         ({"headers": {"authorization": ""}}, 401, "invalid_api_key"),
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_request"),
-        ({"json": {"model": "switchyard/auto", "messages": []}}, 422, "validation_error"),
+        ({"json": {"model": "switchyard/auto", "messages": []}}, 400, "validation_error"),
         (
             {
                 "json": {
@@ -161,7 +161,7 @@ async def test_all_upstreams_down_is_502_naming_the_upstream(stack) -> None:
                     "switchyard": {"quality_target": 2},
                 }
             },
-            422,
+            400,
             "validation_error",
         ),
         ({"json": body(model="no-such-model")}, 400, "model_not_found"),
@@ -226,7 +226,7 @@ async def test_feedback_models_health_and_metrics(stack) -> None:
     r = await client.post("/v1/feedback", json={"request_id": "req_1", "score": 0.2, "source": "judge"})
     assert r.status_code == 202
     r = await client.post("/v1/feedback", json={"request_id": "req_1"})
-    assert r.status_code == 422
+    assert r.status_code == 400
     [ev] = await events(gw, broker)
     assert FeedbackEvent.model_validate(ev).score == 0.2
     ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
@@ -345,3 +345,54 @@ async def test_readiness_is_degraded_not_unready_while_requests_are_served(stack
     assert asyncio.get_running_loop().time() - t0 < 2  # a hung router replica never hangs health checks
     gw.router_seen = False  # a fresh ingress whose router replica has never answered: still starting
     assert (await client.get("/readyz")).status_code == 503
+
+
+_HI = b'"messages":[{"role":"user","content":"hi"}]'
+HOSTILE = {
+    "a text part that is a number": b'"messages":[{"role":"user","content":[{"type":"text","text":5}]}]',
+    "a text part that is null": b'"messages":[{"role":"user","content":[{"type":"text","text":null}]}]',
+    "a lone surrogate": b'"messages":[{"role":"user","content":"hi \\ud800"}]',
+    "temperature 1e999": _HI + b',"temperature":1e999',
+    "temperature NaN": _HI + b',"temperature":NaN',
+    "temperature hot": _HI + b',"temperature":"hot"',
+    "JSON nested 3,000 deep": _HI + b',"x":' + b"[" * 3000 + b"]" * 3000,
+    "stream_options a string": _HI + b',"stream":true,"stream_options":"x"',
+    "max_tokens abc to an Anthropic model": _HI + b',"max_tokens":"abc","model":"claude-v2"',
+    "max_tokens -5": _HI + b',"max_tokens":-5,"model":"claude-v2"',
+    "stream yes": _HI + b',"stream":"yes"',
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+async def test_bad_parameters_are_a_400_in_openai_shape_and_reach_no_upstream(stack, case: str) -> None:
+    client, upstream, router, broker, gw = stack
+    raw = b'{"model":"switchyard/auto",' + HOSTILE[case] + b"}"  # a later "model" key wins
+    r = await client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400, (case, r.status_code, r.text[:300])
+    err = r.json()["error"]
+    assert err["type"] == "invalid_request_error" and err["message"]
+    assert r.headers["x-switchyard-request-id"]
+    assert upstream.calls == [] and router.seen == []  # refused before routing or any upstream call
+
+
+async def test_stream_options_null_is_absent_as_in_openai(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/chat/completions", json=body(stream=True, stream_options=None))
+    assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_request_ids_are_the_servers_and_a_callers_id_is_kept_beside_them(stack) -> None:
+    # two calls with the same forged id: two server ids (the join keeps both), the caller's id kept
+    client, upstream, router, broker, gw = stack
+    ids = []
+    for header in ("x-request-id", "x-client-request-id"):
+        r = await client.post("/v1/chat/completions", json=body(), headers={header: "SPOOFED-ID-0001"})
+        assert r.status_code == 200 and r.headers["x-client-request-id"] == "SPOOFED-ID-0001"
+        ids.append(r.headers["x-switchyard-request-id"])
+    assert len(set(ids)) == 2 and all(i.startswith("req_") and i != "SPOOFED-ID-0001" for i in ids)
+    evs = await events(gw, broker)
+    assert [e["request_id"] for e in evs] == ids
+    assert [e["client_request_id"] for e in evs] == ["SPOOFED-ID-0001"] * 2
+    assert upstream.request_ids == ids  # upstreams see our id too
+    r = await client.post("/v1/chat/completions", json=body(), headers={"x-client-request-id": "a b"})
+    assert r.status_code == 400 and "X-Client-Request-Id" in r.json()["error"]["message"]

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from services.catalog import load_catalog
-from services.errors import AllUpstreamsFailed, UpstreamError
+from services.errors import AllUpstreamsFailed, UpstreamError, UpstreamRejectedRequest
 from services.gateway.testing import chunk, completion, sse
 from services.providers.anthropic import AnthropicAdapter, to_messages_request
 from services.providers.breaker import BreakerPolicy, BreakerState
@@ -125,8 +125,19 @@ async def test_5xx_exhausts_retries_then_falls_back() -> None:
     assert [a.model for a in attempts] == [WEAK] * (retries + 1) + [STRONG]
 
 
-async def test_4xx_is_not_retried() -> None:
-    up = Upstream({WEAK: [status(400)], STRONG: [ok]})
+@pytest.mark.parametrize("code", [400, 413, 422])
+async def test_an_upstream_refusing_the_request_is_a_400_without_retry_or_fallback(code: int) -> None:
+    # the request is at fault (a parameter, a prompt over the window): another model would answer
+    # a different request silently, so the caller gets a 400 naming the upstream
+    up = Upstream({WEAK: [status(code)], STRONG: [ok]})
+    pool = pool_for(up)
+    with pytest.raises(UpstreamRejectedRequest) as info:
+        await pool.complete([WEAK, STRONG], MSGS, [])
+    assert up.calls == [WEAK] and info.value.status == 400 and "emulator-openai" in info.value.message
+
+
+async def test_other_4xx_are_not_retried_but_fall_back() -> None:
+    up = Upstream({WEAK: [status(404)], STRONG: [ok]})  # e.g. the upstream does not know the model
     pool = pool_for(up)
     model, _ = await pool.complete([WEAK, STRONG], MSGS, [])
     assert up.calls == [WEAK, STRONG] and model == STRONG
@@ -278,7 +289,10 @@ def test_anthropic_request_maps_params() -> None:
 async def test_client_errors_and_rate_limits_never_open_the_breaker() -> None:
     up = Upstream({WEAK: [status(400), status(422), status(429, {"retry-after": "0"})], STRONG: [ok]})
     pool = pool_for(up, breaker=BreakerPolicy(failure_rate=0.5, min_calls=2))
-    for _ in range(5):
+    for _ in range(2):
+        with pytest.raises(UpstreamRejectedRequest):  # 400 and 422: the caller's 400
+            await pool.complete([WEAK, STRONG], MSGS, [])
+    for _ in range(5):  # 429s: retried, then the fallback answers
         await pool.complete([WEAK, STRONG], MSGS, [])
     assert pool.breaker(WEAK).state is BreakerState.CLOSED and pool.breaker(WEAK).window() == (0, 0)
     up.script[WEAK] = [status(503)]
