@@ -203,7 +203,16 @@ def create_app(gw: Gateway) -> FastAPI:
         kinds: dict[int, type[SwitchyardError]] = {404: NotFound, 405: MethodNotAllowed, 413: PayloadTooLarge}
         kind = kinds.get(exc.status_code, BadRequest if exc.status_code < 500 else SwitchyardError)
         error = kind(f"{exc.detail}: {request.method} {request.url.path}")
-        return error_response(error, _request_id(request))
+        response = error_response(error, _request_id(request))
+        if exc.status_code == 405 and exc.headers and "allow" in {k.lower() for k in exc.headers}:
+            response.headers["allow"] = next(v for k, v in exc.headers.items() if k.lower() == "allow")
+        elif exc.status_code == 405:
+            path = request.url.path
+            routes = [r for r in app.routes if getattr(r, "path", None) == path]
+            allowed = sorted({m for r in routes for m in getattr(r, "methods", None) or ()})
+            if allowed:
+                response.headers["allow"] = ", ".join(allowed)
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,7 +75,14 @@ class RateLimiter:
             self._buckets[key_id] = (tokens, now)
             raise RateLimited(
                 f"rate limit of {self.rate:g} requests/s exceeded for this key",
-                headers={"retry-after": f"{max(wait, 0.001):.3f}"},
+                headers={
+                    # whole seconds, as HTTP says (RFC 9110: delay-seconds), rounded up; the exact
+                    # wait in OpenAI's x-ratelimit-* headers
+                    "retry-after": str(max(1, math.ceil(wait))),
+                    "x-ratelimit-limit-requests": str(self.burst),
+                    "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": f"{wait:.3f}s",
+                },
             )
         if len(self._buckets) >= self._max_keys and key_id not in self._buckets:
             self._buckets.pop(next(iter(self._buckets)))

@@ -183,7 +183,7 @@ async def test_rate_limit_is_429_with_retry_after(stack) -> None:
     codes = [(await client.get("/v1/models")).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and codes[-1] == 429
     r = await client.get("/v1/models")
-    assert r.json()["error"]["type"] == "rate_limit_error" and float(r.headers["retry-after"]) > 0
+    assert r.json()["error"]["type"] == "rate_limit_error" and int(r.headers["retry-after"]) >= 1
 
 
 async def test_cascade_escalates_on_a_rejected_answer_and_counts_every_attempt(stack) -> None:
@@ -396,3 +396,10 @@ async def test_request_ids_are_the_servers_and_a_callers_id_is_kept_beside_them(
     assert upstream.request_ids == ids  # upstreams see our id too
     r = await client.post("/v1/chat/completions", json=body(), headers={"x-client-request-id": "a b"})
     assert r.status_code == 400 and "X-Client-Request-Id" in r.json()["error"]["message"]
+
+
+async def test_a_405_says_which_methods_are_allowed(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.get("/v1/chat/completions")
+    assert r.status_code == 405 and "POST" in r.headers["allow"]
+    assert r.json()["error"]["code"] == "method_not_allowed"

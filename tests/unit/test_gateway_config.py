@@ -63,7 +63,9 @@ def test_rate_limiter_refills() -> None:
     rl.check("k")
     with pytest.raises(RateLimited) as info:
         rl.check("k")
-    assert float(info.value.headers["retry-after"]) == pytest.approx(0.5)
+    h = info.value.headers
+    assert h["retry-after"] == "1"  # whole seconds, rounded up
+    assert h["x-ratelimit-reset-requests"] == "0.500s" and h["x-ratelimit-remaining-requests"] == "0"
     rl.check("other")  # per key
     now[0] = 0.5
     rl.check("k")
