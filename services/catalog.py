@@ -58,6 +58,12 @@ class ModelEntry(_Strict):
     price: Price
     reasoning_switch: bool = False
     fallbacks: list[str] = Field(default_factory=list)
+    context_window: int | None = Field(
+        default=None,
+        ge=1,
+        description="Tokens the model takes (prompt + completion); unset: not checked. A request "
+        "that does not fit goes to the next candidate that does, or is a 400 when none does.",
+    )
 
     @property
     def upstream(self) -> str:

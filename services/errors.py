@@ -170,6 +170,16 @@ class UpstreamRejectedRequest(SwitchyardError):
 REQUEST_FAULT_STATUSES = frozenset({400, 413, 422})
 
 
+class ContextLengthExceeded(SwitchyardError):
+    """The prompt plus ``max_tokens`` does not fit the context window of the requested model, or
+    of any candidate (400, OpenAI's code)."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "context_length_exceeded"
+    log_level = logging.INFO
+
+
 class AllUpstreamsFailed(UpstreamError):
     """Every model in the fallback order failed; status follows the last failure."""
 

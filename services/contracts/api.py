@@ -106,6 +106,18 @@ class ChatCompletionRequest(BaseModel):
         """The body sent upstream: everything but Switchyard's own fields and ``model``."""
         return self.model_dump(exclude={"switchyard", "model", "stream", "stream_options"}, exclude_none=True)
 
+    def token_estimate(self) -> int:
+        """What the request needs of a context window, estimated without a tokenizer: every
+        message's text at 4 characters a token (OpenAI's rule of thumb) plus the completion it
+        asks for (``max_completion_tokens`` or ``max_tokens``)."""
+        chars = 0
+        for m in self.messages:
+            if isinstance(m.content, str):
+                chars += len(m.content)
+            elif isinstance(m.content, list):
+                chars += sum(len(p.get("text") or "") for p in m.content if isinstance(p, dict))
+        return chars // 4 + 4 * len(self.messages) + (self.max_completion_tokens or self.max_tokens or 0)
+
     def last_user_text(self, max_chars: int = 4000) -> str:
         """The last user turn's text (bounded): what the router sees."""
         for m in reversed(self.messages):

@@ -26,7 +26,7 @@ from services.contracts.events import (
     utcnow,
 )
 from services.contracts.topics import CALLS, FEEDBACK
-from services.errors import BadRequest, SwitchyardError, UnknownModel, UpstreamError
+from services.errors import BadRequest, ContextLengthExceeded, SwitchyardError, UnknownModel, UpstreamError
 from services.providers.pool import MidStreamError, ProviderPool
 from services.request_context import bound
 from services.router.policy import cascade_ladder
@@ -176,6 +176,13 @@ class ChatService:
             target = knobs.quality_target if knobs.quality_target is not None else defaults.quality_target
         elif req.model in self.catalog.model_ids:
             mode, target = RoutingMode.PASSTHROUGH, None
+            window = self.catalog.model(req.model).context_window
+            if window is not None and req.token_estimate() > window:
+                raise ContextLengthExceeded(
+                    f"the request needs about {req.token_estimate()} tokens (messages and max_tokens); "
+                    f"{req.model} takes {window}",
+                    param="messages",
+                )
         else:
             raise UnknownModel(
                 f"model {req.model!r} does not exist; use {self.catalog.routing_model!r} "
@@ -214,7 +221,7 @@ class ChatService:
             with bound(ctx.request_id):
                 payload = await self._prepare(ctx)
                 order = self.pool.fallback_order(ctx.model or "", ctx.route.ranking if ctx.route else ())
-                handle = await self.pool.stream(order, payload, ctx.attempts)
+                handle = await self.pool.stream(self._fitting(ctx, order), payload, ctx.attempts)
         except SwitchyardError as exc:
             self._finish(ctx, error=exc)
             raise
@@ -258,6 +265,19 @@ class ChatService:
         return FeedbackResponse(request_id=fb.request_id, feedback_id=event.feedback_id)
 
     # -- the path ---------------------------------------------------------------------------------
+
+    def _fitting(self, ctx: CallContext, order: list[str]) -> list[str]:
+        """The models of ``order`` whose context window takes the request (a routed choice that
+        does not fit gives way to the next candidate that does); a 400 when none does."""
+        need = ctx.request.token_estimate()
+        fit = [m for m in order if (w := self.catalog.model(m).context_window) is None or need <= w]
+        if not fit:
+            raise ContextLengthExceeded(
+                f"the request needs about {need} tokens (messages and max_tokens); no candidate takes "
+                f"that many ({', '.join(f'{m}: {self.catalog.model(m).context_window}' for m in order)})",
+                param="messages",
+            )
+        return fit
 
     async def _route(self, ctx: CallContext) -> None:
         if ctx.mode is RoutingMode.PASSTHROUGH:
@@ -317,7 +337,7 @@ class ChatService:
                 ctx, payload, self._ladder(ctx, cheapest_first=False), always_score=low
             )
         order = self.pool.fallback_order(ctx.model, ctx.route.ranking if ctx.route else ())
-        model, result = await self.pool.complete(order, payload, ctx.attempts)
+        model, result = await self.pool.complete(self._fitting(ctx, order), payload, ctx.attempts)
         ctx.model, ctx.prompt_tokens, ctx.completion_tokens = (
             model,
             result.prompt_tokens,
@@ -341,6 +361,7 @@ class ChatService:
     ) -> dict[str, Any]:
         question = ctx.request.last_user_text()
         body: dict[str, Any] = {}
+        ladder = self._fitting(ctx, ladder)  # rungs whose window cannot take the request are skipped
         for i, rung in enumerate(ladder):
             last = i == len(ladder) - 1
             order = self.pool.fallback_order(rung)[:1] if not last else [rung]

@@ -403,3 +403,22 @@ async def test_a_405_says_which_methods_are_allowed(stack) -> None:
     r = await client.get("/v1/chat/completions")
     assert r.status_code == 405 and "POST" in r.headers["allow"]
     assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+async def test_context_windows_route_to_a_candidate_that_fits_or_refuse(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    # the router chose the weak model (32k window); a request for 40k tokens goes to the next
+    # candidate of its ranking that takes it
+    r = await client.post("/v1/chat/completions", json=body(max_tokens=40_000))
+    assert r.status_code == 200 and r.json()["model"] == STRONG
+    assert WEAK not in upstream.calls
+    # nothing takes 200k tokens: a 400 in OpenAI's words, before any upstream call
+    calls = len(upstream.calls)
+    r = await client.post("/v1/chat/completions", json=body(max_tokens=200_000))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    # a concrete model whose window is too small is refused, not swapped for another
+    r = await client.post(
+        "/v1/chat/completions", json=body(model="WizardLM/WizardLM-13B-V1.2", max_tokens=5000)
+    )
+    assert r.status_code == 400 and "WizardLM/WizardLM-13B-V1.2 takes 4096" in r.json()["error"]["message"]
+    assert len(upstream.calls) == calls
