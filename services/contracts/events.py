@@ -115,7 +115,10 @@ class CallEvent(Event):
     )
     ts: datetime = Field(default_factory=utcnow)
     task: str = "default"
-    tenant: str = "default"
+    tenant: str = Field(default="default", description="The API key's id: server-side identity.")
+    client_tenant: str | None = Field(
+        default=None, max_length=128, description="The caller's own tenant label (knob), not identity."
+    )
     prompt_hash: str = Field(min_length=16)
     prompt: str | None = Field(default=None, description="None when redaction is on.")
     requested_model: str

@@ -558,7 +558,8 @@ class ChatService:
         event = CallEvent(
             request_id=ctx.request_id,
             task=ctx.task,
-            tenant=ctx.knobs.tenant or ctx.caller.key_id,
+            tenant=ctx.caller.key_id,  # identity comes from the key, never from the caller's words
+            client_tenant=ctx.knobs.tenant,
             prompt_hash=prompt_hash(prompt),
             prompt=None if self.redact_prompts else prompt,
             requested_model=ctx.request.model,

@@ -422,3 +422,12 @@ async def test_context_windows_route_to_a_candidate_that_fits_or_refuse(stack) -
     )
     assert r.status_code == 400 and "WizardLM/WizardLM-13B-V1.2 takes 4096" in r.json()["error"]["message"]
     assert len(upstream.calls) == calls
+
+
+async def test_the_tenant_knob_is_a_label_and_never_the_callers_identity(stack) -> None:
+    client, upstream, router, broker, gw = stack
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"tenant": "someone-else"}))
+    assert r.status_code == 200
+    [ev] = await events(gw, broker)
+    assert ev["client_tenant"] == "someone-else" and ev["tenant"] != "someone-else"
+    assert ev["tenant"] == gw.keys.authenticate(f"Bearer {KEY}").key_id
