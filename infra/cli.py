@@ -69,6 +69,7 @@ def topics_apply(
                 prefix if prefix is not None else kafka.topic_prefix,
                 max_replication=max_replication,
                 timeout_ms=kafka.request_timeout_ms,
+                client_options=kafka.client_options(),
             )
         )
     except Exception as exc:  # noqa: BLE001 - report any admin failure as a clear CLI error

@@ -79,6 +79,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
         settings.app_id,
         broker=brokers,
         broker_client_id=kafka.client_id,
+        broker_credentials=kafka.faust_credentials(),
         datadir=str(settings.faust_dir),
         store="memory://",
         autodiscover=False,
@@ -207,6 +208,7 @@ def create_app(settings: StreamsSettings, kafka: KafkaSettings, catalog: Catalog
                 topics["task_outcomes"].get_topic_name(): (task_outcomes_spec.partitions, batch_ids),
             },
             lookback_s=settings.replay_lookback_s,
+            client_options=kafka.client_options(),
         )
 
         @app.on_partitions_assigned.connect

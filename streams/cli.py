@@ -57,7 +57,7 @@ def worker(
     # Before any event loop exists (topic creation below runs one): every loop is then this kind.
     loop = eventloop.install(settings.event_loop)
     if create_topics:
-        asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix))
+        asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix, client_options=kafka.client_options()))
     # evidently (the input-drift detector) takes seconds of CPU to import: do it before the
     # worker joins the group, so that it does not compete with the first batches it processes.
     importlib.import_module("evidently.presets")
@@ -68,7 +68,15 @@ def worker(
     # does not list yet is dropped from the subscription ("Ignoring missing topic") until a later
     # rebalance, leaving its agent silently without partitions.
     internal = streams_internal_topics(settings.app_id, settings.replication)
-    asyncio.run(apply_topics(kafka.bootstrap, kafka.topic_prefix, internal, settings.replication))
+    asyncio.run(
+        apply_topics(
+            kafka.bootstrap,
+            kafka.topic_prefix,
+            internal,
+            settings.replication,
+            client_options=kafka.client_options(),
+        )
+    )
     gcpolicy.apply(settings.gc_freeze, settings.gc_gen0)
     log.info(
         "streams worker %s on %s (prefix %r), web %s:%s, webhook %s, event loop %s",
@@ -103,6 +111,7 @@ def alerts(
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,
+            **kafka.client_options(),
         )
         await consumer.start()
         try:

@@ -41,8 +41,10 @@ class ReplayGuard:
         topics: dict[str, tuple[int, IdsOf]],
         lookback_s: float = 60.0,
         read_timeout_s: float = 60.0,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.client_options = client_options or {}
         self.topics = topics
         self.lookback_s = lookback_s
         self.read_timeout_s = read_timeout_s
@@ -109,6 +111,7 @@ class ReplayGuard:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
+            **self.client_options,
         )
         await consumer.start()
         n = 0

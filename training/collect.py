@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -99,11 +100,11 @@ def holdout_mask(frame: pd.DataFrame, folds: int) -> np.ndarray:
     return kfold(frame["prompt_hash"], folds, seed=0) == 0
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[int]:
+async def _partitions(bootstrap: str, topic: str, client_options: dict[str, Any] | None = None) -> list[int]:
     """Partition ids of ``topic`` (from the admin API: a group-less consumer has no metadata for it)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(client_options or {}))
     await admin.start()
     try:
         meta = await admin.describe_topics([topic])
@@ -121,6 +122,7 @@ async def read_topic(
     until: datetime | None,
     max_records: int,
     timeout_s: float = 60.0,
+    client_options: dict[str, Any] | None = None,
 ) -> KafkaWindow:
     """Every valid record of a topic with ``since <= ts <= until`` (newest ``max_records`` kept),
     read from the broker's offsets for ``since`` to the current end; invalid records are counted."""
@@ -132,6 +134,7 @@ async def read_topic(
         enable_auto_commit=False,
         group_id=None,
         client_id="switchyard-train-collect",
+        **(client_options or {}),
     )
     await consumer.start()
     out = KafkaWindow(events=[])
@@ -140,7 +143,7 @@ async def read_topic(
         if topic not in await consumer.topics():
             log.warning("topic %s does not exist: nothing to collect", topic)
             return out
-        tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic)]
+        tps = [TopicPartition(topic, p) for p in await _partitions(bootstrap, topic, client_options)]
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
         starts = await consumer.offsets_for_times({tp: int(since.timestamp() * 1000) for tp in tps})
@@ -186,10 +189,12 @@ async def collect_kafka(
     until: datetime | None,
     max_records: int,
     tasks: list[str] | None = None,
+    client_options: dict[str, Any] | None = None,
 ) -> tuple[list[OutcomeEvent], list[HardQueryEvent], dict]:
     """Outcomes and hard queries of the window (hard queries restricted to ``tasks`` when given)."""
-    oc = await read_topic(bootstrap, OUTCOMES, prefix, since=since, until=until, max_records=max_records)
-    hq = await read_topic(bootstrap, HARD_QUERIES, prefix, since=since, until=until, max_records=max_records)
+    window = {"since": since, "until": until, "max_records": max_records, "client_options": client_options}
+    oc = await read_topic(bootstrap, OUTCOMES, prefix, **window)
+    hq = await read_topic(bootstrap, HARD_QUERIES, prefix, **window)
     hard = [h for h in hq.events if not tasks or h.task in tasks]  # type: ignore[attr-defined]
     stats = {
         "outcomes_read": oc.read,

@@ -7,8 +7,9 @@ factory) build the settings they need and pass them down.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -79,6 +80,20 @@ class KafkaSettings(BaseSettings):
         description="Prepended to every topic name (tests use a unique prefix per test).",
     )
     request_timeout_ms: int = Field(default=15000, gt=0, description="Kafka client request timeout.")
+    # security: what every client (gateway producer, stream worker, training, topic admin) uses
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol (SASL_SSL for a SCRAM + TLS listener)."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        default=None, description="SASL mechanism, required with SASL_*."
+    )
+    sasl_username: str | None = Field(default=None, description="SASL user (e.g. the client's KafkaUser).")
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (from a secret env var); never logged."
+    )
+    ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle that signs the brokers' certificates (SSL, SASL_SSL)."
+    )
 
     @field_validator("bootstrap")
     @classmethod
@@ -86,6 +101,53 @@ class KafkaSettings(BaseSettings):
         if not v.strip():
             raise ValueError("SWITCHYARD_KAFKA_BOOTSTRAP must name at least one host:port")
         return v
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_mechanism and self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(
+                f"SWITCHYARD_KAFKA_SECURITY_PROTOCOL={self.security_protocol} needs "
+                "SWITCHYARD_KAFKA_SASL_MECHANISM, _SASL_USERNAME and _SASL_PASSWORD"
+            )
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments every aiokafka client (producer, consumer, admin) takes for this
+        broker's security; empty for PLAINTEXT."""
+        if self.security_protocol == "PLAINTEXT":
+            return {}
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            opts["ssl_context"] = create_ssl_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_password is not None
+            opts.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return opts
+
+    def faust_credentials(self) -> Any:
+        """The same security as Faust's ``broker_credentials`` (None for PLAINTEXT)."""
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        import faust
+
+        ssl_context = self.client_options().get("ssl_context")
+        if self.security_protocol.startswith("SASL_"):
+            assert self.sasl_password is not None
+            return faust.SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password.get_secret_value(),
+                ssl_context=ssl_context,
+                mechanism=self.sasl_mechanism,
+            )
+        return faust.SSLCredentials(ssl_context)
 
 
 class MLflowSettings(BaseSettings):

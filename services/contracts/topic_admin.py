@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -36,11 +37,14 @@ async def apply_topics(
     specs: tuple[TopicSpec, ...] = TOPICS,
     max_replication: int | None = None,
     timeout_ms: int = 15000,
+    client_options: dict[str, Any] | None = None,
 ) -> list[TopicChange]:
     """Make the broker's topics match ``specs``: create missing ones, align configs, grow
     partitions. Idempotent. The replication factor is capped at the number of brokers (a
     single dev broker cannot hold 3 replicas); the cap is reported, not hidden."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **(client_options or {})
+    )
     await admin.start()
     try:
         cluster = await admin.describe_cluster()

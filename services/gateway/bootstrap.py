@@ -108,6 +108,7 @@ def build_gateway(
                 topic_prefix=k.topic_prefix,
                 client_id=f"{k.client_id}-gateway",
                 queue_size=settings.emitter_queue_size,
+                client_options=k.client_options(),
             )
         )
     judge = None

@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +50,7 @@ class EmitterConfig:
     retry_backoff_s: float = 1.0
     max_backoff_s: float = 5.0
     delivery_timeout_s: float = 10.0
+    client_options: dict[str, Any] = field(default_factory=dict)  # KafkaSettings.client_options()
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,7 @@ def kafka_producer_factory(cfg: EmitterConfig) -> Callable[[], Producer]:
             enable_idempotence=True,
             request_timeout_ms=cfg.request_timeout_ms,
             linger_ms=cfg.linger_ms,
+            **cfg.client_options,
         )
 
     return make

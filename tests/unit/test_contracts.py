@@ -132,3 +132,38 @@ def test_json_schemas_export_every_topic() -> None:
 def test_prompt_hash_is_stable_and_not_the_prompt() -> None:
     assert prompt_hash("abc") == prompt_hash("abc") != prompt_hash("abd")
     assert "abc" not in prompt_hash("abc")
+
+
+def test_kafka_security_settings_become_client_options(tmp_path, monkeypatch) -> None:
+    from pydantic import ValidationError
+
+    from services.contracts.settings import KafkaSettings
+
+    plain = KafkaSettings(bootstrap="b:9092")
+    assert plain.client_options() == {} and plain.faust_credentials() is None
+    # the clients of a TLS + SCRAM listener (what k8s/ runs): every aiokafka client gets the same
+    # options, Faust its credentials; the password never shows in the settings' repr
+    ca = tmp_path / "ca.crt"
+    ca.write_text("")  # the context is built by aiokafka's helper, stubbed here
+    monkeypatch.setattr("aiokafka.helpers.create_ssl_context", lambda cafile=None: ("ctx", cafile))
+    s = KafkaSettings(
+        bootstrap="b:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="switchyard-gateway",
+        sasl_password="s3cret",
+        ssl_cafile=ca,
+    )
+    opts = s.client_options()
+    assert opts == {
+        "security_protocol": "SASL_SSL",
+        "ssl_context": ("ctx", str(ca)),
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "switchyard-gateway",
+        "sasl_plain_password": "s3cret",
+    }
+    assert "s3cret" not in repr(s) and "s3cret" not in s.model_dump_json()
+    creds = s.faust_credentials()
+    assert creds.username == "switchyard-gateway" and creds.mechanism.value == "SCRAM-SHA-512"
+    with pytest.raises(ValidationError, match="SASL_USERNAME"):
+        KafkaSettings(bootstrap="b:9093", security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512")

@@ -184,6 +184,7 @@ class RunExecutor:
                     until=None,
                     max_records=s.max_records,
                     tasks=state.tasks or None,
+                    client_options=self.ctx.kafka.client_options(),
                 )
             )
             stats["kafka"] = True

@@ -59,6 +59,7 @@ async def consume(
         auto_offset_reset="earliest",
         client_id="switchyard-train-worker",
         max_poll_interval_ms=3_600_000,
+        **ctx.kafka.client_options(),
     )
     await consumer.start()
     executed: list[RunState] = []
@@ -103,7 +104,9 @@ async def publish_request(kafka: KafkaSettings, req: RetrainRequest) -> None:
     """Send a retrain request to ``switchyard.retrain.v1`` (operator trigger)."""
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka.bootstrap, acks="all", enable_idempotence=True, **kafka.client_options()
+    )
     await producer.start()
     try:
         await producer.send_and_wait(topic_name(RETRAIN, kafka.topic_prefix), req.to_bytes())
