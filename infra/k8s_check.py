@@ -11,15 +11,20 @@ registries:
 * Prometheus operator (``PrometheusRule``, ``AlertmanagerConfig``, ``ServiceMonitor``,
   ``PodMonitor``): the CRDs of the Go module ``github.com/prometheus-operator/prometheus-operator``,
   converted the same way;
-* Strimzi (``Kafka``, ``KafkaNodePool``, ``KafkaTopic``): the validators compiled from Strimzi's
-  CRDs in the npm package ``@kubernetes-models/strimzi-kafka-operator`` (types, enums, patterns,
-  required fields; run with node) and the package's TypeScript types of the same CRDs (``tsc``
-  rejects unknown fields);
+* KEDA (``ScaledObject``, ``TriggerAuthentication``): the CRDs of the Go module
+  ``github.com/kedacore/keda/v2``, converted the same way;
+* Strimzi (``Kafka``, ``KafkaNodePool``, ``KafkaTopic``, ``KafkaUser``): the CRDs of the current
+  release (``kafka.strimzi.io/v1`` only), generated from Maven Central by Strimzi's own generator
+  (:mod:`infra.k8s_strimzi`), converted the same way;
 * the RayService's ``serveConfigV2``: Ray Serve's own ``ServeDeploySchema`` and
   ``AutoscalingConfig``, the gateway's ``GatewayArgs`` (the builder's typed arguments) and
   ``RouterConfig`` (the router's ``user_config``), and its deployment names against the code.
 
-Tools and schemas are fetched once into ``<state_dir>/k8s-tools`` (Go module proxy, npm, PyPI).
+Then a policy lint (kube-score, :mod:`infra.k8s_lint`) runs on every rendered overlay; its waivers
+live in ``k8s/lint-waivers.yaml``, each with its reason.
+
+Tools and schemas are fetched once into ``<state_dir>/k8s-tools`` (Go module proxy, Maven Central,
+PyPI).
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from typing import Any
 
 import yaml
 
+from infra import k8s_lint, k8s_strimzi
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +56,9 @@ KUSTOMIZE = ("sigs.k8s.io/kustomize/kustomize/v5", "v5.5.0")
 KUBECONFORM = ("github.com/yannh/kubeconform/cmd/kubeconform", "v0.7.0")
 KUBERAY = ("github.com/ray-project/kuberay/ray-operator", "v1.5.0")
 PROMETHEUS_OPERATOR = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0")
+KEDA = ("github.com/kedacore/keda/v2", "v2.21.0")
+KUBE_SCORE = ("github.com/zegl/kube-score/cmd/kube-score", "v1.20.0")
 KUBERNETES_VALIDATE = "kubernetes-validate==1.37.0"
-STRIMZI_KINDS = ("Kafka", "KafkaNodePool", "KafkaTopic")
 
 
 class _Loader(yaml.SafeLoader):
@@ -76,7 +84,7 @@ class Tools:
     kubeconform: Path | None = None
     k8s_schemas: Path | None = None  # the folder holding v<ver>-local-strict/
     crd_schemas: Path | None = None  # {kind}_{version}.json
-    node_modules: Path | None = None
+    kube_score: Path | None = None
 
 
 @dataclass
@@ -183,15 +191,24 @@ def ensure_tools(root: Path) -> Tools:
         log.warning("building kustomize failed; falling back to `kubectl kustomize`")
         tools.kustomize = ["kubectl", "kustomize"]
     tools.kubeconform = _go_install(root, *KUBECONFORM)
-    # CRD schemas: KubeRay and the Prometheus operator, from their Go modules.
+    tools.kube_score = _go_install(root, *KUBE_SCORE)
+    # CRD schemas: KubeRay, the Prometheus operator and KEDA from their Go modules; Strimzi generated.
     crd_dir = root / "crd-schemas"
-    marker = crd_dir / f".{KUBERAY[1]}-{PROMETHEUS_OPERATOR[1]}"
+    strimzi = k8s_strimzi.strimzi_version()
+    marker = crd_dir / f".{KUBERAY[1]}-{PROMETHEUS_OPERATOR[1]}-{KEDA[1]}-strimzi-{strimzi}"
     if not marker.exists():
+        shutil.rmtree(crd_dir, ignore_errors=True)
         crd_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            strimzi_files = k8s_strimzi.generate_crds(root / "strimzi")
+        except k8s_strimzi.StrimziError as exc:
+            raise CheckError(str(exc)) from exc
         sources = [
             (_go_module_dir(root, *KUBERAY) / "config" / "crd" / "bases", "ray.io_*.yaml"),
             (_go_module_dir(root, *PROMETHEUS_OPERATOR) / "example" / "prometheus-operator-crd",
              "monitoring.coreos.com_*.yaml"),
+            (_go_module_dir(root, *KEDA) / "config" / "crd" / "bases", "keda.sh_*.yaml"),
+            (strimzi_files[0].parent, "*.yaml"),
         ]
         for folder, pattern in sources:
             files = sorted(folder.glob(pattern))
@@ -218,22 +235,6 @@ def ensure_tools(root: Path) -> Tools:
     if not found:
         raise CheckError(f"{KUBERNETES_VALIDATE} has no {wanted} schemas in {py_dir}")
     tools.k8s_schemas = found[0].parent
-    # Strimzi: compiled CRD validators from npm (exact versions from k8s/tools/package-lock.json).
-    node_dir = root / "node"
-    lock = K8S_DIR / "tools" / "package-lock.json"
-    stamp = node_dir / ".lock"
-    if not stamp.exists() or stamp.read_text() != lock.read_text():
-        if shutil.which("npm") is None or shutil.which("node") is None:
-            raise CheckError("node and npm are needed for the Strimzi schemas")
-        node_dir.mkdir(parents=True, exist_ok=True)
-        for f in ("package.json", "package-lock.json"):
-            shutil.copy(K8S_DIR / "tools" / f, node_dir / f)
-        npm_ci = ["npm", "ci", "--no-audit", "--no-fund", "--ignore-scripts", "--loglevel=error"]
-        res = _run(npm_ci, cwd=node_dir)
-        if res.returncode != 0:
-            raise CheckError(f"npm ci (Strimzi schemas) failed:\n{res.stderr[-2000:]}")
-        stamp.write_text(lock.read_text())
-    tools.node_modules = node_dir / "node_modules"
     log.info("tools ready in %s (%.1fs)", root, time.monotonic() - t0)
     return tools
 
@@ -304,7 +305,6 @@ def _kubeconform(tools: Tools, docs: list[dict[str, Any]]) -> tuple[list[str], d
         "-schema-location",
         f"{k8s_schemas}/{{{{.NormalizedKubernetesVersion}}}}-standalone-strict/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",
         "-schema-location", f"{tools.crd_schemas}/{{{{.ResourceKind}}}}_{{{{.ResourceAPIVersion}}}}.json",
-        "-skip", ",".join(STRIMZI_KINDS),
     ]
     stream = yaml.safe_dump_all(docs, sort_keys=False)
     res = _run(cmd, stdin=stream)
@@ -320,53 +320,6 @@ def _kubeconform(tools: Tools, docs: list[dict[str, Any]]) -> tuple[list[str], d
     if res.returncode != 0 and not errors:
         errors.append(f"kubeconform exited {res.returncode}: {res.stderr[-500:]}")
     return errors, out.get("summary", {})
-
-
-def _strimzi(tools: Tools, docs: list[dict[str, Any]]) -> list[str]:
-    if not docs:
-        return []
-    script = K8S_DIR / "tools" / "validate-strimzi.mjs"
-    res = _run(["node", str(script), str(tools.node_modules)], stdin=json.dumps(docs))
-    if res.returncode != 0:
-        bad = [line for line in res.stdout.splitlines() if " - valid" not in line]
-        return bad or [f"node validator failed: {res.stderr[-1000:]}"]
-    return []
-
-
-def _strimzi_types(tools: Tools, docs: list[dict[str, Any]]) -> list[str]:
-    """Type-check each Strimzi resource as an object literal of its generated TypeScript type
-    (``tsc --strict``): excess-property checks reject unknown fields at every level, which the
-    compiled validators do not."""
-    if not docs:
-        return []
-    assert tools.node_modules is not None
-    work = tools.node_modules.parent / "typecheck"
-    work.mkdir(exist_ok=True)
-    imports, lines = [], []
-    for i, doc in enumerate(docs):
-        group, _, version = doc["apiVersion"].partition("/")
-        kind = doc["kind"]
-        module = f"@kubernetes-models/strimzi-kafka-operator/{group}/{version}/{kind}"
-        imports.append(f'import type {{ I{kind} as T{i} }} from "{module}";')
-        lines.append(f"export const r{i}: T{i} = {json.dumps(doc)};")
-    (work / "resources.ts").write_text("\n".join(imports + lines) + "\n")
-    tsc = tools.node_modules / "typescript" / "bin" / "tsc"
-    res = _run(["node", str(tsc), "--noEmit", "--strict", "--skipLibCheck", "--module", "nodenext",
-                "--moduleResolution", "nodenext", "resources.ts"], cwd=work)
-    if res.returncode == 0:
-        return []
-    errors = []
-    for line in res.stdout.splitlines():
-        if not line.startswith("resources.ts("):
-            if line.strip() and not line.startswith(" "):
-                errors.append(f"tsc: {line}")
-            continue
-        row = int(line[len("resources.ts("):].split(",", 1)[0]) - 1 - len(imports)
-        doc = docs[row] if 0 <= row < len(docs) else {"kind": "?", "metadata": {}}
-        message = line.split(": ", 1)[1] if ": " in line else line
-        what = f"{doc['kind']} {doc['metadata'].get('name')} ({doc.get('apiVersion')})"
-        errors.append(f"{what} - {message[:400]}")
-    return errors or [f"tsc failed: {res.stdout[-1000:]}{res.stderr[-500:]}"]
 
 
 def check_serve_config(doc: dict[str, Any]) -> list[str]:
@@ -420,8 +373,12 @@ def check_serve_config(doc: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in text.split(".") if p.isdigit())
+
+
 def check_documents(tools: Tools, name: str, docs: list[dict[str, Any]]) -> OverlayResult:
-    """Validate rendered resources: kubeconform, the Strimzi validators, the Serve config."""
+    """Validate rendered resources: kubeconform (built-in kinds and every CRD), the Serve config."""
     result = OverlayResult(name=name, resources=len(docs))
     for d in docs:
         result.kinds[d["kind"]] = result.kinds.get(d["kind"], 0) + 1
@@ -429,14 +386,14 @@ def check_documents(tools: Tools, name: str, docs: list[dict[str, Any]]) -> Over
     result.errors += errors
     result.notes.append(
         f"kubeconform -strict: {summary.get('valid', 0)} valid, {summary.get('invalid', 0)} invalid, "
-        f"{summary.get('errors', 0)} errors, {summary.get('skipped', 0)} skipped (Strimzi, below)"
+        f"{summary.get('errors', 0)} errors, {summary.get('skipped', 0)} skipped"
     )
-    strimzi = [
-        d for d in docs if d["kind"] in STRIMZI_KINDS and d["apiVersion"].startswith("kafka.strimzi.io/")
-    ]
-    result.errors += _strimzi(tools, strimzi)
-    result.errors += _strimzi_types(tools, strimzi)
-    result.notes.append(f"Strimzi validators + TypeScript types: {len(strimzi)} resources")
+    for kafka in (d for d in docs if d["kind"] == "Kafka"):
+        wanted, shipped = kafka["spec"]["kafka"].get("version"), k8s_strimzi.default_kafka_version()
+        if wanted and shipped and _version(wanted) > _version(shipped):
+            result.errors.append(
+                f"Kafka {kafka['metadata']['name']}: version {wanted} is newer than Kafka {shipped}, "
+                f"the newest Strimzi {k8s_strimzi.strimzi_version()} ships; its operator refuses it")
     rayservices = [d for d in docs if d["kind"] == "RayService"]
     for d in rayservices:
         result.errors += check_serve_config(d)
@@ -465,7 +422,13 @@ def check(state_dir: Path, names: Iterable[str] | None = None) -> list[OverlayRe
     for overlay in overlays():
         if wanted and overlay.name not in wanted:
             continue
-        results.append(check_documents(tools, f"overlays/{overlay.name}", render(tools, overlay)))
+        docs = render(tools, overlay)
+        result = check_documents(tools, f"overlays/{overlay.name}", docs)
+        findings, waived = k8s_lint.lint(tools.kube_score, docs)
+        result.errors += findings
+        result.notes.append(f"kube-score {KUBE_SCORE[1]}: {len(findings)} findings, {waived} waived "
+                            f"(k8s/lint-waivers.yaml)")
+        results.append(result)
     if not wanted:
         jobs = job_templates()
         results.append(check_documents(tools, "jobs", jobs))

@@ -1,6 +1,7 @@
 """`make k8s-check` for real: every overlay rendered with kustomize validates against the real
-schemas (Kubernetes, KubeRay, Prometheus operator, Strimzi, Ray Serve), and the rendered overlays
-set what they promise. Tools come from the Go proxy, npm and PyPI once, cached in
+schemas (Kubernetes, KubeRay, Prometheus operator, KEDA, Strimzi, Ray Serve) and passes the policy
+lint, and the rendered overlays set what they promise. Tools come from the Go proxy, Maven Central
+and PyPI once, cached in
 <state_dir>/k8s-tools (the first run builds them: about a minute or two)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra import k8s_check
+from infra import k8s_check, k8s_lint
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +52,12 @@ def test_every_overlay_and_job_template_validates(tools: k8s_check.Tools,
         result = k8s_check.check_documents(tools, name, docs)
         assert result.ok, f"{name}: " + "\n".join(result.errors)
         # nothing may be silently skipped: every kind below has a schema
-        assert {"RayService", "Kafka", "KafkaNodePool", "KafkaTopic", "Deployment", "CronJob", "Service",
-                "PrometheusRule", "AlertmanagerConfig", "Secret", "ConfigMap"} <= set(result.kinds)
+        assert {"RayService", "Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "Deployment", "CronJob",
+                "Service", "PrometheusRule", "AlertmanagerConfig", "Secret", "ConfigMap", "ScaledObject",
+                "TriggerAuthentication", "NetworkPolicy", "PodDisruptionBudget"} <= set(result.kinds)
+        assert any(n.endswith(", 0 skipped") for n in result.notes), result.notes  # every kind has a schema
+        findings, _ = k8s_lint.lint(tools.kube_score, docs)
+        assert not findings, f"{name}: " + "\n".join(findings)
     result = k8s_check.check_documents(tools, "jobs", k8s_check.job_templates())
     assert result.ok and result.kinds == {"Job": 1}, result.errors
 
@@ -66,7 +71,9 @@ def test_the_check_catches_broken_manifests(tools: k8s_check.Tools,
         "PrometheusRule": lambda d: d["spec"]["groups"][0]["rules"][0].update(severity="page"),
         "KafkaTopic": lambda d: d["spec"].update(partitions="six"),
         "Kafka": lambda d: d["spec"]["kafka"]["listeners"][0].update(type="public"),
-        "KafkaNodePool": lambda d: d["spec"].update(replica=3),  # unknown field: only tsc sees it
+        "KafkaNodePool": lambda d: d["spec"].update(replica=3),  # unknown field
+        "KafkaUser": lambda d: d["spec"]["authorization"]["acls"][0].update(operations=["Produce"]),
+        "ScaledObject": lambda d: d["spec"].update(maxReplicas=6),
     }
     broken = []
     for kind, break_it in cases.items():
@@ -81,6 +88,18 @@ def test_the_check_catches_broken_manifests(tools: k8s_check.Tools,
     ray = copy.deepcopy(_one(base, "RayService"))
     ray["spec"]["serveConfigV2"] = ray["spec"]["serveConfigV2"].replace("RouterDeployment", "Router")
     assert any("'Router'" in e for e in k8s_check.check_serve_config(ray))
+    # a Strimzi resource on the removed v1beta2 API has no schema: an error, not a skip
+    old = copy.deepcopy(_one(base, "KafkaTopic", "switchyard.calls.v1"))
+    old["apiVersion"] = "kafka.strimzi.io/v1beta2"
+    assert not k8s_check.check_documents(tools, "old-api", [old]).ok
+
+
+def test_the_lint_catches_a_pod_without_security_context(
+        tools: k8s_check.Tools, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    streams = copy.deepcopy(_one(rendered["prod"], "Deployment", "switchyard-streams"))
+    del streams["spec"]["template"]["spec"]["containers"][0]["securityContext"]
+    findings, _ = k8s_lint.lint(tools.kube_score, [streams])
+    assert any("container-security-context-readonlyrootfilesystem" in f for f in findings), findings
 
 
 def test_prod_runs_router_replicas_on_gpus_with_replication_three(
@@ -103,6 +122,7 @@ def test_prod_runs_router_replicas_on_gpus_with_replication_three(
     env = _one(docs, "ConfigMap", "switchyard-env")["data"]
     assert env["SWITCHYARD_STREAMS_REPLICATION"] == "3"
     assert env["SWITCHYARD_GATEWAY_REDACT_PROMPTS"] == "true"
+    assert _one(docs, "ScaledObject")["spec"]["minReplicaCount"] == 3
     train = _one(docs, "Deployment", "switchyard-train-worker")
     limits = train["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(limits["nvidia.com/gpu"]) == 1
@@ -117,6 +137,7 @@ def test_dev_is_single_broker_cpu_only(rendered: dict[str, list[dict[str, Any]]]
     ray = _one(docs, "RayService")
     assert "nvidia.com/gpu" not in yaml.safe_dump(ray)
     assert _one(docs, "CronJob")["spec"]["suspend"] is True
+    assert _one(docs, "ScaledObject")["spec"]["maxReplicaCount"] == 2
 
 
 _REF_KEYS = (("configMapRef", "ConfigMap"), ("secretRef", "Secret"),
@@ -136,9 +157,29 @@ def _references(node: Any) -> set[tuple[str, str]]:
     return found
 
 
+def _secret_volumes(node: Any) -> set[tuple[str, str]]:
+    """("Secret", name) of every secret volume and TriggerAuthentication secret reference."""
+    found: set[tuple[str, str]] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("secret"), dict) and "secretName" in node["secret"]:
+            found.add(("Secret", node["secret"]["secretName"]))
+        for key, kind in (("secretTargetRef", "Secret"), ("configMapTargetRef", "ConfigMap")):
+            refs = node.get(key)
+            found |= {(kind, ref["name"]) for ref in refs} if isinstance(refs, list) else set()
+        for v in node.values():
+            found |= _secret_volumes(v)
+    elif isinstance(node, list):
+        for v in node:
+            found |= _secret_volumes(v)
+    return found
+
+
 def test_workloads_reference_only_configmaps_and_secrets_that_exist(
         rendered: dict[str, list[dict[str, Any]]]) -> None:
     for name, docs in rendered.items():
         have = {(d["kind"], d["metadata"]["name"]) for d in docs}
-        wanted = _references(docs)
+        # Secrets Strimzi writes: one per KafkaUser (its password) and the cluster CA certificate
+        have |= {("Secret", d["metadata"]["name"]) for d in docs if d["kind"] == "KafkaUser"}
+        have |= {("Secret", f"{d['metadata']['name']}-cluster-ca-cert") for d in docs if d["kind"] == "Kafka"}
+        wanted = _references(docs) | _secret_volumes(docs)
         assert wanted and wanted <= have, f"{name}: missing {wanted - have}"

@@ -157,3 +157,225 @@ def test_crd_conversion_rejects_unknown_fields_and_accepts_int_or_string() -> No
 )
 def test_builtin_schema_file_names_follow_kubeconform(api_version: str, kind: str, expected: str) -> None:
     assert _kind_file({"apiVersion": api_version, "kind": kind}) == expected
+
+
+# --- Strimzi v1, Kafka auth, KEDA, security, Ray GCS fault tolerance, dashboard ------------------
+
+def _base_docs() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    return [d for f in kustomization["resources"] for d in _docs(K8S / "base" / f)]
+
+
+def _pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(where, pod spec) of every pod template a workload or RayService holds."""
+    name = f"{doc['kind']} {doc['metadata'].get('name') or doc['metadata'].get('generateName')}"
+    spec = doc.get("spec", {})
+    if doc["kind"] in ("Deployment", "Job"):
+        return [(name, spec["template"]["spec"])]
+    if doc["kind"] == "CronJob":
+        return [(name, spec["jobTemplate"]["spec"]["template"]["spec"])]
+    if doc["kind"] == "RayService":
+        cluster = spec["rayClusterConfig"]
+        groups = [("head", cluster["headGroupSpec"])]
+        groups += [(g["groupName"], g) for g in cluster["workerGroupSpecs"]]
+        return [(f"{name} {group}", g["template"]["spec"]) for group, g in groups]
+    return []
+
+
+def _workloads() -> list[dict[str, Any]]:
+    docs = _base_docs() + _docs(K8S / "jobs" / "train-run.yaml")
+    patch = yaml.safe_load((K8S / "overlays" / "prod" / "patches" / "rayservice-gpu.yaml").read_text())
+    gpu_group = next(op["value"] for op in patch if op["path"].endswith("/workerGroupSpecs/-"))
+    docs.append({"kind": "Job", "metadata": {"name": "prod-gpu-group"},
+                 "spec": {"template": gpu_group["template"]}})
+    return docs
+
+
+def test_strimzi_resources_use_the_v1_api_and_a_kafka_the_operator_ships() -> None:
+    import re
+
+    strimzi = [d for d in _base_docs() if d["apiVersion"].startswith("kafka.strimzi.io/")]
+    assert {d["kind"] for d in strimzi} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser"}
+    assert {d["apiVersion"] for d in strimzi} == {"kafka.strimzi.io/v1"}
+    pom = (K8S.parent / "infra" / "kafka" / "pom.xml").read_text()
+    stack = re.search(r"<kafka.version>([^<]+)</kafka.version>", pom).group(1)  # type: ignore[union-attr]
+    kafka = next(d for d in strimzi if d["kind"] == "Kafka")
+    cluster = kafka["spec"]["kafka"]["version"]
+    # the newest Kafka Strimzi 1.2.0 ships (4.3.1): the same major version as the local stack's
+    # 4.4, never newer (make k8s-check fails a version the pinned operator does not ship)
+    assert cluster == "4.3.1" and cluster.split(".")[0] == stack.split(".")[0]
+    assert tuple(map(int, cluster.split("."))) <= tuple(map(int, stack.split(".")))
+
+
+def test_kafka_listener_authenticates_and_each_client_is_a_kafka_user() -> None:
+    docs = _base_docs()
+    kafka = next(d for d in docs if d["kind"] == "Kafka")
+    listeners = kafka["spec"]["kafka"]["listeners"]
+    assert all(lst["tls"] and lst["authentication"]["type"] == "scram-sha-512" for lst in listeners)
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    users = {d["metadata"]["name"] for d in docs if d["kind"] == "KafkaUser"}
+    assert {"switchyard-gateway", "switchyard-streams", "switchyard-training", "switchyard-keda"} <= users
+    env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "switchyard-env")
+    env = env["data"]
+    assert env["SWITCHYARD_KAFKA_BOOTSTRAP"].endswith(f":{listeners[0]['port']}")
+    for doc in _workloads():
+        for where, pod in _pod_specs(doc):
+            for c in pod["containers"]:
+                sources = {e.get("configMapRef", {}).get("name") for e in c.get("envFrom", [])}
+                if "switchyard-env" not in sources:
+                    continue  # MLflow, Valkey: not Kafka clients
+                env_vars = {e["name"]: e for e in c.get("env", [])}
+                user = env_vars["SWITCHYARD_KAFKA_SASL_USERNAME"]["value"]
+                assert user in users, where
+                ref = env_vars["SWITCHYARD_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": user, "key": "password"}, where
+                mounts = {m["mountPath"] for m in c["volumeMounts"]}
+                assert env["SWITCHYARD_KAFKA_SSL_CAFILE"].rsplit("/", 1)[0] in mounts, where
+
+
+def test_streams_autoscaling_is_bounded_by_the_calls_partitions() -> None:
+    from services.contracts.topics import CALLS
+    from streams.settings import StreamsSettings
+
+    scaled = next(d for d in _docs(K8S / "base" / "streams-autoscaling.yaml") if d["kind"] == "ScaledObject")
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka" and trigger["metadata"]["topic"] == CALLS.name
+    assert scaled["spec"]["maxReplicaCount"] == CALLS.partitions
+    app_id = StreamsSettings.model_fields["app_id"].default
+    assert trigger["metadata"]["consumerGroup"] == app_id
+    deployment = next(d for d in _docs(K8S / "base" / "streams-worker.yaml") if d["kind"] == "Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], "the ScaledObject owns the replica count"
+
+
+def test_every_pod_runs_non_root_with_seccomp_and_no_capabilities() -> None:
+    checked = 0
+    for doc in _workloads():
+        for where, pod in _pod_specs(doc):
+            checked += 1
+            sc = pod["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["seccompProfile"]["type"] == "RuntimeDefault", where
+            for c in pod["containers"]:
+                csc = c["securityContext"]
+                assert csc["capabilities"]["drop"] == ["ALL"], where
+                assert csc["allowPrivilegeEscalation"] is False, where
+                assert csc["readOnlyRootFilesystem"] is True, where
+                assert "/tmp" in {m["mountPath"] for m in c["volumeMounts"]}, f"{where}: no writable /tmp"
+    assert checked >= 8
+
+
+def test_gateway_spool_is_a_volume_per_pod_on_the_workers() -> None:
+    docs = _workloads()
+    ray = next(d for d in docs if d["kind"] == "RayService")
+    groups = list(ray["spec"]["rayClusterConfig"]["workerGroupSpecs"])
+    groups.append(next(d for d in docs if d["metadata"].get("name") == "prod-gpu-group")["spec"])
+    claims = {d["metadata"]["name"] for d in _base_docs() if d["kind"] == "PersistentVolumeClaim"}
+    for group in groups:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        spool = env["SWITCHYARD_GATEWAY_SPOOL_DIR"]["value"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == spool)
+        assert mount["subPathExpr"] == "$(POD_NAME)"
+        assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"]["claimName"] in claims
+
+
+def test_ray_gcs_fault_tolerance_uses_the_redis_service() -> None:
+    docs = _base_docs()
+    ray = next(d for d in docs if d["kind"] == "RayService")
+    # KubeRay rejects the ray.io/ft-enabled annotation together with gcsFaultToleranceOptions.
+    assert "ray.io/ft-enabled" not in (ray["metadata"].get("annotations") or {})
+    ft = ray["spec"]["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    host, _, port = ft["redisAddress"].partition(":")
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == host)
+    assert int(port) in {p["port"] for p in service["spec"]["ports"]}
+    assert ft["redisPassword"]["valueFrom"]["secretKeyRef"]["name"] == "switchyard-redis"
+
+
+def test_pod_disruption_budgets_cover_streams_mlflow_and_gateway_workers() -> None:
+    docs = _base_docs()
+    selectors = [d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert {"app.kubernetes.io/name": "switchyard-streams"} in selectors
+    assert {"app.kubernetes.io/name": "mlflow"} in selectors
+    ray = next(d for d in docs if d["kind"] == "RayService")
+    worker_labels = ray["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]
+    assert any(s.items() <= worker_labels.items() for s in selectors)
+
+
+def test_network_policies_deny_by_default() -> None:
+    policies = [d for d in _base_docs() if d["kind"] == "NetworkPolicy"]
+    deny = next(p for p in policies if p["spec"]["podSelector"] == {})
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and "ingress" not in deny["spec"]
+
+
+def test_lint_waivers_each_have_a_reason() -> None:
+    from infra.k8s_lint import load_waivers
+
+    waivers = load_waivers()
+    assert waivers and all(len(w["reason"].split()) >= 8 for w in waivers)
+
+
+def _exported_metric_names() -> set[str]:
+    """Every series name the gateway and the streams worker export."""
+    from services.gateway.metrics import GatewayMetrics
+    from streams.metrics import StreamMetrics
+
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "gauge": ("",), "summary": ("_sum", "_count", "_created")}
+    names: set[str] = set()
+    for registry in (GatewayMetrics().registry, StreamMetrics().registry):
+        for family in registry.collect():
+            names |= {family.name + s for s in suffixes[family.type]}
+    return names
+
+
+_PROMQL_GROUPING = r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"
+_PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or",
+                 "unless", "offset", "inf", "nan"}
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (label matchers, ranges, grouping and function
+    names removed)."""
+    import re
+
+    assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', "", expr)
+    text = re.sub(r"\{[^}]*\}", "", text)
+    text = re.sub(r"\[[^\]]*\]", "", text)
+    text = re.sub(_PROMQL_GROUPING, "", text)
+    idents = re.findall(r"(?<![\w.$])([A-Za-z_:][\w:]*)\s*(\()?", text)
+    return {name for name, call in idents if not call and name.lower() not in _PROMQL_WORDS}
+
+
+def test_grafana_dashboard_queries_only_metrics_the_code_exports() -> None:
+    import json
+
+    dashboard = json.loads((K8S / "base" / "monitoring" / "grafana-dashboard.json").read_text())
+    assert dashboard["uid"] and dashboard["title"]
+    exported = _exported_metric_names()
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 10
+    used: set[str] = set()
+    for panel in panels:
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            names = promql_metric_names(target["expr"])
+            assert names, f"{panel['title']}: no metric in {target['expr']}"
+            unknown = names - exported
+            assert not unknown, f"{panel['title']}: {sorted(unknown)} not exported by the code"
+            used |= names
+    assert any(n.startswith("switchyard_streams_") for n in used)
+    assert any(n.startswith("switchyard_request") for n in used)
+    kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    (generator,) = kustomization["configMapGenerator"]
+    assert generator["files"] == ["switchyard.json=monitoring/grafana-dashboard.json"]
+    assert generator["options"]["labels"] == {"grafana_dashboard": "1"}
+
+
+def test_promql_metric_names_ignores_labels_functions_and_grouping() -> None:
+    expr = ('histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{model="x",le!="1"}[5m]))) '
+            '/ ignoring(model) group_left sum(b_total) > 1e-9')
+    assert promql_metric_names(expr) == {"a_bucket", "b_total"}
