@@ -176,8 +176,14 @@ def test_error_paths(gateway, client) -> None:
     with pytest.raises(openai.BadRequestError) as e400:
         ask(client, "hi", model="gpt-7")
     assert e400.value.body["code"] == "model_not_found"
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError) as bad:  # a parameter of the wrong shape: 400, as OpenAI
         client.chat.completions.create(model="switchyard/auto", messages=[])
+    assert bad.value.body["code"] == "validation_error" and bad.value.body["param"] == "messages"
+    with pytest.raises(openai.BadRequestError) as hot:
+        client.chat.completions.create(
+            model="switchyard/auto", messages=[{"role": "user", "content": "hi"}], temperature="hot"
+        )
+    assert hot.value.body["param"] == "temperature"
     with pytest.raises(openai.APIStatusError) as e413:
         ask(client, "x" * 300_000)
     assert e413.value.status_code == 413 and e413.value.body["code"] == "request_too_large"
