@@ -32,10 +32,11 @@ from services.errors import (
     NotReady,
     PayloadTooLarge,
     SwitchyardError,
+    Unauthorized,
     ValidationFailed,
 )
 
-from .auth import Caller, KeyStore, RateLimiter
+from .auth import AuthFailureLimiter, Caller, KeyStore, RateLimiter
 from .metrics import GatewayMetrics
 from .service import ChatService, new_request_id
 
@@ -64,6 +65,7 @@ class Gateway:
         on_start: Callable[[], Awaitable[None]] | None = None,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         health_timeout_s: float = 2.0,
+        auth_failures: AuthFailureLimiter | None = None,
     ):
         self.service = service
         self.keys = keys
@@ -74,6 +76,7 @@ class Gateway:
         self.on_start = on_start
         self.on_stop = on_stop
         self.health_timeout_s = health_timeout_s
+        self.auth_failures = auth_failures
         self.router_seen = False  # whether /readyz has seen a router loaded since start
         self.started = False
 
@@ -223,7 +226,15 @@ def create_app(gw: Gateway) -> FastAPI:
     async def caller_of(request: Request) -> Caller:
         if not gw.started:
             await gw.start()
-        caller = gw.keys.authenticate(request.headers.get("authorization"))
+        source = request.client.host if request.client else "unknown"
+        if gw.auth_failures is not None:
+            gw.auth_failures.blocked(source)  # 429 while this source is over its failed-auth budget
+        try:
+            caller = gw.keys.authenticate(request.headers.get("authorization"))
+        except Unauthorized:
+            if gw.auth_failures is not None:
+                gw.auth_failures.failed(source)
+            raise
         gw.limiter.check(caller.key_id)
         return caller
 

@@ -63,6 +63,12 @@ class RateLimiter:
     def enabled(self) -> bool:
         return self.rate > 0
 
+    def peek(self, key_id: str) -> float:
+        """The tokens ``key_id`` has now (without taking one)."""
+        now = self._clock()
+        tokens, last = self._buckets.get(key_id, (self.burst, now))
+        return min(self.burst, tokens + (now - last) * self.rate)
+
     def check(self, key_id: str) -> None:
         """Take one token for ``key_id`` or raise :class:`RateLimited` with a Retry-After."""
         if not self.enabled:
@@ -87,3 +93,33 @@ class RateLimiter:
         if len(self._buckets) >= self._max_keys and key_id not in self._buckets:
             self._buckets.pop(next(iter(self._buckets)))
         self._buckets[key_id] = (tokens - 1.0, now)
+
+
+class AuthFailureLimiter:
+    """Failed authentications per source address: a token bucket of ``per_minute`` failures (burst
+    the same); a source that spent it gets a 429 for every request, valid key or not, until the
+    bucket refills. Guessing keys from one address costs a minute per ``per_minute`` tries."""
+
+    def __init__(
+        self, per_minute: float, clock: Callable[[], float] = time.monotonic, max_sources: int = 10000
+    ):
+        self._bucket = RateLimiter(
+            per_minute / 60.0, burst=max(1, int(per_minute)), clock=clock, max_keys=max_sources
+        )
+
+    def blocked(self, source: str) -> None:
+        """Raise :class:`RateLimited` when ``source`` has no failure left to spend."""
+        tokens = self._bucket.peek(source)
+        if tokens < 1.0:
+            wait = (1.0 - tokens) / self._bucket.rate
+            raise RateLimited(
+                "too many failed authentications from this address",
+                headers={"retry-after": str(max(1, math.ceil(wait)))},
+            )
+
+    def failed(self, source: str) -> None:
+        """Spend one failure of ``source``."""
+        try:
+            self._bucket.check(source)
+        except RateLimited:
+            pass

@@ -13,7 +13,7 @@ from services.providers.breaker import BreakerPolicy
 from services.providers.pool import ProviderPool, RetryPolicy
 
 from .app import Gateway
-from .auth import KeyStore, RateLimiter
+from .auth import AuthFailureLimiter, KeyStore, RateLimiter
 from .degrade import LocalRouter, RouteChain, TaskPriors
 from .emitter import EmitterConfig, EventEmitter
 from .explore import ExploreConfig, Explorer
@@ -161,4 +161,5 @@ def build_gateway(
         router_status,
         on_start,
         on_stop,
+        auth_failures=AuthFailureLimiter(rate) if (rate := settings.auth_failures_per_minute) else None,
     )

@@ -39,6 +39,12 @@ class GatewaySettings(BaseSettings):
     rate_limit_rps: float = Field(default=0.0, ge=0, description="Requests/s per key; 0 = unlimited.")
     rate_limit_burst: int = Field(default=0, ge=0, description="Bucket size; default 2 × rate (at least 1).")
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Larger request bodies get a 413.")
+    auth_failures_per_minute: float = Field(
+        default=30.0,
+        ge=0,
+        description="Failed authentications one source address may make a minute (burst the same); "
+        "past it every request from that address gets a 429 until the budget refills. 0 = off.",
+    )
     redact_prompts: bool = Field(default=False, description="Keep only prompt hashes in events.")
     access_log: bool = Field(
         default=False, description="Serve's per-request access log lines (costly on CPU)."
