@@ -431,3 +431,23 @@ async def test_the_tenant_knob_is_a_label_and_never_the_callers_identity(stack) 
     [ev] = await events(gw, broker)
     assert ev["client_tenant"] == "someone-else" and ev["tenant"] != "someone-else"
     assert ev["tenant"] == gw.keys.authenticate(f"Bearer {KEY}").key_id
+
+
+async def test_failed_authentication_is_rate_limited_per_source(stack) -> None:
+    # guessing keys from one address: after the failure budget every request from it is a 429,
+    # a valid key included, until the budget refills
+    from services.gateway.auth import AuthFailureLimiter
+
+    client, upstream, router, broker, gw = stack
+    now = [0.0]
+    gw.auth_failures = AuthFailureLimiter(per_minute=3, clock=lambda: now[0])
+    guess = {"authorization": "Bearer guess"}
+    for _ in range(3):
+        assert (await client.post("/v1/chat/completions", json=body(), headers=guess)).status_code == 401
+    r = await client.post("/v1/chat/completions", json=body(), headers=guess)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+    r = await client.post("/v1/chat/completions", json=body())  # the right key, same address
+    assert r.status_code == 429 and "failed authentications" in r.json()["error"]["message"]
+    assert (await client.get("/healthz")).status_code == 200  # health never needs a key
+    now[0] = 30.0  # half a minute later 1.5 failures are back
+    assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
