@@ -34,7 +34,7 @@ from typing import Any
 
 from services.catalog import Catalog
 
-from .routing import RouteRequest, RouteResult, RouterLoadFailed, RouterRuntime
+from .routing import RouteRequest, RouteResult, RouterRuntime
 
 log = logging.getLogger(__name__)
 
@@ -123,16 +123,10 @@ class LocalRouter:
     in every ingress replica would cost the CPU the ingress needs for line rate."""
 
     def __init__(self, catalog: Catalog, loader: Callable[..., Any]):
+        # loader: services.router.cheap.load_cheap_router with the serving encoder options bound
+        # (it refuses any router that is not a static one, and warms it up)
         self.catalog = catalog
-        self._loader = loader  # artifact.load_router with the serving encoder options bound
-        self.runtime = RouterRuntime(catalog, loader=self._load_cheap)
-
-    def _load_cheap(self, ref: str) -> Any:
-        router = self._loader(ref)
-        backend = getattr(getattr(router, "encoder_config", None), "backend", None)
-        if backend != "static":
-            raise RouterLoadFailed(f"{ref!r} is a {backend} router: only a static router runs in the ingress")
-        return router
+        self.runtime = RouterRuntime(catalog, loader=loader)
 
     @property
     def version(self) -> str | None:

@@ -25,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from services.catalog import load_catalog
 from services.contracts.settings import KafkaSettings
+from services.router.cheap import load_cheap_router
 from services.router.settings import RouterSettings
 
 from .app import create_app
@@ -208,7 +209,7 @@ class ChatIngress:
         )
         self._loader = functools.partial(_load_only, **options)
         catalog = load_catalog(settings.catalog_path)
-        self._local = LocalRouter(catalog, self._loader)
+        self._local = LocalRouter(catalog, functools.partial(load_cheap_router, **options))
         if settings.cheap_router_ref and not self._local.swap(settings.cheap_router_ref):
             log.error("the cheap router %s cannot be held in the ingress", settings.cheap_router_ref)
 

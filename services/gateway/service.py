@@ -177,9 +177,9 @@ class ChatService:
         elif req.model in self.catalog.model_ids:
             mode, target = RoutingMode.PASSTHROUGH, None
             window = self.catalog.model(req.model).context_window
-            if window is not None and req.token_estimate() > window:
+            if window is not None and (need := req.token_estimate()) > window:
                 raise ContextLengthExceeded(
-                    f"the request needs about {req.token_estimate()} tokens (messages and max_tokens); "
+                    f"the request needs about {need} tokens (messages and max_tokens); "
                     f"{req.model} takes {window}",
                     param="messages",
                 )
