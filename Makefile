@@ -32,8 +32,8 @@ $(KAFKA_LIBS)/.resolved: infra/kafka/pom.xml
 	mvn -q -B -f infra/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory=$(KAFKA_LIBS)
 	@touch $@
 
-lock: ## re-resolve requirements.lock from pyproject.toml
-	$(UV) pip compile pyproject.toml --extra dev -o requirements.lock --python-version 3.11
+lock: ## re-resolve requirements.lock from pyproject.toml: every extra in one resolution (the images install against it)
+	$(UV) pip compile pyproject.toml --all-extras -o requirements.lock --python-version 3.11
 
 data: setup ## fetch the benchmark files into SWITCHYARD_DATA_DIR (skips when present)
 	$(SY) data fetch
@@ -81,6 +81,10 @@ bench-peer: setup ## side by side with LiteLLM (own venv under the state dir): a
 
 lint: setup ## ruff
 	$(VENV)/bin/ruff check services streams training infra switchyard tests bench
+
+.PHONY: images
+images: setup ## container images with buildah (infra/images/): gateway, gateway-gpu, streams, training, mlflow; IMAGES="gateway streams" for some
+	$(PY) -m infra.images build $(IMAGES)
 
 .PHONY: k8s-check
 k8s-check: setup ## render the k8s/ overlays (kustomize) and validate them offline against the real schemas (kubeconform -strict, CRDs)

@@ -109,7 +109,6 @@ def main() -> None:
             "SWITCHYARD_TRAIN_BUDGET_USD": str(a.budget_usd),
             "SWITCHYARD_TRAIN_BUDGET_CALLS": str(a.budget_calls),
             "SWITCHYARD_TRAIN_MAX_QUERIES": str(a.max_queries),
-            "SWITCHYARD_TRAIN_REDEPLOY": "false",
             "SWITCHYARD_TRAIN_CATALOG": str(tmp / "catalog.yaml"),
             "SWITCHYARD_KAFKA_TOPIC_PREFIX": prefix,
         }

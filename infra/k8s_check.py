@@ -18,7 +18,8 @@ registries:
   (:mod:`infra.k8s_strimzi`), converted the same way;
 * the RayService's ``serveConfigV2``: Ray Serve's own ``ServeDeploySchema`` and
   ``AutoscalingConfig``, the gateway's ``GatewayArgs`` (the builder's typed arguments) and
-  ``RouterConfig`` (the router's ``user_config``), and its deployment names against the code.
+  no ``user_config`` (the builder's own: the alias the replicas follow), and its deployment names
+  against the code.
 
 Then a policy lint (kube-score, :mod:`infra.k8s_lint`) runs on every rendered overlay; its waivers
 live in ``k8s/lint-waivers.yaml``, each with its reason.
@@ -355,13 +356,15 @@ def check_serve_config(doc: dict[str, Any]) -> list[str]:
                 errors.append(
                     f"RayService {name}: deployment {dep.name!r} is not in {module_name} ({sorted(known)})"
                 )
-            user_config = getattr(dep, "user_config", None)
-            router_config = getattr(module, "RouterConfig", None)
-            if dep.name == "RouterDeployment" and user_config is not None and router_config is not None:
-                try:
-                    router_config.model_validate(user_config)
-                except Exception as exc:  # noqa: BLE001
-                    errors.append(f"RayService {name}: RouterDeployment user_config invalid: {exc}")
+            fields_set = getattr(dep, "model_fields_set", None) or getattr(dep, "__fields_set__", set())
+            if "user_config" in fields_set:
+                # the builder gives both deployments {router_ref, poll_s}; one set here would pin
+                # this deployment to another reference than the other one follows
+                errors.append(
+                    f"RayService {name}: {dep.name} sets user_config: leave it to the app builder "
+                    "(SWITCHYARD_GATEWAY_ROUTER_REF / _ROUTER_POLL_S), which gives both deployments "
+                    "the alias every replica follows"
+                )
             autoscaling = getattr(dep, "autoscaling_config", None)
             if isinstance(autoscaling, dict):
                 try:

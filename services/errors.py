@@ -43,12 +43,67 @@ class UnknownModel(BadRequest):
     code = "model_not_found"
 
 
+class UnsupportedParameter(BadRequest):
+    """The request needs a parameter the model's upstream kind cannot honour (an Anthropic model
+    asked for ``n: 2``, ``logprobs``, ...): 400 naming it, never a silently dropped feature. For
+    ``switchyard/auto`` such models are left out of the candidates instead; this is raised only
+    when none is left."""
+
+    code = "unsupported_parameter"
+
+
 class NotFound(SwitchyardError):
     """No such route (404)."""
 
     status = 404
     type = "invalid_request_error"
     code = "not_found"
+    log_level = logging.INFO
+
+
+class ModelNotFound(NotFound):
+    """``GET /v1/models/{id}`` of a model the catalog does not list."""
+
+    code = "model_not_found"
+
+
+class RequestNotFound(NotFound):
+    """Feedback names a call this gateway never issued to this key (forged, mistyped, another's)."""
+
+    code = "request_not_found"
+
+
+class RequestExpired(NotFound):
+    """Feedback names a call older than the join can match."""
+
+    code = "request_expired"
+
+
+class PermissionDenied(SwitchyardError):
+    """The key is valid but may not do this."""
+
+    status = 403
+    type = "permission_error"
+    code = "permission_denied"
+    log_level = logging.INFO
+
+
+class ClientClosedRequest(SwitchyardError):
+    """The client went away before the answer (nginx's 499): not a server error, nobody reads it."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+    log_level = logging.INFO
+
+
+class RequestTimeout(SwitchyardError):
+    """The request body did not arrive within the body deadline or above the body-rate floor (408;
+    the connection is closed, so the ingress slot it held is free again)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
     log_level = logging.INFO
 
 

@@ -1,24 +1,23 @@
-"""Promotion and redeploy: move ``champion`` (with history), tell a running gateway to hot-swap.
+"""Promotion: move ``champion`` (with history); the serving replicas follow by themselves.
 
-The alias moves in MLflow (:mod:`training.registry`); the serving replicas follow through Ray
-Serve ``reconfigure``: we redeploy the app with the router's ``user_config`` pointing at the
-*pinned* version (``models:/<name>/<version>``), so a change of alias is always a change of
-config (an unchanged ``@champion`` string would not trigger ``reconfigure``). Each replica loads,
-verifies and smoke-checks the new router and swaps atomically; if that fails it keeps the old one
-and reports ``last_error`` in ``/readyz`` — which :func:`redeploy` reads back and returns.
+Every replica of the gateway follows the alias it is configured with
+(:mod:`services.gateway.follow`): it re-resolves ``models:/<name>@champion`` every poll interval,
+loads, verifies and smoke-checks the version it now points at and swaps atomically, keeping the old
+router if that fails. So promotion is only moving the alias, rollback is moving it back, and
+nothing here reaches into Ray or the gateway's code. :func:`wait_serving` then reads the
+gateway's ``/readyz`` (plain HTTP) until it reports the new version, or the replica's refusal.
 
-Gating (issue 15, item 5): an operator's promotion (``switchyard router promote``) and swap
-(``switchyard serve swap``) go through :func:`check_version` / :func:`check_ref` first: the version
-must carry a passed gate record (the tags ``gate``, ``gate_kind``, ``gate_reasons`` on the
-registered model version, see :data:`training.registry.GATE_TAG`) and must verify (downloaded,
-loaded with its content hashes checked, smoke-checked). ``--force`` overrides both and records
-that it did (tag ``forced_promotion``).
+Gating (issue 15, item 5): an operator's promotion (``switchyard router promote``) goes through
+:func:`check_version` / :func:`check_ref` first: the version must carry a passed gate record (the
+tags ``gate``, ``gate_kind``, ``gate_reasons`` on the registered model version, see
+:data:`training.registry.GATE_TAG`) and must verify (downloaded, loaded with its content hashes
+checked, smoke-checked). ``--force`` overrides both and records that it did (tag
+``forced_promotion``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -40,8 +39,8 @@ from .registry import RegistryError, _client, promote, rollback
 log = logging.getLogger(__name__)
 
 
-class RedeployResult(BaseModel):
-    """What the gateway reports after a swap request."""
+class ServingReport(BaseModel):
+    """What the gateway reported after the alias moved: whether it serves ``requested`` now."""
 
     requested: str
     swapped: bool
@@ -204,83 +203,82 @@ def promote_checked(
     return promote(ms, version=version, from_alias=from_alias, to_alias=to_alias), check
 
 
-def redeploy(ref: str, expect_version: str | None, *, timeout_s: float = 120.0) -> RedeployResult:
-    """Ask the running local gateway (``switchyard serve``) to swap to ``ref`` and wait until its
-    router reports ``expect_version`` or a failed swap. No gateway running → ``swapped=False``."""
+def _follow_states(ready: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alias followers ``/readyz`` reports: the router replica's and the ingress replica's."""
+    router = ready.get("router") or {}
+    routing = ready.get("routing") or {}
+    return [f for f in (router.get("follow"), routing.get("follow")) if isinstance(f, dict)]
+
+
+def wait_serving(
+    gateway_url: str, ref: str, expect_version: str | None, *, timeout_s: float = 180.0, poll_s: float = 1.0
+) -> ServingReport:
+    """Poll the gateway's ``/readyz`` until its replicas serve the pinned ``ref`` (the version the
+    alias now points at), or one reports refusing it (it failed to load or check: the replicas keep
+    the old router), or ``timeout_s`` passes. Plain HTTP: nothing of the gateway is imported."""
     import httpx
 
-    from services.gateway.deployments import GatewayArgs
-    from services.gateway.local import load_state, save_state, swap_router
-    from services.gateway.settings import GatewaySettings
-
     t0 = time.perf_counter()
-    settings = GatewaySettings()
-    try:
-        state = load_state(settings)
-    except FileNotFoundError as exc:
-        return RedeployResult(requested=ref, swapped=False, error=str(exc))
-    try:
-        before = httpx.get(state["url"] + "/readyz", timeout=5).json().get("router", {})
-    except (httpx.HTTPError, ValueError) as exc:
-        return RedeployResult(
-            requested=ref, swapped=False, error=f"gateway at {state['url']} unreachable: {exc}"
-        )
-    failed_before = int(before.get("failed_swaps") or 0)
-    # The local Ray that `switchyard serve` starts uses token auth; Ray reads the mode at import.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
-
-    ray.init(address=state["address"], logging_level=logging.WARNING, ignore_reinit_error=True)
-    try:
-        args = swap_router(GatewayArgs.model_validate(state["args"]), ref)
-        save_state(settings, state["address"], args, state["url"])
-    finally:
-        ray.shutdown()
+    url = gateway_url.rstrip("/") + "/readyz"
     deadline = time.monotonic() + timeout_s
     router: dict[str, Any] = {}
+    error = "the gateway did not report the new version in time"
     while time.monotonic() < deadline:
         try:
-            router = httpx.get(state["url"] + "/readyz", timeout=5).json().get("router", {})
-        except (httpx.HTTPError, ValueError):
-            router = {}
-        if router.get("ref") == ref and (expect_version is None or router.get("version") == expect_version):
-            return RedeployResult(
+            ready = httpx.get(url, timeout=5).json()
+        except (httpx.HTTPError, ValueError) as exc:
+            error = f"gateway at {gateway_url} unreachable: {exc}"
+            time.sleep(poll_s)
+            continue
+        router = ready.get("router") or {}
+        follows = _follow_states(ready)
+        serving = router.get("version")
+        if (
+            follows
+            and all(f.get("pinned") == ref for f in follows)
+            and (expect_version is None or serving == expect_version)
+        ):
+            return ServingReport(
                 requested=ref,
                 swapped=True,
-                serving_version=router.get("version"),
+                serving_version=serving,
                 serving_ref=ref,
                 seconds=time.perf_counter() - t0,
             )
-        if int(router.get("failed_swaps") or 0) > failed_before:
+        refused = [f for f in follows if f.get("failed") == ref]
+        if refused:
+            error = f"the gateway refuses {ref}: {router.get('last_error') or 'it failed to load'}"
             break
-        time.sleep(1.0)
-    return RedeployResult(
+        if not follows:
+            error = "the gateway reports no alias follower (it serves a pinned router)"
+        time.sleep(poll_s)
+    return ServingReport(
         requested=ref,
         swapped=False,
         serving_version=router.get("version"),
-        serving_ref=router.get("ref"),
-        error=router.get("last_error") or "swap not confirmed in time",
+        serving_ref=(router.get("follow") or {}).get("pinned") or router.get("ref"),
+        error=error,
         seconds=time.perf_counter() - t0,
     )
 
 
-def promote_and_redeploy(
-    ms: MLflowSettings, version: str, *, do_redeploy: bool = True
-) -> tuple[str, RedeployResult | None]:
-    """Move ``champion`` to ``version`` then (optionally) hot-swap the gateway to it."""
+def promote_and_wait(
+    ms: MLflowSettings, version: str, *, gateway_url: str | None = None, timeout_s: float = 180.0
+) -> tuple[str, ServingReport | None]:
+    """Move ``champion`` to ``version``; with ``gateway_url``, wait until that gateway serves it."""
     v = promote(ms, version=version)
-    if not do_redeploy:
+    if not gateway_url:
         return v, None
-    res = redeploy(version_ref(ms, v), router_version_of(ms, v))
-    log.info("redeploy to %s: %s", res.requested, res.model_dump())
+    res = wait_serving(gateway_url, version_ref(ms, v), router_version_of(ms, v), timeout_s=timeout_s)
+    log.info("gateway after promoting version %s: %s", v, res.model_dump())
     return v, res
 
 
-def rollback_and_redeploy(
-    ms: MLflowSettings, *, do_redeploy: bool = True
-) -> tuple[str, RedeployResult | None]:
-    """Move ``champion`` back to the previous version and have the gateway follow."""
+def rollback_and_wait(
+    ms: MLflowSettings, *, gateway_url: str | None = None, timeout_s: float = 180.0
+) -> tuple[str, ServingReport | None]:
+    """Move ``champion`` back to the previous version; with ``gateway_url``, wait until it serves it."""
     v = rollback(ms)
-    if not do_redeploy:
+    if not gateway_url:
         return v, None
-    return v, redeploy(version_ref(ms, v), router_version_of(ms, v))
+    return v, wait_serving(gateway_url, version_ref(ms, v), router_version_of(ms, v), timeout_s=timeout_s)

@@ -179,7 +179,15 @@ class TrainSettings(BaseSettings):
     )
     # promotion and worker
     auto_promote: bool = Field(default=True, description="Move champion when the gate passes.")
-    redeploy: bool = Field(default=True, description="Hot-swap a running local gateway after promotion.")
+    gateway_url: str | None = Field(
+        default=None,
+        description="After a promotion, wait until the gateway at this base URL reports serving the "
+        "new version in /readyz (its replicas follow the alias by themselves); unset: only move the "
+        "alias.",
+    )
+    serving_timeout_s: float = Field(
+        default=180.0, gt=0, description="How long to wait for the gateway to report the new version."
+    )
     coalesce_s: float = Field(
         default=5.0, ge=0, description="Wait this long after a request for more to merge."
     )

@@ -561,6 +561,8 @@ def train_router(
     if encoder.backend == "static":
         # resolved first: the same files the embeddings came from (a cache hit after prepare)
         static_model = Encoder(encoder, static_cache_dir=static_cache_dir).static_files
+    # the ONNX export (cached by now) goes into the artefact, so serving never needs torch for it
+    onnx_model = Encoder(encoder, device="cpu").onnx_files if encoder.backend == "onnx" else None
     unknown = [m for m in ts.models if m not in catalog.model_ids]
     if unknown:
         raise ValueError(f"models {unknown} are not in the catalog")
@@ -626,6 +628,7 @@ def train_router(
         cascade=cascade,
         training=training,
         static_model=static_model,
+        onnx_model=onnx_model,
     )
     log.info("trained %s on %d rows in %.1fs", manifest.version, len(ts.frame), elapsed)
     return manifest, metrics

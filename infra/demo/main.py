@@ -113,7 +113,7 @@ def _opportunity_story(
     opp["drift_alerts_on_task"] = [
         {k: a.get(k) for k in ("detector", "status", "summary", "ts")} for a in seen.drift_alerts
     ]
-    opp["exploration_at_notice"] = s.explore_metrics(services.gateway_url)
+    opp["exploration_at_notice"] = s.explore_metrics(services)
     if seen.notice_ts is None:
         status["7"] = (
             f"FAILED: no opportunity notice for {task} after {seen.sent} requests; "
@@ -155,7 +155,7 @@ def _opportunity_story(
     opp["after"] = stats(after, task=task)
     opp["after_all"] = stats(after)
     opp["after_other_tasks"] = stats(after, not_task=task)
-    opp["exploration"] = s.explore_metrics(services.gateway_url)
+    opp["exploration"] = s.explore_metrics(services)
     opp["exploration"]["cap_usd_per_task_hour"] = cfg.explore_budget_usd
     opp["targets"] = opportunity_targets(opp)
     status["9"] = "done" if status["8"] == "done" else "done (without a new router)"

@@ -196,13 +196,13 @@ def start_gateway(procs: Processes, ctx: RunContext, port: int, catalog: Path) -
     return procs.start("gateway", cmd, ctx.gateway_env)
 
 
-def start_retrain_worker(procs: Processes, ctx: RunContext, catalog: Path) -> Proc:
-    """``switchyard train worker``: it redeploys into the gateway's Ray instance."""
+def start_retrain_worker(procs: Processes, ctx: RunContext, catalog: Path, gateway_url: str) -> Proc:
+    """``switchyard train worker``: it moves the alias the gateway follows, then waits until the
+    gateway's ``/readyz`` reports the new version."""
     env = {
         **ctx.train_env,
-        "SWITCHYARD_GATEWAY_STATE_DIR": ctx.gateway_env["SWITCHYARD_GATEWAY_STATE_DIR"],
+        "SWITCHYARD_TRAIN_GATEWAY_URL": gateway_url,
         "SWITCHYARD_TRAIN_CATALOG": str(catalog),
-        "RAY_AUTH_MODE": "token",
         "SWITCHYARD_TRAIN_GROUP_ID": f"switchyard-retrain-demo-{ctx.run_id}",
         "SWITCHYARD_TRAIN_BUDGET_USD": str(ctx.cfg.budget_usd),
         "SWITCHYARD_TRAIN_BUDGET_CALLS": str(ctx.cfg.budget_calls),

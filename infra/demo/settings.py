@@ -247,6 +247,10 @@ class RunContext:
             "SWITCHYARD_GATEWAY_STATE_DIR": str(self.ray_dir),
             "SWITCHYARD_GATEWAY_API_KEYS": json.dumps([self.api_key]),
             "SWITCHYARD_GATEWAY_ROUTER_TIMEOUT_S": "10",
+            # the replicas re-resolve the champion alias this often (the swap follows promotion)
+            "SWITCHYARD_GATEWAY_ROUTER_POLL_S": "2",
+            # the stories' tasks keep their own metric labels even before a router knows them
+            "SWITCHYARD_GATEWAY_METRIC_TASKS": json.dumps([self.cfg.new_task, self.cfg.opportunity_task]),
             # budgeted exploration, sized for a few minutes of traffic (see DemoSettings)
             "SWITCHYARD_GATEWAY_EXPLORE_SHARE": str(self.cfg.explore_share),
             "SWITCHYARD_GATEWAY_EXPLORE_MIN_REQUESTS": str(self.cfg.explore_min_requests),

@@ -93,6 +93,7 @@ class Services:
     trainer: Proc
     router_version: str | None
     seconds: float
+    api_key: str = ""  # the demo's key: the gateway's /metrics needs one
 
     @property
     def streams_stats_url(self) -> str:
@@ -118,7 +119,7 @@ def start_services(ctx: RunContext, procs: Processes, webhook_url: str) -> Servi
     emu = start_emulator(procs, ctx, emu_port)
     streams = start_streams(procs, ctx, st_port, webhook_url, reference)
     gateway = start_gateway(procs, ctx, gw_port, catalog)
-    trainer = start_retrain_worker(procs, ctx, catalog)
+    trainer = start_retrain_worker(procs, ctx, catalog, f"http://127.0.0.1:{gw_port}")
     wait_for(
         "emulator",
         lambda: httpx.get(emu_url + "/healthz", timeout=2).status_code == 200,
@@ -137,7 +138,7 @@ def start_services(ctx: RunContext, procs: Processes, webhook_url: str) -> Servi
     gw_url = f"http://127.0.0.1:{gw_port}"
     ready = wait_for("gateway", lambda: readyz(gw_url), cfg.start_timeout_s, procs, gateway.log_path, every=2)
     version, seconds = (ready.get("router") or {}).get("version"), round(time.time() - t, 1)
-    services = Services(emu_url, gw_url, st_port, streams, gateway, trainer, version, seconds)
+    services = Services(emu_url, gw_url, st_port, streams, gateway, trainer, version, seconds, ctx.api_key)
     print(
         f"      gateway {gw_url} (router {services.router_version}), emulator {emu_url}, streams :{st_port}, "
         f"webhook {webhook_url}, retrain worker pid {trainer.popen.pid} "
@@ -572,7 +573,7 @@ def replay_opportunity(
         traffic.run("opportunity", count=cfg.opportunity_chunk, mix=cfg.opportunity_mix)
         sent += cfg.opportunity_chunk
         st = stats(traffic.stage_rows("opportunity"), task=task)
-        ex = explore_metrics(services.gateway_url).get("calls", {}).get(task, 0)
+        ex = explore_metrics(services).get("calls", {}).get(task, 0)
         print(
             f"      ... {sent} requests; {task}: {st['requests']} answered, cost ratio "
             f"{1 - st['savings']:.3f}, quality/GPT-4 {st['quality_ratio']:.3f}, {ex:.0f} explored",
@@ -594,13 +595,17 @@ def replay_opportunity(
     return out
 
 
-def explore_metrics(gateway_url: str) -> dict[str, Any]:
+def explore_metrics(services: Services) -> dict[str, Any]:
     """The gateway's exploration counters (``/metrics``): shadow calls, spend and skips per task."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out: dict[str, Any] = {"calls": {}, "calls_by_outcome": {}, "spend_usd": {}, "skipped": {}}
     try:
-        text = httpx.get(gateway_url + "/metrics", timeout=5).text
+        text = httpx.get(
+            services.gateway_url + "/metrics",
+            headers={"authorization": f"Bearer {services.api_key}"},
+            timeout=5,
+        ).text
     except httpx.HTTPError:
         return out
     for fam in text_string_to_metric_families(text):

@@ -22,6 +22,7 @@ from .corpus import Answer, Corpus, PromptRecord, count_tokens, generic_answer, 
 from .faults import TIER_LATENCY, DriftTable, FaultDecision, FaultTable, Latency
 from .judge import JUDGE_MODEL, JudgePromptError, grade
 from .settings import EmulatorConfig
+from .structured import ToolCall, ToolSpec, json_answer, tool_call
 
 # error types of the OpenAI API by status (also the type of an injected error status)
 OPENAI_ERROR_TYPES = {
@@ -61,6 +62,20 @@ class ChatRequest:
     max_tokens: Any
     stream: bool
     include_usage: bool = False  # OpenAI ``stream_options.include_usage``
+    n: int = 1  # choices to answer (OpenAI ``n``)
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str = "auto"  # "auto" | "none" | "required" (a named tool: ``forced_tool``)
+    forced_tool: str | None = None
+    after_tool_result: bool = False  # the last message hands back a tool's result
+    json_schema: dict[str, Any] | None = None  # a JSON answer matching this schema was asked for
+
+    @property
+    def calls_tool(self) -> bool:
+        """Whether the answer is a tool call: tools offered and allowed, and either forced or not
+        just given a tool's result (then the model answers in text, so a tool loop ends)."""
+        if not self.tools or self.tool_choice == "none":
+            return False
+        return self.forced_tool is not None or self.tool_choice == "required" or not self.after_tool_result
 
 
 @dataclass
@@ -77,6 +92,12 @@ class Turn:
     task: str
     drifted: bool
     fault: FaultDecision
+    call: ToolCall | None = None  # the answer is this tool call (``text`` is empty)
+    choices: int = 1  # every choice carries the same answer; usage counts each
+
+    @property
+    def billed_completion(self) -> int:
+        return self.completion_toks * self.choices
 
     def side_headers(self) -> Headers:
         correct = "unknown" if self.correct is None else f"{self.correct:g}"
@@ -87,7 +108,7 @@ class Turn:
             (b"x-emulator-drifted", b"1" if self.drifted else b"0"),
             (
                 b"x-emulator-cost-usd",
-                f"{self.model.cost(self.prompt_toks, self.completion_toks):.10f}".encode(),
+                f"{self.model.cost(self.prompt_toks, self.billed_completion):.10f}".encode(),
             ),
         ]
 
@@ -223,17 +244,33 @@ class Emulator:
             record = self.corpus.lookup(question)
             ans, h, task, drifted = self.answer_for(record, info.id, question)
             text, correct = ans.text, ans.correct
-        finish = "stop"
-        completion = count_tokens(text)
+        finish, call = "stop", None
+        if info.id != JUDGE_MODEL and chat.calls_tool:
+            call = tool_call(chat.tools, chat.forced_tool, question, text)
+            text, finish = "", "tool_calls"
+        elif info.id != JUDGE_MODEL and chat.json_schema is not None:
+            text = json_answer(chat.json_schema, text)
+        completion = count_tokens(call.arguments if call else text)
         max_tokens = chat.max_tokens
-        if isinstance(max_tokens, int) and 0 < max_tokens < completion:
+        if call is None and isinstance(max_tokens, int) and 0 < max_tokens < completion:
             text, completion, finish = text[: max_tokens * 4], max_tokens, "length"
         fault = self.faults.decide(info.id, chat.stream)
         self.requests[info.id] += 1
         if fault.kind != "none":
             self.fault_counts[fault.kind] += 1
         return Turn(
-            info, text, finish, prompt_tokens(chat.texts), completion, correct, h, task, drifted, fault
+            info,
+            text,
+            finish,
+            prompt_tokens(chat.texts),
+            completion,
+            correct,
+            h,
+            task,
+            drifted,
+            fault,
+            call=call,
+            choices=chat.n,
         )
 
     # ---- how to answer -------------------------------------------------------------------------
@@ -294,7 +331,7 @@ class Emulator:
             # no latency to pace: one write of the whole (still chunk-by-chunk) SSE stream
             await send({"type": "http.response.body", "body": b"".join(events), "more_body": False})
             return
-        per_event = max(1, turn.completion_toks // max(1, len(events) - 2))
+        per_event = max(1, turn.billed_completion // max(1, len(events) - 2))
         ttft = self.latency.ttft(model)
         if ttft:
             await asyncio.sleep(ttft)

@@ -114,10 +114,10 @@ class EmulatorHandle:
             return ""
 
 
-def _free_socket() -> socket.socket:
+def _free_socket(port: int = 0) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
+    sock.bind(("127.0.0.1", port))
     sock.listen(4096)
     sock.set_inheritable(True)
     return sock
@@ -136,12 +136,13 @@ def run_emulator(
     env: dict[str, str] | None = None,
     ready_timeout_s: float = 90.0,
     log_path: Path | None = None,
+    port: int = 0,
 ) -> Iterator[EmulatorHandle]:
     """Run ``python -m infra.emulator`` on a free port; yield an :class:`EmulatorHandle`; stop it.
 
     ``config`` is a start config (dict or YAML/JSON path: ``faults``, ``drift``, ``latency``);
     ``speed=0`` (default) adds no latency. The server log goes to ``log_path`` (default a temp
-    file; its tail is in the error if the start fails).
+    file; its tail is in the error if the start fails). ``port`` 0 (default): a free one.
     """
     tmp = tempfile.TemporaryDirectory(prefix="switchyard-emulator-")
     log_file = Path(log_path) if log_path else Path(tmp.name) / "emulator.log"
@@ -149,7 +150,7 @@ def run_emulator(
         cfg_path = Path(tmp.name) / "config.json"
         cfg_path.write_text(json.dumps(config), encoding="utf-8")
         config = cfg_path
-    sock = _free_socket()
+    sock = _free_socket(port)
     port = sock.getsockname()[1]
     cmd = [
         sys.executable,

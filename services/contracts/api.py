@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .events import FeedbackSource, RoutingMode
 
@@ -27,6 +36,25 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1)] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, call in enumerate(v or []):
+            fn = call.get("function")
+            if not isinstance(call.get("id"), str) or not isinstance(fn, dict):
+                raise ValueError(f"tool call {i} needs a string 'id' and a 'function' object")
+            if not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments", ""), str):
+                raise ValueError(f"tool call {i} needs a string 'function.name' and 'function.arguments'")
+        return v
+
+    @model_validator(mode="after")
+    def _tool_result_names_its_call(self) -> ChatMessage:
+        if self.role == "tool" and self.tool_call_id is None:
+            raise ValueError("a message with role 'tool' needs the 'tool_call_id' it answers")
+        return self
 
     @field_validator("content")
     @classmethod
@@ -89,6 +117,45 @@ class ChatCompletionRequest(BaseModel):
     top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None
     stop: Annotated[str, Field(max_length=1000)] | Annotated[list[str], Field(max_length=4)] | None = None
     user: Annotated[str, Field(max_length=256)] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(v or []):
+            if not isinstance(tool.get("type"), str):
+                raise ValueError(f"tool {i} needs a string 'type'")
+            fn = tool.get("function")
+            if tool["type"] == "function" and not (isinstance(fn, dict) and isinstance(fn.get("name"), str)):
+                raise ValueError(
+                    f"tool {i} of type 'function' needs a 'function' object with a string 'name'"
+                )
+        return v
+
+    @field_validator("response_format")
+    @classmethod
+    def _format(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            if v.get("type") not in ("text", "json_object", "json_schema"):
+                raise ValueError("response_format.type must be 'text', 'json_object' or 'json_schema'")
+            if v["type"] == "json_schema" and not isinstance(v.get("json_schema"), dict):
+                raise ValueError("a 'json_schema' response_format needs a 'json_schema' object")
+        return v
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _tool_choice_needs_tools(cls, v: Any, info: ValidationInfo) -> Any:
+        tools = info.data.get("tools")
+        if v not in (None, "none") and not tools:
+            raise ValueError("tool_choice is only allowed when tools are specified")
+        if isinstance(v, dict) and v.get("type") == "function":
+            name = (v.get("function") or {}).get("name")
+            if name not in {(t.get("function") or {}).get("name") for t in tools or []}:
+                raise ValueError(f"tool_choice names the function {name!r}, which is not among the tools")
+        return v
 
     @property
     def include_usage(self) -> bool:

@@ -93,6 +93,10 @@ class Attempt(BaseModel):
     accepted_score: Probability | None = Field(
         default=None, description="Cascade scorer's confidence in this attempt's answer."
     )
+    prompt_tokens: int = Field(
+        default=0, ge=0, description="Tokens this attempt was priced for (0 when it failed before answering)."
+    )
+    completion_tokens: int = Field(default=0, ge=0)
 
 
 class Usage(BaseModel):
@@ -173,6 +177,9 @@ class FeedbackEvent(Event):
     label: Literal["good", "bad"] | None = None
     source: FeedbackSource = FeedbackSource.USER
     comment: str | None = Field(default=None, max_length=2000)
+    tenant: str | None = Field(
+        default=None, description="Who gave it: the API key's id (server-side), None from older gateways."
+    )
 
     @model_validator(mode="after")
     def _score_or_label(self) -> FeedbackEvent:

@@ -17,27 +17,38 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from pydantic_core import to_json
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from services.contracts.api import (
     ChatCompletionRequest,
     FeedbackRequest,
+    FeedbackSource,
     ModelCard,
     ModelList,
     SwitchyardKnobs,
 )
 from services.errors import (
     BadRequest,
+    ClientClosedRequest,
     MethodNotAllowed,
+    ModelNotFound,
     NotFound,
     NotReady,
     PayloadTooLarge,
+    PermissionDenied,
+    RequestExpired,
+    RequestNotFound,
     SwitchyardError,
     Unauthorized,
     ValidationFailed,
 )
 
-from .auth import AuthFailureLimiter, Caller, KeyStore, RateLimiter
+from .auth import Caller, KeyStore
+from .body import BodyLimits, read_body
+from .identity import IdCheck, RequestIds
 from .metrics import GatewayMetrics
+from .openapi import error_responses, header_parameters, install, request_body
+from .ratelimit import AuthFailureLimiter, RateLimiter
 from .service import ChatService, new_request_id
 
 log = logging.getLogger(__name__)
@@ -54,6 +65,8 @@ KNOB_HEADERS = {
 class Gateway:
     """What the handlers need: the service, auth, limits, metrics, and lifecycle hooks."""
 
+    GAUGE_INTERVAL_S = 5.0  # how often a fleet replica refreshes its gauges for Ray's export
+
     def __init__(
         self,
         service: ChatService,
@@ -66,6 +79,11 @@ class Gateway:
         on_stop: Callable[[], Awaitable[None]] | None = None,
         health_timeout_s: float = 2.0,
         auth_failures: AuthFailureLimiter | None = None,
+        request_ids: RequestIds | None = None,
+        feedback_max_age_s: float = 7 * 24 * 3600.0,
+        body_limits: BodyLimits | None = None,
+        metrics_public: bool = False,
+        docs_public: bool = False,
     ):
         self.service = service
         self.keys = keys
@@ -77,19 +95,55 @@ class Gateway:
         self.on_stop = on_stop
         self.health_timeout_s = health_timeout_s
         self.auth_failures = auth_failures
+        # signed request ids (tenant, issue time): feedback is checked against them; without them
+        # (tests of other parts) ids are plain and feedback unchecked
+        self.request_ids = request_ids
+        self.feedback_max_age_s = feedback_max_age_s
+        self.body_limits = body_limits  # body deadline and rate floor (None: off)
+        # exposure: /metrics and /openapi.json need an API key unless public; /docs only when public
+        self.metrics_public = metrics_public
+        self.docs_public = docs_public
         self.router_seen = False  # whether /readyz has seen a router loaded since start
+        # the ingress replica's own alias follower (its in-process router), reported in /readyz
+        self.follow_status: Callable[[], dict[str, Any]] | None = None
         self.started = False
+        self._gauges: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if not self.started:
             self.started = True
             if self.on_start:
                 await self.on_start()
+            if self.metrics.fleet and self._gauges is None:
+                # nobody scrapes a replica's /metrics in a fleet: Ray exports what the gauges hold
+                self._gauges = asyncio.get_running_loop().create_task(self._refresh_gauges())
 
     async def stop(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
+            self._gauges = None
         if self.started and self.on_stop:
             await self.on_stop()
         self.started = False
+
+    def update_gauges(self) -> None:
+        """Set the gauges that are read, not counted: emitter queue and spool, breaker states."""
+        emitter = self.service.emitter
+        if emitter is not None:
+            self.metrics.queue_depth.set(emitter.queue_depth)
+            self.metrics.spool_records.set(emitter.spool.pending)
+            self.metrics.spool_bytes.set(emitter.spool.bytes)
+            self.metrics.events_sent.set(emitter.sent)
+        for name, state in self.service.pool.breaker_states().items():
+            self.metrics.set_breaker(name, state)
+
+    async def _refresh_gauges(self) -> None:
+        while True:
+            try:
+                self.update_gauges()
+            except Exception:  # noqa: BLE001 - a gauge is never worth the loop
+                log.exception("updating the gauges failed")
+            await asyncio.sleep(self.GAUGE_INTERVAL_S)
 
 
 def _summarise(exc: ValidationError | RequestValidationError) -> tuple[str, str | None]:
@@ -115,17 +169,12 @@ def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, limits: BodyLimits | None = None) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    # 408 (and the slot freed) when the body comes too slowly: services.gateway.body
+    return await read_body(request.stream(), limit, limits, declared)
 
 
 def _parse(model: type, raw: bytes) -> Any:
@@ -187,7 +236,8 @@ def create_app(gw: Gateway) -> FastAPI:
         yield
         await gw.stop()
 
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan)
+    public = {} if gw.docs_public else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, **public)
 
     @app.exception_handler(SwitchyardError)
     async def _sw_error(request: Request, exc: SwitchyardError) -> JSONResponse:
@@ -217,6 +267,11 @@ def create_app(gw: Gateway) -> FastAPI:
                 response.headers["allow"] = ", ".join(allowed)
         return response
 
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # the client closed the connection while sending its body: not a server error
+        return await _sw_error(request, ClientClosedRequest("client disconnected while sending the body"))
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -227,18 +282,36 @@ def create_app(gw: Gateway) -> FastAPI:
         if not gw.started:
             await gw.start()
         source = request.client.host if request.client else "unknown"
-        if gw.auth_failures is not None:
-            gw.auth_failures.blocked(source)  # 429 while this source is over its failed-auth budget
         try:
             caller = gw.keys.authenticate(request.headers.get("authorization"))
         except Unauthorized:
             if gw.auth_failures is not None:
-                gw.auth_failures.failed(source)
+                await gw.auth_failures.blocked(source)  # over its failed-auth budget: 429, not 401
+                await gw.auth_failures.failed(source)
             raise
-        gw.limiter.check(caller.key_id)
+        if gw.auth_failures is None:
+            await gw.limiter.check(caller.key_id)
+            return caller
+        # a source over its failed-auth budget gets a 429 even with a valid key; both limits are
+        # asked at once (one round trip to a shared store, not two)
+        blocked, limited = await asyncio.gather(
+            gw.auth_failures.blocked(source), gw.limiter.check(caller.key_id), return_exceptions=True
+        )
+        for outcome in (blocked, limited):
+            if isinstance(outcome, BaseException):
+                raise outcome
         return caller
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post(
+        "/v1/chat/completions",
+        response_model=None,
+        responses=error_responses(400, 401, 404, 413, 429, 502, 503, 504),
+        openapi_extra={
+            **request_body(ChatCompletionRequest, "OpenAI's chat body; `switchyard` holds the routing knobs"),
+            **header_parameters(KNOB_HEADERS),
+            "security": [{"bearer": []}],
+        },
+    )
     async def chat_completions(request: Request) -> Response:
         # identity fields come from the server: the request id is always ours; a caller's own id
         # (OpenAI's ``X-Client-Request-Id``, or ``X-Request-Id``) is kept beside it, never instead
@@ -246,8 +319,10 @@ def create_app(gw: Gateway) -> FastAPI:
         request.state.request_id = request_id  # error responses name it too
         client_id = _client_request_id(request)
         caller = await caller_of(request)
+        if gw.request_ids is not None:  # the call's id, signed with its tenant and time
+            request_id = request.state.request_id = gw.request_ids.issue(caller.key_id)
         req: ChatCompletionRequest = _parse(
-            ChatCompletionRequest, await _read_body(request, gw.max_body_bytes)
+            ChatCompletionRequest, await _read_body(request, gw.max_body_bytes, gw.body_limits)
         )
         ctx = gw.service.context(req, _header_knobs(request), caller, request_id)
         ctx.client_request_id = client_id
@@ -257,19 +332,60 @@ def create_app(gw: Gateway) -> FastAPI:
         answer = await gw.service.chat(ctx)
         return Response(to_json(answer.body), media_type="application/json", headers=answer.headers)
 
-    @app.post("/v1/feedback")
+    @app.post(
+        "/v1/feedback",
+        status_code=202,
+        responses=error_responses(400, 401, 403, 404, 413, 429),
+        openapi_extra={
+            **request_body(FeedbackRequest, "A quality signal for a call"),
+            "security": [{"bearer": []}],
+        },
+    )
     async def feedback(request: Request) -> JSONResponse:
-        await caller_of(request)
-        fb: FeedbackRequest = _parse(FeedbackRequest, await _read_body(request, gw.max_body_bytes))
-        return JSONResponse(gw.service.feedback(fb).model_dump(), status_code=202)
+        """Feedback on a call made with the same key (a judge key: any call); 404 for an id this
+        gateway never issued, another tenant's, or one past the join's window."""
+        caller = await caller_of(request)
+        raw = await _read_body(request, gw.max_body_bytes, gw.body_limits)
+        fb: FeedbackRequest = _parse(FeedbackRequest, raw)
+        if fb.source is not FeedbackSource.USER and not caller.judge:
+            raise PermissionDenied(
+                f"feedback source '{fb.source.value}' needs a key with the judge role; send 'user'",
+                param="source",
+            )
+        if gw.request_ids is not None:
+            verdict = gw.request_ids.check(
+                fb.request_id, caller.key_id, any_tenant=caller.judge, max_age_s=gw.feedback_max_age_s
+            )
+            if verdict is IdCheck.EXPIRED:
+                raise RequestExpired(
+                    f"request {fb.request_id} is older than the feedback window "
+                    f"({gw.feedback_max_age_s / 3600:g} h): it can no longer be joined",
+                    param="request_id",
+                )
+            if verdict is not IdCheck.OK:  # unknown and foreign alike: others' ids are not confirmed
+                raise RequestNotFound(
+                    f"no call {fb.request_id!r} was made with this API key", param="request_id"
+                )
+        return JSONResponse(gw.service.feedback(fb, tenant=caller.key_id).model_dump(), status_code=202)
+
+    def model_cards() -> list[ModelCard]:
+        cat = gw.service.catalog
+        cards = [ModelCard(id=cat.routing_model, owned_by="switchyard", routing=True)]
+        return cards + [ModelCard(id=m.id, owned_by=m.provider, tier=m.tier) for m in cat.models]
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         await caller_of(request)
-        cat = gw.service.catalog
-        cards = [ModelCard(id=cat.routing_model, owned_by="switchyard", routing=True)]
-        cards += [ModelCard(id=m.id, owned_by=m.provider, tier=m.tier) for m in cat.models]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return JSONResponse(ModelList(data=model_cards()).model_dump())
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, request: Request) -> JSONResponse:
+        """One model (OpenAI's retrieve): ids may contain slashes (``mistralai/Mixtral-...``)."""
+        await caller_of(request)
+        for card in model_cards():
+            if card.id == model_id:
+                return JSONResponse(card.model_dump())
+        raise ModelNotFound(f"the model {model_id!r} does not exist (GET /v1/models lists them)")
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -295,7 +411,11 @@ def create_app(gw: Gateway) -> FastAPI:
             "ready": True,
             "status": "ok",
             "router": router,
-            "routing": gw.service.chain.status(),
+            "routing": {
+                **gw.service.chain.status(),
+                **({"follow": gw.follow_status()} if gw.follow_status else {}),
+            },
+            "rate_limits": gw.limiter.store.status(),
             "emitter": {
                 "connected": emitter.connected if emitter else None,
                 "queue_depth": emitter.queue_depth if emitter else 0,
@@ -317,18 +437,29 @@ def create_app(gw: Gateway) -> FastAPI:
                 "no router: requests are served by the cheap router when held here, else each task's "
                 f"learned prior, else the catalog default {default}"
             )
+        if not body["rate_limits"]["healthy"] and body["status"] == "ok":
+            body["status"] = "degraded"
+            body["reason"] = (
+                "the shared rate-limit store is failing: limits are counted in this replica only "
+                "(each replica admits the full limit) until it answers again"
+            )
         return JSONResponse(body)
 
+    if not gw.docs_public:
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request) -> JSONResponse:
+            """The API description, for key holders (``SWITCHYARD_GATEWAY_DOCS_PUBLIC`` serves it
+            and the Swagger UI at /docs to anyone)."""
+            await caller_of(request)
+            return JSONResponse(app.openapi())
+
     @app.get("/metrics")
-    async def metrics() -> Response:
-        emitter = gw.service.emitter
-        if emitter is not None:
-            gw.metrics.queue_depth.set(emitter.queue_depth)
-            gw.metrics.spool_records.set(emitter.spool.pending)
-            gw.metrics.spool_bytes.set(emitter.spool.bytes)
-            gw.metrics.events_sent.set(emitter.sent)
-        for name, state in gw.service.pool.breaker_states().items():
-            gw.metrics.set_breaker(name, state)
+    async def metrics(request: Request) -> Response:
+        if not gw.metrics_public:  # model names, tasks, spend: not for anyone who can reach the port
+            await caller_of(request)
+        gw.update_gauges()
         return Response(gw.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    install(app)  # /openapi.json declares the bodies the handlers read themselves
     return app

@@ -1,15 +1,12 @@
-"""API keys (hashed, constant-time compare) and per-key request rate limits (token buckets)."""
+"""API keys (hashed, constant-time compare); the rate limits are in :mod:`services.gateway.ratelimit`."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.errors import RateLimited, Unauthorized
+from services.errors import Unauthorized
 
 
 @dataclass(frozen=True)
@@ -17,13 +14,15 @@ class Caller:
     """Who is calling: a short, non-secret id of the key (or ``anonymous`` when auth is off)."""
 
     key_id: str
+    judge: bool = False  # a key with the judge role: feedback on any call, source judge or rule
 
 
 class KeyStore:
     """Accepts a bearer key whose SHA-256 matches a stored hash; never keeps the plain key."""
 
-    def __init__(self, hashes: list[str]):
+    def __init__(self, hashes: list[str], judge_hashes: list[str] | None = None):
         self._hashes = [bytes.fromhex(h) for h in hashes]
+        self._judges = [bytes.fromhex(h) for h in judge_hashes or []]
 
     @property
     def enabled(self) -> bool:
@@ -44,82 +43,7 @@ class KeyStore:
             match |= hmac.compare_digest(digest, h)
         if not match:
             raise Unauthorized("invalid API key")
-        return Caller(digest.hex()[:12])
-
-
-class RateLimiter:
-    """A token bucket per key: ``rate`` requests/s refilled continuously, ``burst`` at most."""
-
-    def __init__(
-        self, rate: float, burst: int = 0, clock: Callable[[], float] = time.monotonic, max_keys: int = 10000
-    ):
-        self.rate = rate
-        self.burst = float(burst or max(1, int(rate * 2)))
-        self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._max_keys = max_keys
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
-
-    def peek(self, key_id: str) -> float:
-        """The tokens ``key_id`` has now (without taking one)."""
-        now = self._clock()
-        tokens, last = self._buckets.get(key_id, (self.burst, now))
-        return min(self.burst, tokens + (now - last) * self.rate)
-
-    def check(self, key_id: str) -> None:
-        """Take one token for ``key_id`` or raise :class:`RateLimited` with a Retry-After."""
-        if not self.enabled:
-            return
-        now = self._clock()
-        tokens, last = self._buckets.get(key_id, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1.0:
-            wait = (1.0 - tokens) / self.rate
-            self._buckets[key_id] = (tokens, now)
-            raise RateLimited(
-                f"rate limit of {self.rate:g} requests/s exceeded for this key",
-                headers={
-                    # whole seconds, as HTTP says (RFC 9110: delay-seconds), rounded up; the exact
-                    # wait in OpenAI's x-ratelimit-* headers
-                    "retry-after": str(max(1, math.ceil(wait))),
-                    "x-ratelimit-limit-requests": str(self.burst),
-                    "x-ratelimit-remaining-requests": "0",
-                    "x-ratelimit-reset-requests": f"{wait:.3f}s",
-                },
-            )
-        if len(self._buckets) >= self._max_keys and key_id not in self._buckets:
-            self._buckets.pop(next(iter(self._buckets)))
-        self._buckets[key_id] = (tokens - 1.0, now)
-
-
-class AuthFailureLimiter:
-    """Failed authentications per source address: a token bucket of ``per_minute`` failures (burst
-    the same); a source that spent it gets a 429 for every request, valid key or not, until the
-    bucket refills. Guessing keys from one address costs a minute per ``per_minute`` tries."""
-
-    def __init__(
-        self, per_minute: float, clock: Callable[[], float] = time.monotonic, max_sources: int = 10000
-    ):
-        self._bucket = RateLimiter(
-            per_minute / 60.0, burst=max(1, int(per_minute)), clock=clock, max_keys=max_sources
-        )
-
-    def blocked(self, source: str) -> None:
-        """Raise :class:`RateLimited` when ``source`` has no failure left to spend."""
-        tokens = self._bucket.peek(source)
-        if tokens < 1.0:
-            wait = (1.0 - tokens) / self._bucket.rate
-            raise RateLimited(
-                "too many failed authentications from this address",
-                headers={"retry-after": str(max(1, math.ceil(wait)))},
-            )
-
-    def failed(self, source: str) -> None:
-        """Spend one failure of ``source``."""
-        try:
-            self._bucket.check(source)
-        except RateLimited:
-            pass
+        judge = False
+        for h in self._judges:
+            judge |= hmac.compare_digest(digest, h)
+        return Caller(digest.hex()[:12], judge=judge)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,11 +14,14 @@ from services.providers.breaker import BreakerPolicy
 from services.providers.pool import ProviderPool, RetryPolicy
 
 from .app import Gateway
-from .auth import AuthFailureLimiter, KeyStore, RateLimiter
+from .auth import KeyStore
+from .body import BodyLimits
 from .degrade import LocalRouter, RouteChain, TaskPriors
 from .emitter import EmitterConfig, EventEmitter
 from .explore import ExploreConfig, Explorer
+from .identity import RequestIds
 from .metrics import GatewayMetrics
+from .ratelimit import AuthFailureLimiter, LimitStore, RateLimiter, SharedBudget
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer, JudgeScorer
 from .service import ChatService
@@ -47,18 +51,55 @@ class ChainScorer:
         return await self.fallback.score(question, answer, task, model) if self.fallback else None
 
 
-def explore_config(settings: GatewaySettings) -> ExploreConfig:
-    """The explorer's configuration from the ``explore_*`` settings."""
+def explore_config(settings: GatewaySettings, shared: bool = False) -> ExploreConfig:
+    """The explorer's configuration from the ``explore_*`` settings; ``shared``: the budget is
+    counted in the shared store (the fleet's), not split across the ingress replicas."""
+    replicas = 1 if shared else settings.ingress_replicas
     return ExploreConfig(
         enabled=settings.explore_enabled,
         share=settings.explore_share,
         expensive_share=settings.explore_expensive_share,
         min_requests=settings.explore_min_requests,
         window=settings.explore_window_requests,
-        # the budget is the gateway's: each ingress replica explores with its share of it
-        budget_usd_per_task_hour=settings.explore_budget_usd_per_task_hour / settings.ingress_replicas,
+        # the budget is the gateway's: without a shared store each ingress replica explores with
+        # its share of it (of the configured replica count: an autoscaled fleet may hold more)
+        budget_usd_per_task_hour=settings.explore_budget_usd_per_task_hour / replicas,
         max_concurrency=settings.explore_max_concurrency,
         judge_usd_per_mtok=settings.explore_judge_usd_per_mtok,
+    )
+
+
+def in_serve_replica() -> bool:
+    """Whether this process is a Ray Serve replica (its metrics then also go out through Ray's
+    metrics agent, summed across the fleet)."""
+    if "ray" not in sys.modules:
+        return False
+    try:
+        from ray import serve
+
+        serve.get_replica_context()
+    except Exception:  # noqa: BLE001 - RayServeException outside a replica
+        return False
+    return True
+
+
+def limit_store(settings: GatewaySettings, metrics: GatewayMetrics) -> LimitStore:
+    """Where this replica counts its limits (``rate_limit_storage*`` settings), failures counted."""
+    password = settings.rate_limit_storage_password
+    if settings.rate_limit_storage == "memory://" and settings.ingress_replicas > 1:
+        log.warning(
+            "rate limits are counted per ingress replica (memory://): %d replicas admit %d × each limit; "
+            "set SWITCHYARD_GATEWAY_RATE_LIMIT_STORAGE to a shared redis:// store",
+            settings.ingress_replicas,
+            settings.ingress_replicas,
+        )
+    return LimitStore(
+        settings.rate_limit_storage,
+        password=password.get_secret_value() if password else None,
+        timeout_s=settings.rate_limit_storage_timeout_s,
+        retry_s=settings.rate_limit_storage_retry_s,
+        on_error=metrics.rate_limit_store_errors.inc,
+        on_state=lambda up: metrics.rate_limit_store_up.set(1 if up else 0),
     )
 
 
@@ -74,12 +115,16 @@ def build_gateway(
     emitter: EventEmitter | None = None,
     local_router: LocalRouter | None = None,
     local_is_primary: bool = False,
+    fleet_metrics: bool | None = None,
 ) -> Gateway:
-    """Wire the gateway from settings; unset collaborators are the real ones."""
+    """Wire the gateway from settings; unset collaborators are the real ones. ``fleet_metrics``
+    (default: whether this is a Serve replica) also exports the metrics through Ray."""
     catalog = catalog or load_catalog(settings.catalog_path)
     for warning in catalog.resilience_warnings():
         log.warning("catalog: %s", warning)
-    metrics = GatewayMetrics()
+    metrics = GatewayMetrics(fleet=in_serve_replica() if fleet_metrics is None else fleet_metrics)
+    metrics.know_tasks([*catalog.tasks, *settings.metric_tasks])
+    limits = limit_store(settings, metrics)
     pool = pool or ProviderPool(
         catalog,
         retry=RetryPolicy(
@@ -114,7 +159,8 @@ def build_gateway(
     judge = None
     if settings.judge_model and settings.judge_provider in pool.adapters:
         judge = JudgeScorer(pool.adapters[settings.judge_provider], settings.judge_model)
-    explorer = Explorer(catalog, explore_config(settings), judge)
+    budget = SharedBudget(settings.explore_budget_usd_per_task_hour, limits) if limits.is_shared else None
+    explorer = Explorer(catalog, explore_config(settings, shared=budget is not None), judge, budget=budget)
     if settings.explore_enabled and judge is None:
         log.warning("exploration is on but no judge is configured to grade shadow calls: it stays off")
     service = ChatService(
@@ -138,6 +184,8 @@ def build_gateway(
             local_is_primary=local_is_primary and local_router is not None,
         ),
     )
+    rate = settings.auth_failures_per_minute
+    auth_limiter = AuthFailureLimiter(rate, limits) if rate else None
     hashes = settings.key_hashes()
     if not hashes:
         log.warning("no API keys configured: the gateway accepts every caller")
@@ -154,12 +202,17 @@ def build_gateway(
 
     return Gateway(
         service,
-        KeyStore(hashes),
-        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+        KeyStore(hashes, settings.judge_key_hashes),
+        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, limits),
         metrics,
         settings.max_body_bytes,
         router_status,
         on_start,
         on_stop,
-        auth_failures=AuthFailureLimiter(rate) if (rate := settings.auth_failures_per_minute) else None,
+        auth_failures=auth_limiter,
+        request_ids=RequestIds(settings.request_id_secret()),
+        feedback_max_age_s=settings.feedback_max_age_s,
+        body_limits=BodyLimits(settings.body_timeout_s, settings.body_min_bytes_per_s, settings.body_grace_s),
+        metrics_public=settings.metrics_public,
+        docs_public=settings.docs_public,
     )

@@ -1,30 +1,19 @@
-"""``switchyard serve`` (run the gateway locally on Ray Serve, swap the router) and
+"""``switchyard serve`` (run the gateway locally on Ray Serve) and
 ``switchyard config`` (validate the catalog, hash API keys)."""
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import signal
 import threading
 from pathlib import Path
 
 import typer
 
-from services.router.promotion import (  # noqa: F401 - the tag names are part of the swap's contract
-    GATE_KIND_TAG,
-    GATE_REASONS_TAG,
-    GATE_TAG,
-    NO_GATE_RECORD,
-    gate_problem,
-    parse_model_ref,
-    verify,
-)
-
 log = logging.getLogger(__name__)
 
-serve_app = typer.Typer(help="Run the gateway (Ray Serve) locally; hot-swap its router.")
+serve_app = typer.Typer(help="Run the gateway (Ray Serve) locally; its replicas follow the router alias.")
 config_app = typer.Typer(no_args_is_help=True, help="The model catalog and gateway configuration.")
 
 
@@ -44,7 +33,7 @@ def serve(
     from ray import serve as ray_serve
 
     from .deployments import GatewayArgs
-    from .local import deploy, save_state, start_ray
+    from .local import deploy, start_ray
 
     if router_ref and Path(router_ref).exists():
         router_ref = str(Path(router_ref).resolve())  # replicas may not share this cwd
@@ -52,9 +41,8 @@ def serve(
     args = GatewayArgs(router_ref=router_ref, catalog_path=catalog, topic_prefix=topic_prefix).resolved()
     settings = args.gateway_settings()
     host, port = host or settings.host, port or settings.port
-    address = start_ray(settings, num_cpus, log_to_driver=True, http_port=port)
+    start_ray(settings, num_cpus, log_to_driver=True, http_port=port)
     url = deploy(args, host=host, port=port)
-    save_state(settings, address, args, url)
     typer.echo(f"switchyard gateway ready at {url} (router {settings.router_ref}); Ctrl-C to stop")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -70,84 +58,17 @@ def serve(
         ray.shutdown()
 
 
-def _gate_problems(ref: str, tracking_uri: str) -> list[str]:
-    """Why ``ref`` has no passed gate record: only a registered version (``models:/NAME/N`` or
-    ``models:/NAME@ALIAS``) carries one, in its tags."""
-    parsed = parse_model_ref(ref)
-    if parsed is None:
-        return [NO_GATE_RECORD]
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    name, version, alias = parsed
-    client = MlflowClient(tracking_uri=tracking_uri)
-    try:
-        if alias:
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            mv = client.get_model_version(name, version)
-    except MlflowException as exc:
-        return [f"cannot be resolved in MLflow ({tracking_uri}): {exc.message}"]
-    except OSError as exc:
-        return [f"MLflow at {tracking_uri} is unreachable: {exc}"]
-    problem = gate_problem(mv.tags)
-    return [f"version {mv.version} {problem}"] if problem else []
-
-
-def swap_problems(ref: str, tracking_uri: str | None = None) -> list[str]:
-    """Why the gateway should not swap to ``ref`` (empty: go ahead): no passed gate record, or the
-    artefact fails verification (download, load with content hashes checked, smoke check)."""
-    from services.contracts.settings import MLflowSettings
-
-    uri = tracking_uri or MLflowSettings().tracking_uri
-    problems = _gate_problems(ref, uri)
-    _, failed = verify(ref, uri)
-    return problems + ([failed] if failed else [])
-
-
-@serve_app.command("swap")
-def swap(
-    router_ref: str = typer.Argument(..., help="New router: models:/name@alias, models:/name/N or a path."),
-    force: bool = typer.Option(
-        False,
-        "--force",
-        help="Swap even when the router has no passed gate record (a local path never has one) or "
-        "fails verification here.",
-    ),
-) -> None:
-    """Hot-swap the running gateway's router (in-place reconfigure; the old one stays on failure).
-
-    The router must be a registered version with a passed gate record and must verify here
-    (downloaded, loaded, smoke-checked) before the gateway is asked; otherwise exit 1 unless
-    ``--force``."""
-    if Path(router_ref).exists():
-        router_ref = str(Path(router_ref).resolve())
-    problems = swap_problems(router_ref)
-    if problems and not force:
-        typer.secho(
-            f"error: refusing to swap to {router_ref}: {'; '.join(problems)}; pass --force to swap anyway",
-            fg="red",
-            err=True,
-        )
-        raise typer.Exit(1)
-    if problems:
-        typer.echo(f"warning: forced swap to {router_ref}: {'; '.join(problems)}", err=True)
-    # A local Ray started by `switchyard serve` uses token auth (token in ~/.ray/auth_token); Ray
-    # reads the mode when it is imported.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import httpx
-    import ray
-
-    from .deployments import GatewayArgs
-    from .local import load_state, save_state, swap_router
-    from .settings import GatewaySettings
-
-    settings = GatewaySettings()
-    state = load_state(settings)
-    ray.init(address=state["address"], logging_level=logging.WARNING)
-    args = swap_router(GatewayArgs.model_validate(state["args"]), router_ref)
-    save_state(settings, state["address"], args, state["url"])
-    typer.echo(f"requested swap to {router_ref}; router status: {httpx.get(state['url'] + '/readyz').text}")
+@serve_app.command("swap", hidden=True)
+def swap(router_ref: str = typer.Argument(..., help="Ignored.")) -> None:
+    """Removed: the gateway's replicas follow their MLflow alias."""
+    typer.secho(
+        "error: `serve swap` is gone: the gateway's replicas follow their MLflow alias by themselves. "
+        "Move it with `switchyard router promote --version N --wait` (gate and verification checked) "
+        "or `switchyard router rollback --wait`; to serve a local artefact, restart with --router PATH.",
+        fg="red",
+        err=True,
+    )
+    raise typer.Exit(2)
 
 
 @config_app.command("validate")

@@ -192,7 +192,11 @@ class RouteChain:
             return self._learned(rr, res, RouteSource.CHEAP, why)
         task = rr.task or "default"
         drawn = self.priors.draw(task)
-        if drawn is not None and (not rr.candidates or drawn[0] in rr.candidates):
+        if (
+            drawn is not None
+            and (not rr.candidates or drawn[0] in rr.candidates)
+            and drawn[0] not in rr.exclude
+        ):
             model, scope = drawn
             self._warn(rr, f"{'; '.join(why)}; using the {scope} prior ({model})")
             return Routed(model, None, RouteSource.PRIOR, "; ".join(why))

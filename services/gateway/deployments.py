@@ -2,15 +2,15 @@
 
 ``build_app(GatewayArgs)`` is the import path of ``serve_config.yaml``
 (``services.gateway.deployments:build_app``), usable by ``serve run``/``serve deploy``/KubeRay.
-The router model travels in the router deployment's ``user_config`` so a new one is swapped in
-place (``reconfigure``) without redeploying anything.
+The router reference and a poll interval travel in the deployments' ``user_config``; every
+replica follows that reference (an MLflow alias) by itself (:mod:`services.gateway.follow`), so
+moving the alias is the whole deployment of a new router: nothing is redeployed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +31,7 @@ from services.router.settings import RouterSettings
 from .app import create_app
 from .bootstrap import build_gateway
 from .degrade import LocalRouter
+from .follow import AliasFollower, mlflow_resolver
 from .routing import RouterConfig, RouteRequest, RouteResult, RouterLoadFailed, RouterRuntime, default_loader
 from .settings import GatewaySettings
 
@@ -129,13 +130,18 @@ class RouterDeployment:
         self._route_batch.set_batch_wait_timeout_s(settings.router_batch_wait_s)
         self._swap_lock = asyncio.Lock()
         self.admission = RouterAdmission()
+        self.follower = AliasFollower(mlflow_resolver(), self._apply)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Validate the config (invalid → raise), then load + smoke-check + swap the router;
-        a model that fails to load or check leaves the serving one in place."""
+        """Validate the config (invalid → raise), then follow its reference: load + smoke-check +
+        swap the version it points at now, and again whenever the alias moves; a model that fails
+        to load or check leaves the serving one in place."""
         cfg = RouterConfig.model_validate(user_config)
+        await self.follower.configure(cfg.router_ref, cfg.poll_s)
+
+    async def _apply(self, ref: str) -> bool:
         async with self._swap_lock:
-            await asyncio.to_thread(self.runtime.swap, cfg.router_ref)
+            return await asyncio.to_thread(self.runtime.swap, ref)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def _route_batch(
@@ -180,6 +186,7 @@ class RouterDeployment:
         s["loaded"] = self.runtime.router is not None
         s["history"] = s["history"][-10:]
         s["admission"] = self.admission.stats()
+        s["follow"] = self.follower.report()
         return s
 
 
@@ -228,38 +235,49 @@ class ChatIngress:
             local_router=self._local,
         )
         self._swap_lock = asyncio.Lock()
+        self.follower = AliasFollower(mlflow_resolver(), self._apply)
+        self.gateway.follow_status = self.follower.report
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The serving router's ref (the same ``user_config`` as the router deployment's): held
-        and scored here when placement puts it in the ingress (a static router), else the
-        deployment scores and the ingress keeps its cheap router (if any) for degradation."""
+        """The serving router's ref (the same ``user_config`` as the router deployment's), followed
+        here too: held and scored here when placement puts it in the ingress (a static router),
+        else the deployment scores and the ingress keeps its cheap router (if any) for
+        degradation."""
         cfg = RouterConfig.model_validate(user_config)
-        async with self._swap_lock:
-            await asyncio.to_thread(self._place, cfg.router_ref)
+        await self.follower.configure(cfg.router_ref, cfg.poll_s)
 
-    def _place(self, ref: str) -> None:
+    async def _apply(self, ref: str) -> bool:
+        async with self._swap_lock:
+            return await asyncio.to_thread(self._place, ref)
+
+    def _place(self, ref: str) -> bool:
         s, chain = self._settings, self.gateway.service.chain
         try:
-            static = _is_static(self._loader(ref))
+            loaded = self._loader(ref)
         except Exception as exc:  # noqa: BLE001 - the deployment refuses it too: nothing changes
             log.error("router %s cannot be loaded in the ingress (%s): placement unchanged", ref, exc)
-            return
+            return False
+        static = _is_static(loaded)
+        # the tasks this router knows get their own metric label (any other task is "other")
+        self.gateway.service.metrics.know_tasks(getattr(loaded, "task_vocab", None) or [])
         placement = s.router_placement
         if placement == "auto":
             placement = "ingress" if static and s.router_num_gpus == 0 else "deployment"
         if placement == "ingress" and self._local.swap(ref):
             chain.local_is_primary = True
             log.info("the ingress scores with the cheap router %s itself", self._local.version)
-            return
+            return True
         # a transformer champion: the deployment scores; a cheap router held here (the configured
         # one, or the last static champion) stays as the degradation stage
         chain.local_is_primary = False
         log.info("the ingress asks the router deployment (%s); cheap stage: %s", ref, self._local.version)
+        return True
 
     def __serve_build_asgi_app__(self):  # noqa: ANN204 - Serve's hook
         return create_app(self.gateway)
 
     async def __del__(self) -> None:
+        self.follower.stop()
         await self.gateway.stop()
 
 
@@ -309,7 +327,9 @@ class GatewayArgs(BaseModel):
         """These args with every setting spelled out (env read once, here), API keys as hashes
         only: what `switchyard serve` records so a later swap rebuilds the very same app."""
         s, k = self.gateway_settings(), self.kafka_settings()
-        settings = s.model_dump(mode="json", exclude={"router_ref", "api_keys", "api_key_hashes"})
+        settings = s.model_dump(
+            mode="json", exclude={"router_ref", "api_keys", "api_key_hashes", "id_secret"}
+        )
         settings["api_key_hashes"] = s.key_hashes()
         return GatewayArgs(
             router_ref=s.router_ref,
@@ -334,17 +354,6 @@ def _load_only(ref: str, **encoder_options: Any) -> Any:
         raise RouterLoadFailed(f"cannot load router {ref!r}: {type(exc).__name__}: {exc}") from exc
 
 
-def _code_version(settings: GatewaySettings, kafka: KafkaSettings, router: RouterSettings) -> str:
-    """A hash of this package's gateway code and of everything bound into the deployments."""
-    h = hashlib.sha256()
-    for f in sorted(Path(__file__).resolve().parents[1].rglob("*.py")):
-        h.update(f.read_bytes())
-    h.update(settings.model_dump_json().encode())
-    h.update(kafka.model_dump_json().encode())
-    h.update(router.model_dump_json().encode())
-    return h.hexdigest()[:16]
-
-
 def build_app(args: GatewayArgs) -> Application:
     """The Serve application: ``ChatIngress`` → handle → ``RouterDeployment`` (GPU when asked)."""
     settings = args.gateway_settings()
@@ -354,28 +363,23 @@ def build_app(args: GatewayArgs) -> Application:
     # The model ref lives only in user_config: changing it reconfigures in place, never redeploys.
     # Plain API keys never travel to the replicas: only their hashes do.
     shared = settings.model_copy(
-        update={"router_ref": "", "api_keys": [], "api_key_hashes": settings.key_hashes()}
+        # the request-id secret neither: each replica reads it from its own environment or key file
+        update={"router_ref": "", "api_keys": [], "api_key_hashes": settings.key_hashes(), "id_secret": None}
     )
     actor: dict[str, Any] = {"num_cpus": settings.router_num_cpus}
     logging_config = {"enable_access_log": settings.access_log}
     if settings.router_num_gpus > 0:
         actor["num_gpus"] = settings.router_num_gpus
-    # A stable code version: redeploying with only a new router ref (user_config) reconfigures the
-    # running replicas in place instead of replacing them (imperative serve.run otherwise draws a
-    # random version per call, which restarts every replica).
-    version = _code_version(shared, kafka, router_settings)
+    # Both deployments follow the same reference (an alias: each replica polls it, see follow.py).
+    follow = RouterConfig(router_ref=settings.router_ref, poll_s=settings.router_poll_s).model_dump()
     router = RouterDeployment.options(
-        version=version,
-        _internal=True,
         num_replicas=settings.router_replicas,
         logging_config=logging_config,
         ray_actor_options=actor,
-        user_config=RouterConfig(router_ref=settings.router_ref).model_dump(),
+        user_config=follow,
     ).bind(shared, router_settings)
     return ChatIngress.options(
-        version=version,
-        _internal=True,
-        user_config=RouterConfig(router_ref=settings.router_ref).model_dump(),
+        user_config=follow,
         num_replicas=settings.ingress_replicas,
         logging_config=logging_config,
         max_ongoing_requests=settings.ingress_max_ongoing_requests,

@@ -17,6 +17,10 @@ the judge). Per replica, in memory:
   only started when its estimate fits, and its actual cost replaces the estimate when it ends;
 - **busy**: at most ``max_concurrency`` shadow calls run at once in the replica (no queue: a
   request that finds them all busy is skipped).
+
+With a shared rate-limit store (``SWITCHYARD_GATEWAY_RATE_LIMIT_STORAGE=redis://...``) the budget
+is the fleet's instead: a :class:`~services.gateway.ratelimit.SharedBudget` every replica spends,
+asked by the shadow call before it starts (``budget`` is then counted there, not here).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 
 from services.catalog import Catalog
 
+from .ratelimit import SharedBudget
 from .scorer import JudgeScorer
 
 HOUR_S = 3600.0
@@ -82,12 +87,14 @@ class Explorer:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        budget: SharedBudget | None = None,
     ):
         self.catalog = catalog
         self.config = config
         self.judge = judge
         self.rng = rng or random.Random()
         self.clock = clock
+        self.budget = budget  # the fleet's budget, asked by the shadow call itself; None: this one
         self.in_flight = 0
         self._tasks: OrderedDict[str, _TaskState] = OrderedDict()
         self._top = len(catalog.tiers) - 1
@@ -126,7 +133,7 @@ class Explorer:
         if self.in_flight >= self.config.max_concurrency:
             return "busy"
         estimate = self.estimate_usd(model, prompt_tokens, completion_tokens)
-        if self.spent_usd(task) + estimate > self.config.budget_usd_per_task_hour:
+        if self.budget is None and self.spent_usd(task) + estimate > self.config.budget_usd_per_task_hour:
             return "budget"
         st.reserved += estimate
         self.in_flight += 1

@@ -1,12 +1,11 @@
 """Run the Serve application on a local Ray instance (``switchyard serve``, tests, benchmarks).
 
-Ray's temp dir lives in the state dir; the cluster address and the builder args are written to
-``<state_dir>/gateway/serve.json`` so ``switchyard serve swap`` can reconfigure the router in place.
+Ray's temp dir lives in the state dir. A new router reaches the running replicas without this
+module: they follow their MLflow alias (:mod:`services.gateway.follow`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -19,10 +18,6 @@ from .deployments import APP_NAME, GatewayArgs, build_app
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-
-
-def state_file(settings: GatewaySettings) -> Path:
-    return settings.state_dir.resolve() / "gateway" / "serve.json"
 
 
 # Ray Serve's per-request plumbing, tuned for a few CPU cores (each one overridable from the
@@ -64,6 +59,29 @@ def serve_env(log_to_driver: bool = False, direct_ingress_port: int | None = Non
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def private_ray_token() -> Path:
+    """Ray's token (token authentication is on for a new local instance) in a file only this user
+    can read: Ray creates ``~/.ray/auth_token`` world-readable when it is missing, so it is made
+    here first (mode 0600), and an existing one is narrowed to 0600. Ray reads its auth settings
+    when it is imported, so the token stays at the default path Ray already knows."""
+    import secrets
+
+    token = Path.home() / ".ray" / "auth_token"
+    token.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.chmod(token, 0o600)
+    return token
+
+
 def start_ray(
     settings: GatewaySettings,
     num_cpus: int | None = 2,
@@ -82,11 +100,15 @@ def start_ray(
         os.environ.setdefault("RAY_agent_register_timeout_ms", "120000")
         temp = (settings.state_dir / "ray").resolve()
         temp.mkdir(parents=True, exist_ok=True)
+        private_ray_token()
         for attempt in range(1, 4):
             try:
                 ray.init(
                     num_cpus=num_cpus,
                     include_dashboard=False,
+                    # Ray's own servers (GCS, raylet, object manager, workers) bind to the node
+                    # address: loopback only, on a machine shared with others (docs/operations.md)
+                    _node_ip_address=LOOPBACK,
                     _temp_dir=str(temp),
                     logging_level=logging.WARNING,
                     log_to_driver=log_to_driver,
@@ -115,7 +137,11 @@ def deploy(args: GatewayArgs, *, host: str, port: int, wait_ready_s: float = 180
         with socket.socket() as s:
             s.bind((host, 0))
             proxy_port = s.getsockname()[1]
-    serve.start(http_options={"host": host, "port": proxy_port}, detached=False)
+    # idle keep-alive connections are closed after keep_alive_timeout_s (uvicorn has no header-read
+    # timeout to set: docs/operations.md, "Slow clients")
+    keep_alive = args.gateway_settings().keep_alive_timeout_s
+    http = {"host": host, "port": proxy_port, "keep_alive_timeout_s": keep_alive}
+    serve.start(http_options=http, detached=False)
     serve.run(build_app(args), name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     wait_ready(url, wait_ready_s)
@@ -135,27 +161,3 @@ def wait_ready(url: str, timeout_s: float) -> dict[str, Any]:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(1.0)
     raise TimeoutError(f"gateway at {url} not ready after {timeout_s:.0f}s: {last}")
-
-
-def swap_router(args: GatewayArgs, router_ref: str) -> GatewayArgs:
-    """Redeploy with a new router ref: only the router's user_config changes → in-place reconfigure."""
-    from ray import serve
-
-    new = args.model_copy(update={"router_ref": router_ref})
-    serve.run(build_app(new), name=APP_NAME, route_prefix="/", blocking=False)
-    return new
-
-
-def save_state(settings: GatewaySettings, address: str, args: GatewayArgs, url: str) -> None:
-    path = state_file(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps({"address": address, "url": url, "args": args.model_dump(mode="json")}, indent=2)
-    )
-
-
-def load_state(settings: GatewaySettings) -> dict[str, Any]:
-    path = state_file(settings)
-    if not path.exists():
-        raise FileNotFoundError(f"no running gateway recorded at {path}; start one with `switchyard serve`")
-    return json.loads(path.read_text())

@@ -32,6 +32,9 @@ class RouteRequest:
     max_cost_usd: float | None = None
     candidates: list[str] | None = None
     request_id: str | None = None  # the gateway's id, so the router's log lines name the request
+    # models that cannot honour the request's parameters (an Anthropic model asked for n > 1):
+    # never chosen, whatever the candidates (docs/api.md, "OpenAI compatibility")
+    exclude: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,12 @@ class RouterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     router_ref: str = Field(min_length=1, description="models:/name@alias, models:/name/version or a path.")
+    poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="How often each replica re-resolves an alias (models:/name@alias) and swaps to "
+        "the version it points at; 0: resolve once.",
+    )
 
 
 class RouterLoadFailed(RuntimeError):
@@ -254,7 +263,16 @@ class RouterRuntime:
     def _decide(self, version: str, policy: Any, req: RouteRequest, scores: dict[str, float]) -> RouteResult:
         known = set(self.catalog.model_ids)
         scores = {m: p for m, p in scores.items() if m in known}
-        d = policy.decide(scores, req.task, req.quality_target, req.max_cost_usd, req.candidates)
+        candidates = req.candidates
+        if req.exclude:
+            calibrated = policy.candidates_for(req.task) if isinstance(policy, RoutingPolicy) else None
+            asked = candidates or calibrated or list(scores)
+            candidates = [m for m in asked if m not in req.exclude]
+            if not candidates:
+                raise ValueError(
+                    f"every candidate was left out: none can honour the request ({sorted(asked)})"
+                )
+        d = policy.decide(scores, req.task, req.quality_target, req.max_cost_usd, candidates)
         return RouteResult(
             scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
         )

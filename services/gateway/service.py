@@ -4,7 +4,6 @@ providers (with fallbacks, cascades) → response + call event. Thin handlers ca
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -26,7 +25,16 @@ from services.contracts.events import (
     utcnow,
 )
 from services.contracts.topics import CALLS, FEEDBACK
-from services.errors import BadRequest, ContextLengthExceeded, SwitchyardError, UnknownModel, UpstreamError
+from services.errors import (
+    ClientClosedRequest,
+    ContextLengthExceeded,
+    SwitchyardError,
+    UnknownModel,
+    UnsupportedParameter,
+    UpstreamError,
+)
+from services.providers.base import Unsupported
+from services.providers.compat import incapable_models
 from services.providers.pool import MidStreamError, ProviderPool
 from services.request_context import bound
 from services.router.policy import cascade_ladder
@@ -38,6 +46,7 @@ from .explore import Explorer, Ticket
 from .metrics import GatewayMetrics
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer
+from .sse import DONE, completion_chunks, sse, usage_chunk
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +79,9 @@ class CallContext:
     model: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    payload: dict[str, Any] | None = None  # the upstream body, built once (see ``ChatService.context``)
+    # catalog models that cannot honour the request's parameters, with why: never called for it
+    incapable: dict[str, Unsupported] = field(default_factory=dict)
 
     @property
     def cost_usd(self) -> float:
@@ -171,6 +183,8 @@ class ChatService:
         knobs = header_knobs.merged(req.switchyard)
         task = knobs.task or "default"
         defaults = self.catalog.task_defaults(task)
+        payload = req.upstream_payload()
+        incapable = incapable_models(self.catalog, payload)
         if req.model == self.catalog.routing_model:
             mode = RoutingMode(knobs.mode or defaults.mode)
             target = knobs.quality_target if knobs.quality_target is not None else defaults.quality_target
@@ -183,13 +197,22 @@ class ChatService:
                     f"{req.model} takes {window}",
                     param="messages",
                 )
+            if (why := incapable.get(req.model)) is not None:
+                kind = self.catalog.provider(self.catalog.model(req.model).provider).kind
+                raise UnsupportedParameter(
+                    f"{req.model} (an {kind} model) cannot honour {why.param}: {why.reason}; use a model "
+                    f"that can, or {self.catalog.routing_model!r}, which routes to one",
+                    param=why.param,
+                )
         else:
             raise UnknownModel(
                 f"model {req.model!r} does not exist; use {self.catalog.routing_model!r} "
                 "or a model listed by GET /v1/models",
                 param="model",
             )
-        return CallContext(request_id, req, knobs, caller, task, mode, target)
+        return CallContext(
+            request_id, req, knobs, caller, task, mode, target, payload=payload, incapable=incapable
+        )
 
     async def chat(self, ctx: CallContext) -> ChatResult:
         """Answer a non-streamed request; emit its call event whatever happens."""
@@ -199,9 +222,18 @@ class ChatService:
         except SwitchyardError as exc:
             self._finish(ctx, error=exc)
             raise
+        except asyncio.CancelledError:  # the client went away: the call (and its cost) is recorded
+            self._finish(ctx, error=ClientClosedRequest("client disconnected before the answer"))
+            raise
         self._finish(ctx)
         body["model"] = ctx.model
-        body["id"] = body.get("id") or ctx.request_id
+        body["id"] = ctx.request_id  # one id: the completion's is the request id feedback names
+        if ctx.escalated:  # the client pays for every rung that answered, not only the last one
+            body["usage"] = {
+                "prompt_tokens": ctx.prompt_tokens,
+                "completion_tokens": ctx.completion_tokens,
+                "total_tokens": ctx.prompt_tokens + ctx.completion_tokens,
+            }
         return ChatResult(
             body,
             {
@@ -216,7 +248,7 @@ class ChatService:
         if ctx.mode in (RoutingMode.CASCADE, RoutingMode.HYBRID):
             # A cascade must read the whole cheap answer before it can accept it: answer, then stream it.
             result = await self.chat(ctx)
-            return StreamResult(_replay_as_sse(result.body, ctx), result.headers)
+            return StreamResult(self._replay(result.body, ctx), result.headers)
         try:
             with bound(ctx.request_id):
                 payload = await self._prepare(ctx)
@@ -230,24 +262,36 @@ class ChatService:
 
         async def events() -> AsyncIterator[bytes]:
             error: SwitchyardError | None = None
+            chunk_id, created = "", 0  # the first chunk's: every chunk, the usage chunk too, carries them
             try:
                 with bound(ctx.request_id):
                     async for chunk in handle.chunks:
-                        chunk["model"] = handle.model
-                        yield _sse(chunk)
+                        if not chunk_id:
+                            chunk_id = ctx.request_id  # the completion id is the request id
+                            created = chunk.get("created") or int(time.time())
+                        chunk["id"], chunk["model"] = chunk_id, handle.model
+                        yield sse(chunk)
                 ctx.prompt_tokens, ctx.completion_tokens = (
                     handle.usage.prompt_tokens,
                     handle.usage.completion_tokens,
                 )
                 if include_usage:
-                    yield _sse(_usage_chunk(ctx))
-                yield b"data: [DONE]\n\n"
+                    yield sse(
+                        usage_chunk(
+                            chunk_id or ctx.request_id,
+                            created or int(time.time()),
+                            ctx.model,
+                            ctx.prompt_tokens,
+                            ctx.completion_tokens,
+                        )
+                    )
+                yield DONE
             except MidStreamError as exc:
                 error = exc
                 log.warning("request %s: stream failed after first token: %s", ctx.request_id, exc.message)
-                yield _sse(exc.body())
+                yield sse(exc.body())
             except (asyncio.CancelledError, GeneratorExit):
-                error = BadRequest("client disconnected")
+                error = ClientClosedRequest("client disconnected during the stream")
                 raise
             finally:
                 await handle.aclose()
@@ -255,10 +299,16 @@ class ChatService:
 
         return StreamResult(events(), ctx.headers())
 
-    def feedback(self, fb: FeedbackRequest) -> FeedbackResponse:
-        """Record a quality signal (emitted to the feedback topic, keyed by request_id)."""
+    def feedback(self, fb: FeedbackRequest, tenant: str | None = None) -> FeedbackResponse:
+        """Record a quality signal (emitted to the feedback topic, keyed by request_id) from
+        ``tenant`` (the sender's key id, checked by the caller)."""
         event = FeedbackEvent(
-            request_id=fb.request_id, score=fb.score, label=fb.label, source=fb.source, comment=fb.comment
+            request_id=fb.request_id,
+            score=fb.score,
+            label=fb.label,
+            source=fb.source,
+            comment=fb.comment,
+            tenant=tenant,
         )
         if self.emitter is not None:
             self.emitter.emit(FEEDBACK, event, key=fb.request_id)
@@ -267,8 +317,13 @@ class ChatService:
     # -- the path ---------------------------------------------------------------------------------
 
     def _fitting(self, ctx: CallContext, order: list[str]) -> list[str]:
-        """The models of ``order`` whose context window takes the request (a routed choice that
-        does not fit gives way to the next candidate that does); a 400 when none does."""
+        """The models of ``order`` that can honour the request's parameters and whose context
+        window takes it (a routed choice or a fallback that cannot gives way to the next one that
+        can); a 400 when none can."""
+        capable = [m for m in order if m not in ctx.incapable]
+        if not capable:
+            raise self._none_capable(ctx, order)
+        order = capable
         need = ctx.request.token_estimate()
         fit = [m for m in order if (w := self.catalog.model(m).context_window) is None or need <= w]
         if not fit:
@@ -279,12 +334,23 @@ class ChatService:
             )
         return fit
 
+    def _none_capable(self, ctx: CallContext, models: list[str]) -> UnsupportedParameter:
+        """The 400 for a request no candidate can honour, naming the first parameter at fault."""
+        why = ctx.incapable[models[0]]
+        return UnsupportedParameter(
+            f"no candidate can honour {why.param}: {why.reason} (candidates: {', '.join(models)})",
+            param=why.param,
+        )
+
     async def _route(self, ctx: CallContext) -> None:
         if ctx.mode is RoutingMode.PASSTHROUGH:
             ctx.model = ctx.request.model
             return
         defaults = self.catalog.task_defaults(ctx.task)
         target = ctx.quality_target if ctx.quality_target is not None else defaults.quality_target
+        pool = defaults.candidates or self.catalog.model_ids
+        if ctx.incapable and all(m in ctx.incapable for m in pool):
+            raise self._none_capable(ctx, list(pool))
         rr = RouteRequest(
             ctx.request.last_user_text(),
             ctx.task,
@@ -292,6 +358,7 @@ class ChatService:
             ctx.knobs.max_cost_usd,
             defaults.candidates,
             request_id=ctx.request_id,
+            exclude=frozenset(ctx.incapable),
         )
         t0 = time.perf_counter()
         try:
@@ -307,7 +374,7 @@ class ChatService:
 
     async def _prepare(self, ctx: CallContext) -> dict[str, Any]:
         await self._route(ctx)
-        payload = ctx.request.upstream_payload()
+        payload = ctx.payload if ctx.payload is not None else ctx.request.upstream_payload()
         if ctx.mode is not RoutingMode.PASSTHROUGH:
             self._gate_reasoning(ctx, payload)
         return payload
@@ -376,7 +443,7 @@ class ChatService:
             ctx.completion_tokens += result.completion_tokens
             if last or not always_score:
                 return body
-            confidence = await self._confidence(ctx, question, result.content, model)
+            confidence = await self._confidence(ctx, question, result.answer_text, model)
             ok = confidence is not None and confidence >= self._accept_line(ctx, model)
             a = ctx.attempts[-1]
             ctx.attempts[-1] = a.model_copy(
@@ -385,7 +452,7 @@ class ChatService:
             if ok:
                 return body
             ctx.escalated = True
-            self.metrics.escalations.labels(task=ctx.task).inc()
+            self.metrics.escalations.labels(task=self.metrics.task_label(ctx.task)).inc()
             log.info(
                 "request %s: %s answer rejected (confidence %s); escalating",
                 ctx.request_id,
@@ -410,6 +477,16 @@ class ChatService:
         # No scorer verdict: fall back to the router's own belief in this model.
         return ctx.route.scores.get(model) if ctx.route else None
 
+    async def _replay(self, body: dict[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
+        """A finished answer as its SSE stream: every choice, text and tool calls alike, then the
+        usage chunk (what the client pays for: every rung of a cascade) when asked, under one id."""
+        chunk_id, created = ctx.request_id, int(body.get("created") or time.time())
+        for chunk in completion_chunks(body, chunk_id, created, ctx.model):
+            yield sse(chunk)
+        if ctx.request.include_usage:
+            yield sse(usage_chunk(chunk_id, created, ctx.model, ctx.prompt_tokens, ctx.completion_tokens))
+        yield DONE
+
     # -- exploration (off the request path) -------------------------------------------------------
 
     def _maybe_explore(self, ctx: CallContext, call: CallEvent) -> None:
@@ -424,7 +501,7 @@ class ChatService:
                 ctx.model,
                 # the policy's candidates for this request (its ranking), not every model the router
                 # scored: a model the task was never calibrated for is no evidence for this task
-                ctx.route.ranking or list(ctx.route.scores),
+                [m for m in ctx.route.ranking or ctx.route.scores if m not in ctx.incapable],
                 tried=[a.model for a in ctx.attempts if a.status in ("ok", "rejected")],
                 prompt_tokens=ctx.prompt_tokens,
                 completion_tokens=ctx.completion_tokens,
@@ -433,7 +510,7 @@ class ChatService:
             log.exception("request %s: exploration decision failed", ctx.request_id)
             return
         if isinstance(decision, str):
-            self.metrics.explore_skipped.labels(task=ctx.task, reason=decision).inc()
+            self.metrics.explore_skipped.labels(task=self.metrics.task_label(ctx.task), reason=decision).inc()
             return
         try:
             task = asyncio.get_running_loop().create_task(self._shadow(ctx, decision, call))
@@ -449,6 +526,10 @@ class ChatService:
         ``shadow_of`` the client's call) and a feedback event (source ``explore``) follow."""
         ex = self.explorer
         assert ex is not None and ex.judge is not None
+        if ex.budget is not None and not await ex.budget.admit(ticket.task, ticket.estimate_usd):
+            ex.settle(ticket, 0.0)  # the fleet's hourly budget is spent: no call, the slot back
+            self.metrics.explore_skipped.labels(task=self.metrics.task_label(ctx.task), reason="budget").inc()
+            return
         shadow_id = new_request_id()
         attempts: list[Attempt] = []
         judge_usd, outcome = 0.0, "crashed"
@@ -488,8 +569,15 @@ class ChatService:
         finally:
             spend = sum(a.cost_usd for a in attempts) + judge_usd
             ex.settle(ticket, spend)
-            self.metrics.explore_calls.labels(task=ctx.task, model=ticket.model, outcome=outcome).inc()
-            self.metrics.explore_spend.labels(task=ctx.task).inc(spend)
+            if ex.budget is not None and spend > ticket.estimate_usd:
+                charge = asyncio.get_running_loop().create_task(
+                    ex.budget.charge(ticket.task, spend - ticket.estimate_usd)
+                )
+                self._shadows.add(charge)
+                charge.add_done_callback(self._shadows.discard)
+            task = self.metrics.task_label(ctx.task)
+            self.metrics.explore_calls.labels(task=task, model=ticket.model, outcome=outcome).inc()
+            self.metrics.explore_spend.labels(task=task).inc(spend)
 
     def _emit_shadow(
         self,
@@ -600,7 +688,10 @@ class ChatService:
 
     def _observe(self, ctx: CallContext, event: CallEvent, error: SwitchyardError | None) -> None:
         m = self.metrics
-        m.requests.labels(mode=ctx.mode.value, task=ctx.task, status=event.status.value).inc()
+        task = m.task_label(ctx.task)  # bounded: a client names any task it likes
+        if ctx.route is not None:
+            m.serving(ctx.route.router_version)
+        m.requests.labels(mode=ctx.mode.value, task=task, status=event.status.value).inc()
         m.latency.labels(mode=ctx.mode.value, stream=str(ctx.request.stream).lower()).observe(
             event.latency_ms / 1000
         )
@@ -609,15 +700,15 @@ class ChatService:
         for a in ctx.attempts:
             if a.status in ("ok", "rejected"):
                 tier = self.catalog.model(a.model).tier
-                m.cost.labels(model=a.model, tier=tier, task=ctx.task).inc(a.cost_usd)
+                m.cost.labels(model=a.model, tier=tier, task=task).inc(a.cost_usd)
                 m.upstream_latency.labels(model=a.model).observe(a.latency_ms / 1000)
         if ctx.model and not error:
             tier = self.catalog.model(ctx.model).tier
             m.routes.labels(
-                model=ctx.model, tier=tier, task=ctx.task, mode=ctx.mode.value, source=ctx.source_label
+                model=ctx.model, tier=tier, task=task, mode=ctx.mode.value, source=ctx.source_label
             ).inc()
-            m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="prompt").inc(ctx.prompt_tokens)
-            m.tokens.labels(model=ctx.model, tier=tier, task=ctx.task, kind="completion").inc(
+            m.tokens.labels(model=ctx.model, tier=tier, task=task, kind="prompt").inc(ctx.prompt_tokens)
+            m.tokens.labels(model=ctx.model, tier=tier, task=task, kind="completion").inc(
                 ctx.completion_tokens
             )
             first = ctx.attempts[0].model if ctx.attempts else ctx.model
@@ -626,51 +717,3 @@ class ChatService:
         if self.emitter is not None:
             m.queue_depth.set(self.emitter.queue_depth)
             m.spool_records.set(self.emitter.spool.pending)
-
-
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
-
-
-def _usage_chunk(ctx: CallContext) -> dict[str, Any]:
-    return {
-        "id": ctx.request_id,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": ctx.model,
-        "choices": [],
-        "usage": {
-            "prompt_tokens": ctx.prompt_tokens,
-            "completion_tokens": ctx.completion_tokens,
-            "total_tokens": ctx.prompt_tokens + ctx.completion_tokens,
-        },
-    }
-
-
-async def _replay_as_sse(body: dict[str, Any], ctx: CallContext) -> AsyncIterator[bytes]:
-    """A finished completion as an SSE stream (used by cascades, which must judge first)."""
-    base = {
-        "id": body.get("id", ctx.request_id),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": ctx.model,
-    }
-    choice = (body.get("choices") or [{}])[0]
-    text = (choice.get("message") or {}).get("content") or ""
-    yield _sse(
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        }
-    )
-    if text:
-        yield _sse({**base, "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
-    yield _sse(
-        {
-            **base,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason") or "stop"}],
-        }
-    )
-    if ctx.request.include_usage:
-        yield _sse(_usage_chunk(ctx))
-    yield b"data: [DONE]\n\n"

@@ -18,11 +18,23 @@ def hash_key(key: str) -> str:
 class GatewaySettings(BaseSettings):
     """Everything the gateway needs at start; runtime-changing values travel in ``user_config``."""
 
-    model_config = SettingsConfigDict(env_prefix="SWITCHYARD_GATEWAY_", env_file=None, extra="ignore")
+    # hide_input_in_errors: a rejected value (a store URL with its password, a malformed key list)
+    # is never echoed into a validation error, which ends up in logs
+    model_config = SettingsConfigDict(
+        env_prefix="SWITCHYARD_GATEWAY_", env_file=None, extra="ignore", hide_input_in_errors=True
+    )
 
     catalog_path: Path | None = Field(default=None, description="Catalog YAML; default the built-in one.")
     router_ref: str = Field(
-        default="models:/switchyard-router@champion", description="Router model: MLflow URI or local path."
+        default="models:/switchyard-router@champion",
+        description="Router model: an MLflow alias the replicas follow (models:/name@alias), a pinned "
+        "version (models:/name/N) or a local path.",
+    )
+    router_poll_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Every replica re-resolves the router alias this often and swaps to the version "
+        "it points at (load, smoke check, atomic swap; a failing version is never served); 0: once.",
     )
     host: str = Field(default="127.0.0.1", description="The HTTP address the gateway serves on.")
     port: int = Field(default=8000, ge=1, le=65535, description="The HTTP port the gateway serves on.")
@@ -36,14 +48,92 @@ class GatewaySettings(BaseSettings):
         default_factory=list,
         description="Plain API keys (from a secret env var); hashed at start, never logged.",
     )
+    metrics_public: bool = Field(
+        default=False,
+        description="Serve /metrics without an API key. Off: it needs one (it names models, tasks and "
+        "spend); scrape Ray's metrics port instead (fleet-wide, internal: docs/k8s.md).",
+    )
+    docs_public: bool = Field(
+        default=False,
+        description="Serve /docs, /redoc and /openapi.json to anyone. Off: no Swagger UI, and "
+        "/openapi.json needs an API key.",
+    )
+    metric_tasks: list[str] = Field(
+        default_factory=list,
+        description="Tasks that get their own metric label besides the catalog's and the serving router's; "
+        "any other task a client names is counted as 'other' (bounded series).",
+    )
+    judge_key_hashes: list[str] = Field(
+        default_factory=list,
+        description="Hex SHA-256 of keys with the judge role (accepted as API keys too): they may give "
+        "feedback on any tenant's calls and with source judge or rule; other keys only on their own "
+        "calls, as user.",
+    )
+    id_secret: SecretStr | None = Field(
+        default=None,
+        description="Secret that signs request ids (tenant and issue time), so feedback on a forged, "
+        "foreign or expired id is a 404 in any replica. Every ingress replica must share it: set it "
+        "in a fleet; unset, a key file <state_dir>/gateway/id.key (0600) is created once.",
+    )
+    feedback_max_age_s: float = Field(
+        default=7 * 24 * 3600.0,
+        gt=0,
+        description="Feedback on a call older than this is a 404 (expired): keep it equal to the streams "
+        "join's SWITCHYARD_STREAMS_JOIN_TTL_S, past which it could not be joined anyway.",
+    )
     rate_limit_rps: float = Field(default=0.0, ge=0, description="Requests/s per key; 0 = unlimited.")
     rate_limit_burst: int = Field(default=0, ge=0, description="Bucket size; default 2 × rate (at least 1).")
     max_body_bytes: int = Field(default=1_000_000, gt=0, description="Larger request bodies get a 413.")
+    body_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A request body must arrive whole within this many seconds of its headers, or the "
+        "request gets a 408 and its connection is closed (the ingress slot it held is freed). 0 = off.",
+    )
+    body_min_bytes_per_s: float = Field(
+        default=1024.0,
+        ge=0,
+        description="Body-rate floor: after BODY_GRACE_S a body must have come at this average rate "
+        "(bytes/s since its headers), else 408 as for BODY_TIMEOUT_S; a stalled body is cut after about "
+        "the grace. 0 = off.",
+    )
+    body_grace_s: float = Field(
+        default=2.0, ge=0, description="Seconds a body may take before the rate floor applies."
+    )
+    keep_alive_timeout_s: int = Field(
+        default=15,
+        ge=1,
+        description="An idle keep-alive connection is closed after this many seconds (Serve's "
+        "http_options.keep_alive_timeout_s, set by `switchyard serve`; keep it above the idle timeout "
+        "of a load balancer in front). A header timeout is not settable: see docs/operations.md.",
+    )
     auth_failures_per_minute: float = Field(
         default=30.0,
         ge=0,
         description="Failed authentications one source address may make a minute (burst the same); "
         "past it every request from that address gets a 429 until the budget refills. 0 = off.",
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where rate limits, failed-auth limits and the exploration budget are counted: "
+        "memory:// (each ingress replica alone: N replicas admit N × each limit) or "
+        "redis://host:port/db (rediss:// for TLS; Valkey too), shared by every replica. A password in "
+        "the URL is never logged; prefer RATE_LIMIT_STORAGE_PASSWORD.",
+    )
+    rate_limit_storage_password: SecretStr | None = Field(
+        default=None, description="Password of the shared rate-limit store (from a secret; never logged)."
+    )
+    rate_limit_storage_timeout_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Longest wait on the shared store per operation; past it, or on any store error, "
+        "the replica counts limits in its own memory (fail open) until the store answers again.",
+    )
+    rate_limit_storage_retry_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="After a store failure, how long a replica counts in its own memory before it "
+        "tries the shared store again.",
     )
     redact_prompts: bool = Field(default=False, description="Keep only prompt hashes in events.")
     access_log: bool = Field(
@@ -196,17 +286,41 @@ class GatewaySettings(BaseSettings):
         "judge model; default the strong model's price.",
     )
 
-    @field_validator("api_key_hashes")
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _store_url(cls, v: str) -> str:
+        from .ratelimit import check_store_url
+
+        return check_store_url(v.strip())
+
+    @field_validator("api_key_hashes", "judge_key_hashes")
     @classmethod
     def _hex(cls, v: list[str]) -> list[str]:
         for h in v:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-                raise ValueError("api_key_hashes must be hex SHA-256 digests (64 hex characters)")
+                raise ValueError("key hashes must be hex SHA-256 digests (64 hex characters)")
         return [h.lower() for h in v]
 
     def key_hashes(self) -> list[str]:
-        """Every accepted key, hashed."""
-        return sorted({*self.api_key_hashes, *(hash_key(k.get_secret_value()) for k in self.api_keys)})
+        """Every accepted key, hashed (judge keys included)."""
+        return sorted(
+            {
+                *self.api_key_hashes,
+                *self.judge_key_hashes,
+                *(hash_key(k.get_secret_value()) for k in self.api_keys),
+            }
+        )
+
+    def request_id_secret(self) -> bytes:
+        """The request-id signing secret: configured (here or in this process's environment: the
+        replicas do not receive it in their settings), else the local key file."""
+        import os
+
+        from .identity import load_secret
+
+        configured = self.id_secret.get_secret_value() if self.id_secret else None
+        configured = configured or os.environ.get("SWITCHYARD_GATEWAY_ID_SECRET") or None
+        return load_secret(configured, self.state_dir.resolve() / "gateway" / "id.key")
 
     @property
     def spool_path(self) -> Path:

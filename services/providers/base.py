@@ -37,6 +37,21 @@ class Completion:
         except (KeyError, IndexError, TypeError):
             return ""
 
+    @property
+    def answer_text(self) -> str:
+        """What a scorer reads of the first choice: its text, then each tool call it makes as
+        ``name(arguments)`` (a tool-calling answer has no text to judge otherwise)."""
+        try:
+            calls = self.body["choices"][0]["message"].get("tool_calls") or []
+        except (KeyError, IndexError, TypeError):
+            calls = []
+        made = [
+            f"{(c.get('function') or {}).get('name', '')}({(c.get('function') or {}).get('arguments', '')})"
+            for c in calls
+            if isinstance(c, dict)
+        ]
+        return "\n".join([self.content, *made]) if made else self.content
+
 
 @dataclass
 class StreamUsage:
@@ -52,6 +67,15 @@ class StreamUsage:
             self.prompt_tokens = estimate_tokens(prompt_text(messages))
         if not self.completion_tokens:
             self.completion_tokens = estimate_tokens("".join(self.text))
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A request parameter an upstream kind cannot honour, and why (a 400 naming ``param``, or
+    for ``switchyard/auto`` a candidate left out)."""
+
+    param: str
+    reason: str
 
 
 class ChatAdapter(Protocol):

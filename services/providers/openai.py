@@ -30,14 +30,12 @@ class OpenAIAdapter(PooledAdapter):
         if not isinstance(body.get("choices"), list) or not body["choices"]:
             raise UpstreamError(f"upstream {self.name} answered without choices", upstream=self.name)
         usage = body.get("usage") or {}
-        content = (body["choices"][0].get("message") or {}).get("content") or ""
-        return Completion(
-            body=body,
-            prompt_tokens=int(
-                usage.get("prompt_tokens") or estimate_tokens(prompt_text(payload.get("messages", [])))
-            ),
-            completion_tokens=int(usage.get("completion_tokens") or estimate_tokens(content)),
+        result = Completion(body, 0, 0)
+        result.prompt_tokens = int(
+            usage.get("prompt_tokens") or estimate_tokens(prompt_text(payload.get("messages", [])))
         )
+        result.completion_tokens = int(usage.get("completion_tokens") or estimate_tokens(result.answer_text))
+        return result
 
     async def stream(
         self, payload: dict[str, Any], upstream_model: str, usage: StreamUsage
@@ -71,9 +69,11 @@ class OpenAIAdapter(PooledAdapter):
                         usage.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
                         usage.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
-                            usage.text.append(text)
+                        delta = choice.get("delta") or {}
+                        if delta.get("content"):
+                            usage.text.append(delta["content"])
+                        for call in delta.get("tool_calls") or []:  # arguments count as completion
+                            usage.text.append((call.get("function") or {}).get("arguments") or "")
                     if chunk.get("choices"):
                         yield chunk
                 if not done:

@@ -239,12 +239,15 @@ class ProviderPool:
         """An attempt on ``model_id`` that started at ``t0`` (``perf_counter``); ``tokens`` =
         (prompt, completion) prices it."""
         cost = self.cost(model_id, *tokens) if tokens is not None else 0.0
+        prompt, completion = tokens if tokens is not None else (0, 0)
         return Attempt(
             model=model_id,
             provider=self.catalog.model(model_id).provider,
             status=status,
             latency_ms=(time.perf_counter() - t0) * 1000,
             cost_usd=cost,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
             **extra,
         )
 

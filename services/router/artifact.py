@@ -13,6 +13,11 @@ Layout of an artefact directory::
                          the distilled static model, when the encoder backend is ``static``
                          (:mod:`services.router.static_backend`): serving needs no torch and
                          never distils
+    encoder-fp32.onnx or encoder-int8.onnx, encoder-tokenizer.json
+                         the exported encoder (the variant it was trained with) and its
+                         tokenizer, when the encoder backend is ``onnx``: serving on CPU loads
+                         them with ONNX Runtime + ``tokenizers`` (no torch, no export); older
+                         artefacts without them are exported with torch on first load
 
 ``load_router(ref)`` accepts a local directory or an MLflow URI (``models:/name@alias``,
 ``models:/name/3``, ``runs:/<run>/router``). Anything wrong — a bad ref, a missing file, a
@@ -44,6 +49,9 @@ from .calibration import Calibration, ThresholdTable
 from .cascade import CascadeScorer
 from .encoder import EncoderConfig, file_sha256
 from .heads import Head, features, make_head
+from .onnx_backend import ARTEFACT_MODEL_FILES as ONNX_MODEL_FILES
+from .onnx_backend import ARTEFACT_TOKENIZER_FILE as ONNX_TOKENIZER_FILE
+from .onnx_backend import OnnxFiles
 from .policy import RoutingPolicy
 from .static_backend import TOKENIZER_FILE as STATIC_TOKENIZER_FILE
 from .static_backend import VECTORS_FILE as STATIC_VECTORS_FILE
@@ -128,15 +136,20 @@ def save_router(
     training: dict[str, Any] | None = None,
     encoder_weights: dict[str, np.ndarray] | None = None,
     static_model: StaticFiles | None = None,
+    onnx_model: OnnxFiles | None = None,
 ) -> Manifest:
     """Write an artefact directory; returns its manifest (the version hashes the contents).
     ``encoder_weights``: fine-tuned encoder tensors under the base model's parameter names.
     ``static_model``: the distilled model's files, required (and only allowed) when the
-    encoder backend is ``static``; they are copied in."""
+    encoder backend is ``static``; they are copied in. ``onnx_model``: the exported encoder
+    (the ``quantize_int8`` variant of ``encoder``) and its tokenizer, allowed only for the
+    ``onnx`` backend; copied in, so serving needs no torch."""
     import shutil
 
     if (encoder.backend == "static") != (static_model is not None):
         raise ValueError("a static-encoder router needs its static model files (and only it may have them)")
+    if onnx_model is not None and (encoder.backend != "onnx" or encoder_weights):
+        raise ValueError("only an onnx-encoder router without fine-tuned weights carries an ONNX model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     make_head(kind, head_params, head_options)  # fails early on an unknown kind or missing weights
@@ -153,6 +166,11 @@ def save_router(
         shutil.copyfile(static_model.vectors, out / STATIC_VECTORS_FILE)
         shutil.copyfile(static_model.tokenizer, out / STATIC_TOKENIZER_FILE)
         files += [STATIC_VECTORS_FILE, STATIC_TOKENIZER_FILE]
+    if onnx_model is not None:
+        onnx_name = ONNX_MODEL_FILES[encoder.quantize_int8]
+        shutil.copyfile(onnx_model.model, out / onnx_name)
+        shutil.copyfile(onnx_model.tokenizer, out / ONNX_TOKENIZER_FILE)
+        files += [onnx_name, ONNX_TOKENIZER_FILE]
     sums = {f: file_sha256(out / f) for f in files}
     manifest = Manifest(
         version=content_version(kind, models, sums),
@@ -225,6 +243,7 @@ class LoadedRouter:
         self._onnx_cache_dir = onnx_cache_dir
         self.encoder_weights: Path | None = None  # fine-tuned encoder tensors (set by load_local)
         self.static_files: StaticFiles | None = None  # the distilled model (set by load_local)
+        self.onnx_models: dict[bool, Path] = {}  # carried ONNX encoders by int8 (set by load_local)
         self._static_encoder = None  # the static encoder, verified by load_local
         self._encoder = None
         self._lock = threading.Lock()
@@ -258,19 +277,28 @@ class LoadedRouter:
                     weights_override=self.encoder_weights,
                     threads=self._threads,
                     onnx_cache_dir=self._onnx_cache_dir,
+                    onnx_files=self.carried_onnx(),
                 )
             except EncoderError as exc:
                 if self.encoder_weights is None:
                     raise
                 raise RouterLoadError(f"router {self.version}: {exc}") from exc
             want = self.manifest.encoder_weights_sha256
-            if want and enc.weights_sha256() != want:
+            # a carried ONNX model is the trained encoder itself (checksummed in the manifest)
+            if want and not enc.from_artefact and enc.weights_sha256() != want:
                 raise RouterLoadError(
                     f"router {self.version} was trained with encoder weights {want[:12]}, "
                     f"but the installed encoder differs ({enc.weights_sha256()[:12]})"
                 )
             self._encoder = enc
         return self._encoder
+
+    def carried_onnx(self) -> OnnxFiles | None:
+        """The ONNX encoder this artefact carries for the encoder it is served with (backend
+        ``onnx``, same int8 setting), else None (the encoder then exports its own)."""
+        cfg = self.encoder_config
+        model = self.onnx_models.get(cfg.quantize_int8) if cfg.backend == "onnx" else None
+        return OnnxFiles(model, self.path / ONNX_TOKENIZER_FILE) if model is not None else None
 
     def embed(self, prompts: Sequence[str]) -> np.ndarray:
         """Encoder vectors of ``prompts``; repeated prompts come from a small LRU cache."""
@@ -463,6 +491,10 @@ def load_local(
         router.encoder_weights = path / name
     if enc_cfg.backend == "static":
         _attach_static(router, path, enc_cfg)
+    carried = {int8: path / name for int8, name in ONNX_MODEL_FILES.items() if name in manifest.files}
+    if carried and ONNX_TOKENIZER_FILE not in manifest.files:
+        raise RouterLoadError(f"{path / MANIFEST} lists an ONNX encoder but no {ONNX_TOKENIZER_FILE}")
+    router.onnx_models = carried
     return router
 
 

@@ -7,7 +7,8 @@ dynamic quantisation of the linear layers for CPU serving.
 
 Three backends (``EncoderConfig.backend``): ``torch`` (default), ``onnx`` — ONNX Runtime on CPU
 (see :mod:`services.router.onnx_backend`; the exported / int8-quantised model is cached under the
-state dir) — and ``static``: MiniLM distilled by model2vec into a token-vector table, a different
+state dir, and a router artefact trained on it carries it, so serving it needs neither torch nor
+transformers) — and ``static``: MiniLM distilled by model2vec into a token-vector table, a different
 (cheaper, coarser) embedding space with its own heads (:mod:`services.router.static_backend`;
 no torch at serving). On CUDA the ``onnx`` backend runs the torch model instead (GPU-ready, same vectors as
 torch fp32). ``Encoder(threads=...)`` sets ONNX Runtime's intra-op threads (default 1: one
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .onnx_backend import OnnxFiles
     from .static_backend import StaticEncoder, StaticFiles
 
 log = logging.getLogger(__name__)
@@ -127,11 +129,14 @@ def weights_sha256(model_dir: Path | None = None) -> str:
 
 
 def pick_device(device: str | None = None) -> str:
-    """``cuda`` when a GPU is visible (and not overridden), else ``cpu``."""
+    """``cuda`` when a GPU is visible (and not overridden), else ``cpu`` (also where torch is not
+    installed: the gateway's CPU image serves static and ONNX routers without it)."""
     if device:
         return device
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
@@ -167,19 +172,39 @@ class Encoder:
         weights_override: Path | None = None,
         static_files: StaticFiles | None = None,
         static_cache_dir: Path | None = None,
+        onnx_files: OnnxFiles | None = None,
     ) -> None:
         """``weights_override``: a safetensors file of fine-tuned tensors (base-model parameter
         names, e.g. ``encoder.layer.5.…``) loaded over the base weights; every key must exist.
         ``static_files`` (static backend): the distilled model to use (a router artefact's);
         without them it comes from ``static_cache_dir`` (default ``.state/cache/static``),
-        distilled there once when missing. The static backend never imports torch."""
+        distilled there once when missing. The static backend never imports torch.
+        ``onnx_files`` (onnx backend, on CPU): the exported model and tokenizer a router artefact
+        carries; used as they are, without torch or transformers (without them the model is
+        exported with torch into ``onnx_cache_dir`` on first use)."""
         self.config = config or EncoderConfig()
         self.static: StaticEncoder | None = None
+        self.from_artefact = False  # True: the ONNX model came with the router artefact
         if self.config.backend == "static":
             self._init_static(model_dir, static_files, static_cache_dir, weights_override)
             return
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        if (
+            self.config.backend == "onnx"
+            and onnx_files is not None
+            and weights_override is None
+            and pick_device(device) == "cpu"
+        ):
+            self._init_onnx_files(onnx_files, threads, batch_size)
+            return
+        try:
+            import torch
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError as exc:
+            raise EncoderError(
+                f"the {self.config.backend} encoder backend needs torch and transformers here ({exc}); "
+                "serve a static router, or an ONNX router whose artefact carries its model, or install "
+                "the gpu or training extra"
+            ) from exc
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -257,6 +282,26 @@ class Encoder:
         except StaticModelError as exc:
             raise EncoderError(str(exc)) from exc
 
+    def _init_onnx_files(self, files: OnnxFiles, threads: int | None, batch_size: int | None) -> None:
+        from .onnx_backend import OnnxExportError, WordPieceTokenizer, session_from_file
+
+        self.backend = "onnx"
+        self.device = "cpu"
+        self.model = None
+        self.weights_override = None
+        self.override_sha256 = None
+        self._model_dir = None
+        self._torch = None
+        self.batch_size = batch_size or 32
+        try:
+            self.tokenizer = WordPieceTokenizer(files.tokenizer)
+            self.session = session_from_file(files.model, threads if threads is not None else 1)
+        except OnnxExportError as exc:
+            raise EncoderError(str(exc)) from exc
+        self.onnx_path = Path(files.model)
+        self._artefact_onnx = files
+        self.from_artefact = True
+
     def _apply_override(self, model) -> None:  # noqa: ANN001 - a transformers model
         """Load the fine-tuned tensors over the base weights (strict on names and shapes)."""
         from safetensors.torch import load_file
@@ -315,6 +360,18 @@ class Encoder:
     @model_dir.setter
     def model_dir(self, value: Path) -> None:
         self._model_dir = value
+
+    @property
+    def onnx_files(self) -> OnnxFiles | None:
+        """The ONNX model this encoder runs and its tokenizer (onnx backend on CPU), else None:
+        what a router artefact trained on it carries."""
+        if self.session is None or self.onnx_path is None:
+            return None
+        from .onnx_backend import OnnxFiles
+
+        if self.from_artefact:
+            return self._artefact_onnx
+        return OnnxFiles(self.onnx_path, self.model_dir / "tokenizer.json")
 
     @property
     def static_files(self) -> StaticFiles | None:

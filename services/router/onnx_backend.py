@@ -22,7 +22,8 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +38,58 @@ OPSET = 18
 EXPORT_MIN_COSINE = 0.9999
 
 
+# A router artefact trained on this backend carries its exported model (the variant it was trained
+# with) and the tokenizer, so serving needs neither torch nor transformers nor the encoder package.
+ARTEFACT_MODEL_FILES = {False: "encoder-fp32.onnx", True: "encoder-int8.onnx"}
+ARTEFACT_TOKENIZER_FILE = "encoder-tokenizer.json"
+
+
 class OnnxExportError(RuntimeError):
     """The ONNX model could not be exported, quantised or loaded."""
+
+
+@dataclass(frozen=True)
+class OnnxFiles:
+    """An exported encoder (pooling and normalisation inside the graph) and its tokenizer.json."""
+
+    model: Path
+    tokenizer: Path
+
+
+class WordPieceTokenizer:
+    """The encoder's tokenizer on ``tokenizers`` alone: what the encoder asks of a transformers
+    tokenizer (``tok(texts, add_special_tokens=False, truncation=False)["input_ids"]`` and the
+    [CLS]/[SEP]/[PAD] ids), from the same ``tokenizer.json``, with its truncation and padding off
+    (the encoder truncates head + tail itself)."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a plain Exception for bad JSON
+            raise OnnxExportError(f"cannot read the encoder tokenizer {Path(path).name}: {exc}") from exc
+        tok.no_truncation()
+        tok.no_padding()
+        ids = {t: tok.token_to_id(t) for t in ("[CLS]", "[SEP]", "[PAD]")}
+        if None in ids.values():
+            raise OnnxExportError(f"{Path(path).name} is not a BERT tokenizer (no [CLS]/[SEP]/[PAD])")
+        self._tok = tok
+        self.cls_token_id, self.sep_token_id, self.pad_token_id = ids["[CLS]"], ids["[SEP]"], ids["[PAD]"]
+
+    def __call__(
+        self, texts: Sequence[str], *, add_special_tokens: bool = False, truncation: bool = False
+    ) -> dict[str, list[list[int]]]:
+        enc = self._tok.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in enc]}
+
+
+def session_from_file(path: Path, threads: int = 1) -> Any:
+    """An ONNX Runtime session over a model file (an artefact's: its checksum is verified on load)."""
+    try:
+        return _session(Path(path).read_bytes(), threads)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own types for invalid models
+        raise OnnxExportError(f"ONNX Runtime cannot load {Path(path).name}: {exc}") from exc
 
 
 def onnx_cache_dir(state_dir: Path | str = ".state") -> Path:

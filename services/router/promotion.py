@@ -1,5 +1,5 @@
 """What promoting or swapping in a router version requires, shared by the operator commands on
-both sides (``switchyard router promote`` in training, ``switchyard serve swap`` in the gateway):
+both sides (``switchyard router promote`` in training, the replicas that follow an alias in the gateway):
 a registered version carries its gate record in these tags, and the artefact must verify here.
 """
 

@@ -4,6 +4,7 @@ routers, and consuming a topic (imported by the gateway test modules)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -91,3 +92,49 @@ def consume_all(bootstrap: str, spec, prefix: str, expect: int, timeout_s: float
         return out
 
     return asyncio.run(run())
+
+
+def listening_sockets(root_pid: int) -> list[tuple[int, str, str, int]]:
+    """TCP sockets in LISTEN state held by ``root_pid`` and its descendants (from /proc):
+    (pid, command, address, port). Linux only."""
+    import ipaddress
+
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    pids, todo = set(), [root_pid]
+    while todo:
+        pid = todo.pop()
+        if pid not in pids:
+            pids.add(pid)
+            todo.extend(children.get(pid, []))
+    owner: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        owner[link[8:-1]] = pid
+        except OSError:
+            continue
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            local, state, inode = parts[1], parts[3], parts[9]
+            if state != "0A" or inode not in owner:  # 0A: LISTEN
+                continue
+            hexip, hexport = local.split(":")
+            raw = bytes.fromhex(hexip)
+            # /proc/net/tcp* print each 32-bit word in host (little-endian) order
+            raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = str(ipaddress.ip_address(raw))
+            pid = owner[inode]
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out.append((pid, cmd[:120], ip, int(hexport, 16)))
+    return out

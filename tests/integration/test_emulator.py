@@ -412,3 +412,36 @@ def test_start_config_faults_apply(data_dir):
         assert exc.value.status_code == 502
         assert c.chat.completions.create(model=MIXTRAL, messages=[{"role": "user", "content": "hi"}]).choices
         assert emu.stats()["faults"] == {"error": 1}
+
+
+def test_tools_n_and_json_answers_with_the_openai_client(client, gsm8k):
+    row = _row(gsm8k, 1.0, 1.0)
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "parameters": {"type": "object", "properties": {"expr": {"type": "string"}}},
+        },
+    }
+    msgs = [{"role": "user", "content": row["prompt"]}]
+    r = client.chat.completions.create(model=GPT4, messages=msgs, tools=[tool], n=2)
+    assert [c.finish_reason for c in r.choices] == ["tool_calls", "tool_calls"]
+    call = r.choices[0].message.tool_calls[0]
+    assert json.loads(call.function.arguments) == {"expr": row["prompt"]}
+    done = [
+        *msgs,
+        r.choices[0].message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "4"},
+    ]
+    r = client.chat.completions.create(model=GPT4, messages=done, tools=[tool])
+    assert (
+        r.choices[0].message.content == row["response:" + GPT4]
+    )  # the recorded answer, once the tool answered
+    r = client.chat.completions.create(model=GPT4, messages=msgs, response_format={"type": "json_object"})
+    assert json.loads(r.choices[0].message.content) == {"answer": row["response:" + GPT4]}
+    stream = client.chat.completions.create(model=MIXTRAL, messages=msgs, n=2, stream=True)
+    texts: dict[int, str] = {}
+    for c in stream:
+        for ch in c.choices:
+            texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
+    assert texts == {0: row["response:" + MIXTRAL], 1: row["response:" + MIXTRAL]}

@@ -240,7 +240,9 @@ def test_thirty_percent_mixed_faults_are_answered(gateway, prompts, kafka_bootst
     ]
     breakers = {
         line.split('"')[1]: float(line.rsplit(" ", 1)[1])
-        for line in httpx.get(gateway["url"] + "/metrics", timeout=10).text.splitlines()
+        for line in httpx.get(
+            gateway["url"] + "/metrics", headers={"authorization": f"Bearer {KEY}"}, timeout=10
+        ).text.splitlines()
         if line.startswith("switchyard_breaker_state{")
     }
     report = {

@@ -1,10 +1,12 @@
 """The gateway on the real stack: Ray Serve (one app for the module), the emulator subprocess,
 real Kafka, the official openai client; streams, policies, fallbacks on every emulator fault,
-the breaker, error paths, events in Kafka, hot swap under load."""
+the breaker, error paths, events in Kafka, and the pull-based hot swap under load: the replicas
+follow a router alias in the real MLflow registry, and a corrupt version is never served."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import threading
 import time
@@ -14,7 +16,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from gateway_stack import consume_all, emulator_catalog, make_router
+from gateway_stack import consume_all, emulator_catalog, listening_sockets, make_router
 
 from services.catalog import load_catalog
 from services.contracts.events import CallEvent, FeedbackEvent
@@ -53,6 +55,37 @@ def routers(data_dir) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def registry(routers, mlflow_uri, tmp_path_factory) -> dict:
+    """The test routers registered in the real MLflow (a model of its own): a (champion at start),
+    b, static, and a corrupt copy of a (a weight byte-range zeroed: fails its content hash)."""
+    import shutil
+    import uuid
+
+    from services.contracts.settings import MLflowSettings
+    from services.router.artifact import load_local
+    from training.registry import log_run, promote
+
+    ms = MLflowSettings(
+        tracking_uri=mlflow_uri,
+        registered_model=f"switchyard-gw-test-{uuid.uuid4().hex[:8]}",
+        experiment="switchyard-gateway-tests",
+    )
+    bad = tmp_path_factory.mktemp("corrupt") / "router"
+    shutil.copytree(routers["a"], bad)
+    head = bad / "head.safetensors"
+    raw = bytearray(head.read_bytes())
+    raw[-64:] = b"\x00" * 64
+    head.write_bytes(bytes(raw))
+    versions = {}
+    for key, path in [("a", routers["a"]), ("b", routers["b"]), ("static", routers["static"]), ("bad", bad)]:
+        manifest = load_local(routers["a"] if key == "bad" else path).manifest
+        reg = log_run(ms, path, manifest, {"gate": {"passed": True, "reasons": "test"}}, {}, register=True)
+        versions[key] = reg.version
+    promote(ms, version=versions["a"])
+    return {"ms": ms, "versions": versions, "ref": f"models:/{ms.registered_model}@champion"}
+
+
+@pytest.fixture(scope="module")
 def prefix() -> str:
     import uuid
 
@@ -60,7 +93,7 @@ def prefix() -> str:
 
 
 @pytest.fixture(scope="module")
-def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
+def gateway(emulator, registry, kafka_bootstrap, prefix, tmp_path_factory):
     """ONE Serve app for the whole module; Ray is shut down at the end."""
     import ray
     from ray import serve
@@ -72,7 +105,7 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
     asyncio.run(apply_topics(kafka_bootstrap, prefix, specs=(CALLS, FEEDBACK), max_replication=1))
     tmp = tmp_path_factory.mktemp("gateway")
     args = GatewayArgs(
-        router_ref=str(routers["a"]),
+        router_ref=registry["ref"],  # the replicas follow this alias
         catalog_path=emulator_catalog(tmp, emulator.base_url),
         kafka_bootstrap=kafka_bootstrap,
         topic_prefix=prefix,
@@ -89,6 +122,7 @@ def gateway(emulator, routers, kafka_bootstrap, prefix, tmp_path_factory):
             "retry_initial_s": 0.02,
             "retry_max_s": 0.1,
             "router_timeout_s": 10.0,
+            "router_poll_s": 0.5,
             "explore_enabled": False,  # exploration has its own tests; here one event per call
         },
     )
@@ -126,7 +160,7 @@ def ask(client, prompt: str, model: str = "switchyard/auto", **kw):
 
 
 def metrics(gateway) -> str:
-    return httpx.get(gateway["url"] + "/metrics", timeout=10).text
+    return httpx.get(gateway["url"] + "/metrics", headers={"authorization": f"Bearer {KEY}"}, timeout=10).text
 
 
 def test_openai_client_non_stream_routes_and_reports_cost(client, gsm8k) -> None:
@@ -335,8 +369,15 @@ def test_feedback_and_every_call_event_in_kafka(client, gateway, kafka_bootstrap
         headers={"authorization": f"Bearer {KEY}"},
     )
     assert r.status_code == 202
+    # a forged id (the kind a client could once set with x-request-id) reaches nothing: 404
+    forged = httpx.post(
+        gateway["url"] + "/v1/feedback",
+        json={"request_id": "SPOOFED-ID-0001", "label": "bad"},
+        headers={"authorization": f"Bearer {KEY}"},
+    )
+    assert forged.status_code == 404 and forged.json()["error"]["code"] == "request_not_found"
     fbs = [FeedbackEvent.from_bytes(v) for v in consume_all(kafka_bootstrap, FEEDBACK, prefix, expect=1)]
-    assert [f.request_id for f in fbs] == [SENT[0]]
+    assert [f.request_id for f in fbs] == [SENT[0]] and fbs[0].tenant
     events = [CallEvent.from_bytes(v) for v in consume_all(kafka_bootstrap, CALLS, prefix, expect=len(SENT))]
     counts = Counter(e.request_id for e in events)
     missing = [rid for rid in SENT if rid not in counts]
@@ -346,9 +387,41 @@ def test_feedback_and_every_call_event_in_kafka(client, gateway, kafka_bootstrap
         assert e.prompt_hash and e.latency_ms > 0 and e.attempts
 
 
-def test_hot_swap_under_load_drops_nothing(gateway, client, routers) -> None:
-    from services.gateway.local import swap_router
+def test_ray_and_the_gateway_listen_on_loopback_only(gateway) -> None:
+    """Issue 19 (exposure): every port this local Ray instance opens (GCS, raylet, object manager,
+    workers, Serve's proxy, the replicas) is bound to 127.0.0.1, and its auth token is private."""
+    import ipaddress
+    import stat
 
+    sockets = listening_sockets(os.getpid())
+    assert len(sockets) >= 3, sockets  # GCS, raylet, the gateway's port at least
+    exposed = [s for s in sockets if not ipaddress.ip_address(s[2]).is_loopback]
+    assert not exposed, exposed
+    token = Path.home() / ".ray" / "auth_token"
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600
+
+
+def _promote_and_wait(gateway, registry, key: str, *, expect_swap: bool = True):
+    """Training's side of a rollout: move the alias, then read the gateway's /readyz (HTTP only)."""
+    from training.promote import promote_and_wait
+
+    v, res = promote_and_wait(
+        registry["ms"], registry["versions"][key], gateway_url=gateway["url"], timeout_s=120
+    )
+    assert res is not None and res.swapped is expect_swap, res
+    return res
+
+
+def test_hot_swap_under_load_drops_nothing(gateway, client, registry) -> None:
+    """Moving the alias is the rollout: every replica follows it, under load, dropping nothing; a
+    corrupt version the alias is moved to is refused by every replica and never served; rollback
+    is moving the alias back."""
+    from training.promote import rollback_and_wait
+
+    ready = httpx.get(gateway["url"] + "/readyz").json()
+    pinned_a = f"models:/{registry['ms'].registered_model}/{registry['versions']['a']}"
+    assert ready["router"]["follow"]["follows"] == registry["ref"]
+    assert ready["router"]["follow"]["pinned"] == pinned_a == ready["routing"]["follow"]["pinned"]
     stop, results, errors = threading.Event(), [], []
 
     def load() -> None:
@@ -368,29 +441,36 @@ def test_hot_swap_under_load_drops_nothing(gateway, client, routers) -> None:
     for t in threads:
         t.start()
     time.sleep(2)
-    swap_router(gateway["args"], str(routers["b"]))
-    deadline = time.time() + 120
-    while time.time() < deadline and not (results and (results[-1] or "").startswith("knn-")):
-        time.sleep(0.5)
+    res = _promote_and_wait(gateway, registry, "b")
+    assert res.serving_version.startswith("knn-"), res
     time.sleep(2)
-    # a broken model is refused; the serving one stays
-    swap_router(gateway["args"], "/nonexistent/router")
+    at_b = len(results)
+    # a corrupt version: every replica refuses it and keeps serving b; training is told so
+    res = _promote_and_wait(gateway, registry, "bad", expect_swap=False)
+    assert "refuses" in res.error and "corrupt" in res.error, res
     time.sleep(3)
+    # rollback: the alias moves back to b (the version before the corrupt one); nothing changes
+    v, res = rollback_and_wait(registry["ms"], gateway_url=gateway["url"], timeout_s=120)
+    assert v == registry["versions"]["b"] and res.swapped, res
     stop.set()
     for t in threads:
         t.join(timeout=60)
     assert not errors, errors[:3]
     versions = [v for v in results if v]
     assert versions[0].startswith("mlp-") and versions[-1].startswith("knn-"), Counter(versions)
+    # once b served, nothing else was: the corrupt copy of a never was
+    assert all(v.startswith("knn-") for v in versions[at_b:]), Counter(versions[at_b:])
     ready = httpx.get(gateway["url"] + "/readyz").json()
     assert ready["router"]["version"].startswith("knn-") and ready["router"]["failed_swaps"] >= 1
+    assert "corrupt" in ready["router"]["last_error"]
 
 
-def test_a_static_router_scores_in_the_ingress_and_follows_the_swap(gateway, client, routers, gsm8k) -> None:
-    """The cheap router: swapped in like any router, held and scored by the ingress itself (no hop
-    to the router deployment), labelled ``cheap``; swapping back to a transformer router hands the
-    scoring back to the deployment."""
-    from services.gateway.local import swap_router
+def test_a_static_router_scores_in_the_ingress_and_follows_the_swap(
+    gateway, client, routers, registry, gsm8k
+) -> None:
+    """The cheap router: rolled out like any router (the alias moves), held and scored by the
+    ingress itself (no hop to the router deployment), labelled ``cheap``; moving the alias back to
+    a transformer router hands the scoring back to the deployment."""
     from services.router.artifact import load_local
 
     static_version = load_local(routers["static"]).version
@@ -400,10 +480,7 @@ def test_a_static_router_scores_in_the_ingress_and_follows_the_swap(gateway, cli
         raw, _ = ask(client, gsm8k.iloc[5]["prompt"], extra_body=knobs)
         return raw.headers["x-switchyard-route-source"], raw.headers["x-switchyard-router-version"]
 
-    swap_router(gateway["args"], str(routers["static"]))
-    deadline = time.time() + 120
-    while time.time() < deadline and source_and_version() != ("cheap", static_version):
-        time.sleep(0.5)
+    _promote_and_wait(gateway, registry, "static")
     assert source_and_version() == ("cheap", static_version)
     ready = httpx.get(gateway["url"] + "/readyz").json()
     assert ready["routing"]["primary"].startswith("cheap")
@@ -416,10 +493,7 @@ def test_a_static_router_scores_in_the_ingress_and_follows_the_swap(gateway, cli
     after = metrics(gateway)
     assert 'source="cheap"' in after and after != before
     # a transformer router again: the deployment scores; the static one stays as the cheap stage
-    swap_router(gateway["args"], str(routers["b"]))
-    deadline = time.time() + 120
-    while time.time() < deadline and source_and_version()[0] != "router":
-        time.sleep(0.5)
+    _promote_and_wait(gateway, registry, "b")
     src, version = source_and_version()
     assert src == "router" and version.startswith("knn-")
     ready = httpx.get(gateway["url"] + "/readyz").json()

@@ -88,6 +88,13 @@ def test_the_check_catches_broken_manifests(tools: k8s_check.Tools,
     ray = copy.deepcopy(_one(base, "RayService"))
     ray["spec"]["serveConfigV2"] = ray["spec"]["serveConfigV2"].replace("RouterDeployment", "Router")
     assert any("'Router'" in e for e in k8s_check.check_serve_config(ray))
+    # a user_config in the Serve config would pin one deployment apart from the alias both follow
+    ray = copy.deepcopy(_one(base, "RayService"))
+    serve = yaml.safe_load(ray["spec"]["serveConfigV2"])
+    router = next(d for d in serve["applications"][0]["deployments"] if d["name"] == "RouterDeployment")
+    router["user_config"] = {"router_ref": "/tmp/r"}
+    ray["spec"]["serveConfigV2"] = yaml.safe_dump(serve)
+    assert any("RouterDeployment sets user_config" in e for e in k8s_check.check_serve_config(ray))
     # a Strimzi resource on the removed v1beta2 API has no schema: an error, not a skip
     old = copy.deepcopy(_one(base, "KafkaTopic", "switchyard.calls.v1"))
     old["apiVersion"] = "kafka.strimzi.io/v1beta2"

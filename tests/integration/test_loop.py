@@ -76,7 +76,6 @@ def loop_env(
         max_queries=15,
         clusters=3,
         coalesce_s=2.0,
-        redeploy=False,
         first_min_quality=0.5,
         # the MiniLM router, and the cheap static one `make router` ships: every stage of the
         # loop (retrain, gate, register, corrupt refusal, rollback) with each
@@ -295,7 +294,7 @@ def test_corrupt_version_refused_and_rollback_restores(
     from services.catalog import load_catalog
     from services.gateway.routing import RouterRuntime
     from services.router.artifact import RouterLoadError, load_local, load_router
-    from training.promote import promote, rollback_and_redeploy, version_ref
+    from training.promote import promote, rollback_and_wait, version_ref
     from training.registry import log_run
 
     ctx: LoopContext = loop_env["ctx"]
@@ -331,6 +330,6 @@ def test_corrupt_version_refused_and_rollback_restores(
     # promote the corrupt one by mistake, then roll back: champion returns to the good version
     promote(ctx.mlflow, version=reg.version)
     assert _alias(ctx, "champion") == reg.version
-    v, res = rollback_and_redeploy(ctx.mlflow, do_redeploy=False)
+    v, res = rollback_and_wait(ctx.mlflow)
     assert v == good_version == _alias(ctx, "champion") and res is None
     assert runtime.swap(version_ref(ctx.mlflow, v)) and runtime.status.version == serving

@@ -106,17 +106,17 @@ def test_train_register_alias_score(
 
 
 def _check_promotion_gating(tmp_path: Path, name: str, mlflow_uri: str) -> None:
-    """Issue 15, item 5: `router promote` and `serve swap` refuse an ungated or unverifiable
-    version without --force, against the real MLflow server."""
+    """Issue 15, item 5: `router promote` refuses an ungated or unverifiable version without
+    --force, against the real MLflow server."""
     import shutil
 
     from mlflow import MlflowClient
     from typer.testing import CliRunner
 
     from services.contracts.settings import MLflowSettings
-    from services.gateway.cli import swap_problems
     from services.router.artifact import load_local
     from training.cli import router_app
+    from training.promote import check_ref
     from training.registry import log_run
 
     client, ms, runner = MlflowClient(tracking_uri=mlflow_uri), MLflowSettings(), CliRunner()
@@ -130,9 +130,9 @@ def _check_promotion_gating(tmp_path: Path, name: str, mlflow_uri: str) -> None:
     res = runner.invoke(router_app, ["promote", "--version", ungated.version])
     assert res.exit_code == 1 and "no passed gate (gate none" in res.output, res.output[-2000:]
     assert client.get_model_version_by_alias(name, "champion").version == first.version
-    # serve swap's check: the gated champion passes (downloaded, verified, smoke-checked)
-    assert swap_problems(f"models:/{name}@champion", tracking_uri=mlflow_uri) == []
-    (problem,) = swap_problems(f"models:/{name}/{ungated.version}", tracking_uri=mlflow_uri)
+    # the same check on a reference: the gated champion passes (downloaded, verified, smoke-checked)
+    assert check_ref(ms, f"models:/{name}@champion").problems == []
+    (problem,) = check_ref(ms, f"models:/{name}/{ungated.version}").problems
     assert "no passed gate" in problem
     # gated but corrupt: fails verification -> refused
     bad = tmp_path / "corrupt"
@@ -152,7 +152,7 @@ def _check_promotion_gating(tmp_path: Path, name: str, mlflow_uri: str) -> None:
     )
     res = runner.invoke(router_app, ["promote", "--version", corrupt.version])
     assert res.exit_code == 1 and "fails verification" in res.output, res.output[-2000:]
-    assert any("fails verification" in p for p in swap_problems(f"models:/{name}/{corrupt.version}"))
+    assert any("fails verification" in p for p in check_ref(ms, f"models:/{name}/{corrupt.version}").problems)
     # --force promotes anyway and says so on the version
     res = runner.invoke(router_app, ["promote", "--version", ungated.version, "--force"])
     assert res.exit_code == 0, res.output[-2000:]

@@ -30,6 +30,7 @@ from services.providers.pool import ProviderPool, RetryPolicy
 CATALOG = load_catalog()
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
 KEY = "sk-test-123"
+OTHER_KEY, JUDGE_KEY = "sk-test-other", "sk-test-judge"
 
 
 @pytest.fixture
@@ -43,7 +44,12 @@ def stack(tmp_path: Path):
         EmitterConfig(bootstrap="x:1", spool_dir=tmp_path / "spool"), lambda: FakeProducer(broker)
     )
     settings = GatewaySettings(
-        api_key_hashes=[hash_key(KEY)], rate_limit_rps=50, rate_limit_burst=50, max_body_bytes=20_000
+        api_key_hashes=[hash_key(KEY), hash_key(OTHER_KEY)],
+        judge_key_hashes=[hash_key(JUDGE_KEY)],
+        rate_limit_rps=50,
+        rate_limit_burst=50,
+        max_body_bytes=20_000,
+        state_dir=tmp_path,
     )
     gw = build_gateway(settings, router.route, router.status, catalog=CATALOG, pool=pool, emitter=emitter)
     client = httpx.AsyncClient(
@@ -178,8 +184,10 @@ async def test_bad_requests_get_openai_error_bodies(stack, kwargs, status, code)
 
 
 async def test_rate_limit_is_429_with_retry_after(stack) -> None:
+    from services.gateway.ratelimit import RateLimiter
+
     client, upstream, router, broker, gw = stack
-    gw.limiter.rate, gw.limiter.burst = 1.0, 2.0
+    gw.limiter = RateLimiter(1.0, 2, gw.limiter.store)
     codes = [(await client.get("/v1/models")).status_code for _ in range(4)]
     assert codes[:2] == [200, 200] and codes[-1] == 429
     r = await client.get("/v1/models")
@@ -221,16 +229,52 @@ async def test_stream_sends_sse_and_done(stack) -> None:
     assert ev["stream"] is True and ev["status"] == "ok"
 
 
+async def test_feedback_only_on_own_calls_unless_judge(stack) -> None:
+    """Issue 19 (identity): feedback names a server-issued id of the caller's own call; a forged,
+    foreign or expired id is a 404 (so retraining cannot be poisoned through others' calls), and
+    only a judge key may send judge/rule feedback or grade any tenant's calls."""
+    client, upstream, router, broker, gw = stack
+    other = {"authorization": f"Bearer {OTHER_KEY}"}
+    judge = {"authorization": f"Bearer {JUDGE_KEY}"}
+    r = await client.post("/v1/chat/completions", json=body(), headers={"x-request-id": "SPOOFED-ID-0001"})
+    rid = r.headers["x-switchyard-request-id"]
+    assert rid != "SPOOFED-ID-0001"
+    for who, req_id in [(other, rid), ({}, "SPOOFED-ID-0001"), ({}, rid[:-2] + "AA"), ({}, "req_1")]:
+        r = await client.post("/v1/feedback", json={"request_id": req_id, "label": "bad"}, headers=who)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "request_not_found", r.text
+    r = await client.post("/v1/feedback", json={"request_id": rid, "label": "bad", "source": "judge"})
+    assert r.status_code == 403 and r.json()["error"]["param"] == "source"
+    r = await client.post(
+        "/v1/feedback", json={"request_id": rid, "score": 0.9, "source": "judge"}, headers=judge
+    )
+    assert r.status_code == 202, r.text
+    gw.feedback_max_age_s = 1e-9  # the join's window has passed
+    r = await client.post("/v1/feedback", json={"request_id": rid, "label": "good"})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "request_expired"
+    evs = await events(gw, broker)
+    fbs = [FeedbackEvent.model_validate(e) for e in evs if "feedback_id" in e]
+    assert [(f.source.value, f.score) for f in fbs] == [("judge", 0.9)]  # nothing else reached Kafka
+
+
 async def test_feedback_models_health_and_metrics(stack) -> None:
     client, upstream, router, broker, gw = stack
-    r = await client.post("/v1/feedback", json={"request_id": "req_1", "score": 0.2, "source": "judge"})
-    assert r.status_code == 202
-    r = await client.post("/v1/feedback", json={"request_id": "req_1"})
+    r = await client.post("/v1/chat/completions", json=body())
+    rid = r.headers["x-switchyard-request-id"]
+    assert r.json()["id"] == rid  # the completion id is the request id feedback names
+    r = await client.post("/v1/feedback", json={"request_id": rid, "score": 0.2})
+    assert r.status_code == 202, r.text
+    r = await client.post("/v1/feedback", json={"request_id": rid})
     assert r.status_code == 400
-    [ev] = await events(gw, broker)
-    assert FeedbackEvent.model_validate(ev).score == 0.2
+    call, fb = await events(gw, broker)
+    assert FeedbackEvent.model_validate(fb).score == 0.2 and fb["tenant"] == call["tenant"]
     ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
     assert ids[0] == "switchyard/auto" and STRONG in ids
+    one = (await client.get(f"/v1/models/{WEAK}")).json()  # ids with a slash
+    assert one["id"] == WEAK and one["object"] == "model" and one["tier"]
+    r = await client.get("/v1/models/no-such-model")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+    r = await client.get(f"/v1/models/{WEAK}", headers={"authorization": "Bearer nope"})
+    assert r.status_code == 401
     assert (await client.get("/healthz")).status_code == 200
     assert (await client.get("/readyz")).json()["ready"] is True
     await client.post("/v1/chat/completions", json=body())
@@ -433,14 +477,17 @@ async def test_the_tenant_knob_is_a_label_and_never_the_callers_identity(stack) 
     assert ev["tenant"] == gw.keys.authenticate(f"Bearer {KEY}").key_id
 
 
-async def test_failed_authentication_is_rate_limited_per_source(stack) -> None:
+async def test_failed_authentication_is_rate_limited_per_source(stack, monkeypatch) -> None:
     # guessing keys from one address: after the failure budget every request from it is a 429,
     # a valid key included, until the budget refills
-    from services.gateway.auth import AuthFailureLimiter
+    import time
+
+    from services.gateway.ratelimit import AuthFailureLimiter
 
     client, upstream, router, broker, gw = stack
-    now = [0.0]
-    gw.auth_failures = AuthFailureLimiter(per_minute=3, clock=lambda: now[0])
+    now = [60_000.0 * 60]  # the start of a minute (the store's windows are aligned to the clock)
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    gw.auth_failures = AuthFailureLimiter(per_minute=3, store=gw.limiter.store)
     guess = {"authorization": "Bearer guess"}
     for _ in range(3):
         assert (await client.post("/v1/chat/completions", json=body(), headers=guess)).status_code == 401
@@ -449,5 +496,65 @@ async def test_failed_authentication_is_rate_limited_per_source(stack) -> None:
     r = await client.post("/v1/chat/completions", json=body())  # the right key, same address
     assert r.status_code == 429 and "failed authentications" in r.json()["error"]["message"]
     assert (await client.get("/healthz")).status_code == 200  # health never needs a key
-    now[0] = 30.0  # half a minute later 1.5 failures are back
+    now[0] += 90.0  # a sliding minute: half-way through the next one 1.5 failures are back
     assert (await client.post("/v1/chat/completions", json=body())).status_code == 200
+
+
+async def test_task_labels_are_bounded_and_router_info_is_set(stack) -> None:
+    """Issue 19 (metrics): 30 client-invented task names add no series (they are ``other``); a
+    catalog task keeps its own label; ``switchyard_router_info`` names the version that routes."""
+    client, upstream, router, broker, gw = stack
+    for i in range(30):
+        r = await client.post("/v1/chat/completions", json=body(switchyard={"task": f"made-up-{i}"}))
+        assert r.status_code == 200
+    known = next(iter(CATALOG.tasks), None)
+    if known:
+        await client.post("/v1/chat/completions", json=body(switchyard={"task": known}))
+    text = (await client.get("/metrics")).text
+    assert "made-up-" not in text and 'task="other"' in text
+    if known:
+        assert f'task="{known}"' in text
+    assert 'switchyard_router_info{version="v-test"} 1.0' in text
+
+
+async def test_a_client_that_disconnects_mid_body_is_not_a_server_error(stack) -> None:
+    """Issue 19 (metrics): a body cut off by the client is a 499 (client closed request), counted
+    as such and never as a 500."""
+    from starlette.requests import ClientDisconnect
+
+    client, upstream, router, broker, gw = stack
+
+    async def cut():  # noqa: ANN202 - an upload that stops: Starlette raises ClientDisconnect
+        yield b'{"model": "switchyard/auto", '
+        raise ClientDisconnect()
+
+    r = await client.post("/v1/chat/completions", content=cut(), headers={"content-type": "application/json"})
+    assert r.status_code == 499 and r.json()["error"]["code"] == "client_closed_request"
+    text = (await client.get("/metrics")).text
+    assert 'status="499"' in text and 'status="500"' not in text
+
+
+async def test_metrics_and_api_description_need_a_key_unless_public(stack, tmp_path) -> None:
+    """Issue 19 (exposure): /metrics (models, tasks, spend) and /openapi.json answer key holders
+    only, the Swagger UI is off; each can be opened deliberately by a setting."""
+    client, upstream, router, broker, gw = stack
+    anon = httpx.AsyncClient(transport=client._transport, base_url="http://gw")
+    assert (await anon.get("/metrics")).status_code == 401
+    assert (await anon.get("/openapi.json")).status_code == 401
+    assert (await anon.get("/docs")).status_code == 404
+    assert (await anon.get("/healthz")).status_code == 200  # probes need no key
+    assert (await client.get("/metrics")).status_code == 200
+    spec = (await client.get("/openapi.json")).json()
+    assert "/v1/chat/completions" in spec["paths"]
+    settings = GatewaySettings(
+        metrics_public=True,
+        docs_public=True,
+        api_key_hashes=[hash_key(KEY)],
+        state_dir=tmp_path,
+        events_enabled=False,
+    )
+    open_gw = build_gateway(settings, router.route, router.status, catalog=CATALOG)
+    opened = httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(open_gw)), base_url="http://gw")
+    assert (await opened.get("/metrics")).status_code == 200
+    assert (await opened.get("/openapi.json")).status_code == 200
+    assert (await opened.get("/docs")).status_code == 200

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from services.errors import RateLimited, Unauthorized
-from services.gateway.auth import KeyStore, RateLimiter
+from services.errors import Unauthorized
+from services.gateway.auth import KeyStore
 from services.gateway.deployments import GatewayArgs
 from services.gateway.routing import RouterConfig
 from services.gateway.settings import GatewaySettings, hash_key
@@ -31,8 +31,11 @@ def test_serve_config_matches_serve_schema_and_builder_args() -> None:
     assert args.gateway_settings().router_ref == args.router_ref
     names = {d["name"] if isinstance(d, dict) else d.name for d in app.deployments}
     assert names == {"RouterDeployment", "ChatIngress"}
-    router = next(d for d in raw["applications"][0]["deployments"] if d["name"] == "RouterDeployment")
-    RouterConfig.model_validate(router["user_config"])
+    # the builder gives both deployments the same {router_ref, poll_s}: a user_config here would
+    # pin one deployment to another reference than the other follows
+    assert all("user_config" not in d for d in raw["applications"][0]["deployments"])
+    follow = RouterConfig(router_ref=args.router_ref, poll_s=args.gateway_settings().router_poll_s)
+    assert follow.router_ref.endswith("@champion") and follow.poll_s > 0
 
 
 def test_invalid_user_config_is_rejected_loudly() -> None:
@@ -54,21 +57,6 @@ def test_settings_hash_keys_and_never_show_them(monkeypatch) -> None:
         store.authenticate("Bearer sk-c")
     with pytest.raises(ValidationError):
         GatewaySettings(api_key_hashes=["not-a-hash"])
-
-
-def test_rate_limiter_refills() -> None:
-    now = [0.0]
-    rl = RateLimiter(rate=2, burst=2, clock=lambda: now[0])
-    rl.check("k")
-    rl.check("k")
-    with pytest.raises(RateLimited) as info:
-        rl.check("k")
-    h = info.value.headers
-    assert h["retry-after"] == "1"  # whole seconds, rounded up
-    assert h["x-ratelimit-reset-requests"] == "0.500s" and h["x-ratelimit-remaining-requests"] == "0"
-    rl.check("other")  # per key
-    now[0] = 0.5
-    rl.check("k")
 
 
 def test_config_validate_command(tmp_path) -> None:

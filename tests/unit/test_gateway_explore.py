@@ -44,6 +44,7 @@ class Stack:
         )
         settings = GatewaySettings(
             api_key_hashes=[hash_key(KEY)],
+            metric_tasks=["contracts"],  # the task these tests explore has its own metric label
             **{"explore_share": 1.0, "explore_min_requests": 1, "explore_budget_usd_per_task_hour": 10.0}
             | explore,
         )
@@ -188,6 +189,24 @@ async def test_the_hourly_budget_caps_a_tasks_spend(tmp_path: Path) -> None:
         s.metric("switchyard_explore_calls_total", task="contracts", model=WEAK, outcome="accepted")
         == done + 1
     )
+
+
+async def test_a_shared_budget_is_asked_by_the_shadow_call_and_holds(tmp_path: Path) -> None:
+    # with a shared store the budget is the fleet's: the shadow call spends its estimate there
+    # before it starts (here the in-process store stands in for the shared one: same code path)
+    from services.gateway.ratelimit import LimitStore, SharedBudget
+
+    budget = 0.005
+    s = Stack(tmp_path)
+    s.explorer.budget = SharedBudget(budget, LimitStore())
+    estimate = s.explorer.estimate_usd(WEAK, 10, 2)
+    for _ in range(40):
+        await s.ask()
+        await s.settle()
+    done = s.metric("switchyard_explore_calls_total", task="contracts", model=WEAK, outcome="accepted")
+    assert 0 < done < 40 and done * estimate <= budget < (done + 1) * estimate
+    assert s.metric("switchyard_explore_skipped_total", task="contracts", reason="budget") == 40 - done
+    assert s.explorer.in_flight == 0  # a refused call gave its slot back
 
 
 async def test_only_the_policys_candidates_are_shadowed_not_every_scored_model(

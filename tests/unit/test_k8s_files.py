@@ -70,7 +70,7 @@ def test_prod_router_replicas_ask_for_one_gpu_each_and_autoscale() -> None:
     assert router["num_replicas"] == "auto"
     assert router["autoscaling_config"]["max_replicas"] > router["autoscaling_config"]["min_replicas"] >= 1
     assert config["applications"][0]["args"]["router_num_gpus"] == 1
-    assert router["user_config"]["router_ref"] == "models:/switchyard-router@champion"
+    assert "user_config" not in router  # the replicas follow the ConfigMap's alias (base test)
     gpu_group = next(op["value"] for op in patch if op["path"].endswith("/workerGroupSpecs/-"))
     limits = gpu_group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert int(limits["nvidia.com/gpu"]) == 1
@@ -85,8 +85,11 @@ def test_base_serve_config_runs_the_gateway_builder_on_cpu() -> None:
     assert "num_gpus" not in _deployment(config, "RouterDeployment")["ray_actor_options"]
     assert app["args"]["router_num_gpus"] == 0
     env = next(d for d in _docs(K8S / "base" / "config.yaml") if d["kind"] == "ConfigMap")["data"]
-    router_ref = _deployment(config, "RouterDeployment")["user_config"]["router_ref"]
-    assert router_ref == env["SWITCHYARD_GATEWAY_ROUTER_REF"]
+    # every replica follows the alias of the ConfigMap (the builder's user_config), none pinned here
+    assert all("user_config" not in _deployment(config, n) for n in ("RouterDeployment", "ChatIngress"))
+    assert env["SWITCHYARD_GATEWAY_ROUTER_REF"] == "models:/switchyard-router@champion"
+    assert float(env["SWITCHYARD_GATEWAY_ROUTER_POLL_S"]) > 0
+    assert env["SWITCHYARD_TRAIN_GATEWAY_URL"].startswith(f"http://{ray['metadata']['name']}-serve-svc:")
 
 
 def test_dev_overlay_drops_replication_to_one() -> None:
@@ -183,7 +186,7 @@ def _pod_specs(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _workloads() -> list[dict[str, Any]]:
-    docs = _base_docs() + _docs(K8S / "jobs" / "train-run.yaml")
+    docs = _base_docs() + _docs(K8S / "jobs" / "train-run.yaml") + _docs(K8S / "jobs" / "first-router.yaml")
     patch = yaml.safe_load((K8S / "overlays" / "prod" / "patches" / "rayservice-gpu.yaml").read_text())
     gpu_group = next(op["value"] for op in patch if op["path"].endswith("/workerGroupSpecs/-"))
     docs.append({"kind": "Job", "metadata": {"name": "prod-gpu-group"},
@@ -318,16 +321,17 @@ def test_lint_waivers_each_have_a_reason() -> None:
 
 
 def _exported_metric_names() -> set[str]:
-    """Every series name the gateway and the streams worker export."""
-    from services.gateway.metrics import GatewayMetrics
+    """Every series name Prometheus gets: the gateway's as Ray's metrics agents export them for the
+    whole fleet (``ray_switchyard_*``, one series per ingress replica; a replica's own /metrics is
+    not scraped), the streams worker's from its /metrics."""
+    from services.gateway.metrics import GatewayMetrics, fleet_names
     from streams.metrics import StreamMetrics
 
     suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
                 "gauge": ("",), "summary": ("_sum", "_count", "_created")}
-    names: set[str] = set()
-    for registry in (GatewayMetrics().registry, StreamMetrics().registry):
-        for family in registry.collect():
-            names |= {family.name + s for s in suffixes[family.type]}
+    names: set[str] = fleet_names(GatewayMetrics())
+    for family in StreamMetrics().registry.collect():
+        names |= {family.name + s for s in suffixes[family.type]}
     return names
 
 
@@ -368,7 +372,7 @@ def test_grafana_dashboard_queries_only_metrics_the_code_exports() -> None:
             assert not unknown, f"{panel['title']}: {sorted(unknown)} not exported by the code"
             used |= names
     assert any(n.startswith("switchyard_streams_") for n in used)
-    assert any(n.startswith("switchyard_request") for n in used)
+    assert any(n.startswith("ray_switchyard_request") for n in used)
     kustomization = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
     (generator,) = kustomization["configMapGenerator"]
     assert generator["files"] == ["switchyard.json=monitoring/grafana-dashboard.json"]
@@ -379,3 +383,69 @@ def test_promql_metric_names_ignores_labels_functions_and_grouping() -> None:
     expr = ('histogram_quantile(0.95, sum by (le, model) (rate(a_bucket{model="x",le!="1"}[5m]))) '
             '/ ignoring(model) group_left sum(b_total) > 1e-9')
     assert promql_metric_names(expr) == {"a_bucket", "b_total"}
+
+
+def test_alert_rules_query_only_metrics_the_code_exports() -> None:
+    monitoring = _docs(K8S / "base" / "monitoring.yaml")
+    rules = next(d for d in monitoring if d["kind"] == "PrometheusRule")
+    exported = _exported_metric_names() | {"up"}
+    for group in rules["spec"]["groups"]:
+        for rule in group["rules"]:
+            unknown = promql_metric_names(rule["expr"]) - exported
+            assert not unknown, f"{rule['alert']}: {sorted(unknown)} not exported by the code"
+
+
+def test_gateway_metrics_are_scraped_from_every_ray_pod_metrics_port() -> None:
+    # each Ray pod's metrics agent exports the metrics of the replicas on that pod: all are scraped
+    monitoring = _docs(K8S / "base" / "monitoring.yaml")
+    pod_monitor = next(d for d in monitoring if d["kind"] == "PodMonitor")
+    assert [e["port"] for e in pod_monitor["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    selector = pod_monitor["spec"]["selector"]["matchLabels"]
+    cluster = next(d for d in _base_docs() if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    patch = yaml.safe_load((K8S / "overlays" / "prod" / "patches" / "rayservice-gpu.yaml").read_text())
+    gpu = next(op["value"] for op in patch if op["path"].endswith("/workerGroupSpecs/-"))
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"], gpu]:
+        assert selector.items() <= group["template"]["metadata"]["labels"].items()
+        (container,) = group["template"]["spec"]["containers"]
+        assert {"name": "metrics", "containerPort": 8080} in container["ports"], container["name"]
+
+
+def test_ratelimit_store_is_shared_by_the_gateway_pods_only() -> None:
+    from urllib.parse import urlsplit
+
+    from services.gateway.ratelimit import check_store_url
+
+    docs = _base_docs()
+    env = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "switchyard-env")
+    url = urlsplit(check_store_url(env["data"]["SWITCHYARD_GATEWAY_RATE_LIMIT_STORAGE"]))
+    assert url.password is None  # the password comes from the Secret, never the ConfigMap
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == url.hostname)
+    assert url.port in {p["port"] for p in service["spec"]["ports"]}
+    store = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == url.hostname)
+    assert service["spec"]["selector"].items() <= store["spec"]["template"]["metadata"]["labels"].items()
+    (valkey,) = store["spec"]["template"]["spec"]["containers"]
+    assert valkey["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "switchyard-ratelimit"
+    assert "--appendonly" in valkey["args"] and "--requirepass" in valkey["args"]
+    # every Ray worker group (where the ingress replicas run) gets the password from that Secret
+    ray = next(d for d in docs if d["kind"] == "RayService")
+    patch = yaml.safe_load((K8S / "overlays" / "prod" / "patches" / "rayservice-gpu.yaml").read_text())
+    gpu = next(op["value"] for op in patch if op["path"].endswith("/workerGroupSpecs/-"))
+    for group in [*ray["spec"]["rayClusterConfig"]["workerGroupSpecs"], gpu]:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        secret = {e["name"]: e for e in container["env"]}["SWITCHYARD_GATEWAY_RATE_LIMIT_STORAGE_PASSWORD"]
+        assert secret["valueFrom"]["secretKeyRef"] == {"name": "switchyard-ratelimit", "key": "password"}
+    # ingress only from the gateway's pods, egress nowhere
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == url.hostname)
+    assert policy["spec"]["podSelector"]["matchLabels"] == store["spec"]["selector"]["matchLabels"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not policy["spec"].get("egress")
+    (rule,) = policy["spec"]["ingress"]
+    gateway = {"app.kubernetes.io/name": "switchyard-gateway"}
+    assert rule["from"] == [{"podSelector": {"matchLabels": gateway}}]
+    store_pods = store["spec"]["selector"]["matchLabels"]
+    egress = [d for d in docs if d["kind"] == "NetworkPolicy"
+              and d["spec"]["podSelector"].get("matchLabels") == gateway
+              and any(p.get("podSelector", {}).get("matchLabels") == store_pods
+                      for r in d["spec"].get("egress", []) for p in r.get("to", []))]
+    assert egress, "the gateway pods may not reach the store"
+

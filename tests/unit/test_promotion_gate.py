@@ -1,7 +1,6 @@
-"""Promotion and swap gating (issue 15, item 5): ``switchyard router promote`` and
-``switchyard serve swap`` refuse a router without a passed gate record or that fails verification,
-unless ``--force``. MLflow is faked here; tests/integration/test_router_mlflow.py runs the same
-paths against the real local server."""
+"""Promotion gating (issue 15, item 5): ``switchyard router promote`` refuses a router without a
+passed gate record or that fails verification, unless ``--force``. MLflow is faked here;
+tests/integration/test_router_mlflow.py runs the same paths against the real local server."""
 
 from __future__ import annotations
 
@@ -91,8 +90,8 @@ def test_gate_record_loop_verdict_bootstrap_and_none() -> None:
     assert later["gate"] == "none" and "champion version 3" in later["gate_reasons"]
 
 
-def test_the_gateway_reads_the_registry_tag_names() -> None:
-    from services.gateway import cli
+def test_the_router_area_reads_the_registry_tag_names() -> None:
+    from services.router import promotion as cli
 
     assert (cli.GATE_TAG, cli.GATE_KIND_TAG, cli.GATE_REASONS_TAG) == (
         registry.GATE_TAG,
@@ -152,47 +151,12 @@ def test_router_promote_cli_refuses_without_force(fake, monkeypatch: pytest.Monk
     assert res.exit_code == 0 and fake.promoted == ["2", "1"]
 
 
-# -- serve swap -------------------------------------------------------------------------------------
+# -- serve swap (removed: the replicas follow their alias) -------------------------------------------
 
 
-def test_serve_swap_refuses_a_path_without_gate_and_an_unverifiable_ref(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import services.router.artifact as artifact
+def test_serve_swap_is_gone_and_says_what_to_use() -> None:
     from services.gateway import cli
 
-    loaded: list[str] = []
-    monkeypatch.setattr(
-        artifact, "load_router", lambda ref, **kw: loaded.append(ref) or SimpleNamespace(version="mlp-x")
-    )
-    monkeypatch.setattr(artifact, "smoke_check", lambda router: [])
-    problems = cli.swap_problems(str(tmp_path), tracking_uri="http://127.0.0.1:1")
-    assert problems == [problems[0]] and "no gate record" in problems[0] and loaded == [str(tmp_path)]
-
-    def corrupt(ref, **kw):  # noqa: ANN001, ANN202
-        raise artifact.RouterLoadError("router artefact is corrupt or was modified")
-
-    monkeypatch.setattr(artifact, "load_router", corrupt)
-    monkeypatch.setattr(cli, "_gate_problems", lambda ref, uri: [])
-    assert cli.swap_problems("models:/r/1", tracking_uri="http://127.0.0.1:1") == [
-        "fails verification: router artefact is corrupt or was modified"
-    ]
-    # the CLI stops before touching Ray or the running gateway
-    monkeypatch.setattr(cli, "_gate_problems", lambda ref, uri: ["version 2 has no passed gate (gate none)"])
     res = CliRunner().invoke(cli.serve_app, ["swap", "models:/r/2"])
-    assert res.exit_code == 1 and "refusing to swap" in res.output and "--force" in res.output
-
-
-def test_serve_swap_gate_reads_the_version_tags(monkeypatch: pytest.MonkeyPatch) -> None:
-    import mlflow
-
-    from services.gateway import cli
-
-    client = FakeClient({"1": PASSED, "2": UNGATED}, {"champion": "1", "challenger": "2"})
-    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: client)
-    assert cli._gate_problems("models:/r@champion", "u") == []
-    assert cli._gate_problems("models:/r/1", "u") == []
-    (p,) = cli._gate_problems("models:/r@challenger", "u")
-    assert "version 2 has no passed gate (gate none: registered outside" in p
-    (p,) = cli._gate_problems("models:/r/9", "u")
-    assert "cannot be resolved" in p
+    assert res.exit_code == 2
+    assert "follow their MLflow alias" in res.output and "router promote --version N --wait" in res.output

@@ -26,7 +26,9 @@ KAFKA = KafkaSettings(bootstrap="127.0.0.1:1", topic_prefix="unit.")
 
 
 def _pyproject_range(dist: str) -> tuple[str, str]:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    # the base dependencies or an extra (faust-streaming is the streams image's)
+    deps = [*project["dependencies"], *(d for ds in project["optional-dependencies"].values() for d in ds)]
     (spec,) = [d for d in deps if re.match(rf"{re.escape(dist)}\s*[<>=]", d)]
     low = re.search(r">=\s*([\w.]+)", spec).group(1)
     high = re.search(r"<\s*([\w.]+)", spec).group(1)

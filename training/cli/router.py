@@ -190,6 +190,30 @@ def route_cmd(
     typer.echo(f"routed {len(rows)} prompts with {router.version} in {dt:.1f}s -> {output}", err=True)
 
 
+WAIT_HELP = (
+    "champion only: then wait until the gateway (--gateway-url) reports serving the new version in "
+    "/readyz; prints JSON, exit 1 when it refuses it or does not report it in time."
+)
+
+
+def _gateway_url(url: str | None) -> str:
+    from ..settings import TrainSettings
+
+    return url or TrainSettings().gateway_url or "http://127.0.0.1:8000"
+
+
+def _report_wait(ms, alias: str, v: str, gateway_url: str) -> None:  # noqa: ANN001
+    """Wait for the gateway to serve ``v`` (its replicas follow the alias); JSON out, exit 1 if not."""
+    from ..promote import router_version_of, version_ref, wait_serving
+
+    if alias != "champion":
+        raise fail("--wait follows champion only (the alias the gateway serves)")
+    res = wait_serving(gateway_url, version_ref(ms, v), router_version_of(ms, v))
+    typer.echo(json.dumps({"champion_version": v, "serving": res.model_dump()}, indent=1))
+    if not res.swapped:
+        raise typer.Exit(1)
+
+
 @router_app.command("promote")
 def promote_cmd(
     version: str = typer.Option(None, help="Version to promote (default: the one behind --from-alias)."),
@@ -201,8 +225,13 @@ def promote_cmd(
         help="Promote even without a passed gate record or when the artefact fails verification "
         "(recorded on the version as the tag forced_promotion).",
     ),
+    wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+    gateway_url: str = typer.Option(
+        None, help="The gateway's base URL (default SWITCHYARD_TRAIN_GATEWAY_URL or http://127.0.0.1:8000)."
+    ),
 ) -> None:
-    """Move the ``champion`` alias (to the challenger by default).
+    """Move the ``champion`` alias (to the challenger by default); the gateway's replicas follow
+    it at their next poll.
 
     The version must carry a passed gate record (the retrain loop's verdict against the champion,
     or, for the first router of a registered model, its bootstrap pass) and verify: downloaded,
@@ -223,64 +252,29 @@ def promote_cmd(
     if not check.ok:
         typer.echo(f"warning: forced: {check.summary()}", err=True)
     typer.echo(f"models:/{ms.registered_model}@{to_alias} -> version {v}")
+    if wait:
+        _report_wait(ms, to_alias, v, _gateway_url(gateway_url))
 
 
 @router_app.command("rollback")
 def rollback_cmd(
     alias: str = typer.Option("champion", help="Alias to move back."),
-    redeploy: bool = typer.Option(
-        False, "--redeploy", help="champion only: also hot-swap the running local gateway now (prints JSON)."
+    wait: bool = typer.Option(False, "--wait", "--redeploy", help=WAIT_HELP),
+    gateway_url: str = typer.Option(
+        None, help="The gateway's base URL (default SWITCHYARD_TRAIN_GATEWAY_URL or http://127.0.0.1:8000)."
     ),
 ) -> None:
-    """Move ``champion`` back to the version it had before the last promotion.
-
-    Serving replicas follow the alias at their next poll; ``--redeploy`` swaps a running local
-    gateway at once."""
+    """Move ``champion`` back to the version it had before the last promotion; the gateway's
+    replicas follow the alias at their next poll."""
     from services.contracts.settings import MLflowSettings
 
     from ..registry import RegistryError, rollback
 
-    if redeploy:
-        if alias != "champion":
-            raise fail("--redeploy moves champion only")
-        rollback_and_redeploy(do_redeploy=True)
-        return
     ms = MLflowSettings()
     try:
         v = rollback(ms, alias=alias)
     except RegistryError as exc:
         raise fail(str(exc), 1) from exc
     typer.echo(f"models:/{ms.registered_model}@{alias} -> version {v}")
-
-
-def rollback_and_redeploy(*, do_redeploy: bool) -> None:
-    """Move champion back and have the running gateway follow; prints JSON (exit 1: swap failed)."""
-    from services.contracts.settings import MLflowSettings
-
-    from ..promote import rollback_and_redeploy as move_back
-    from ..registry import RegistryError
-
-    try:
-        v, res = move_back(MLflowSettings(), do_redeploy=do_redeploy)
-    except RegistryError as exc:
-        raise fail(str(exc), 1) from exc
-    typer.echo(json.dumps({"champion_version": v, "redeploy": res.model_dump() if res else None}, indent=1))
-    if res is not None and not res.swapped and "no running gateway" not in (res.error or ""):
-        raise typer.Exit(1)
-
-
-@router_app.command("check")
-def check_cmd(
-    model: str = typer.Option(..., "--model", help="Router ref (dir or MLflow URI)."),
-    tracking_uri: str = typer.Option(None, help="MLflow tracking URI."),
-) -> None:
-    """Load a router, verify its files and run the smoke check."""
-    from services.contracts.settings import MLflowSettings
-    from services.router.artifact import RouterLoadError, load_router, smoke_check
-
-    try:
-        router = load_router(model, tracking_uri=tracking_uri or MLflowSettings().tracking_uri)
-        out = smoke_check(router)
-    except RouterLoadError as exc:
-        raise fail(str(exc), 1) from exc
-    typer.echo(json.dumps({"version": router.version, "models": router.models, "smoke": out[:1]}, indent=1))
+    if wait:
+        _report_wait(ms, alias, v, _gateway_url(gateway_url))

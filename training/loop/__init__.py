@@ -1,6 +1,8 @@
 """The closed loop: retrain requests in, a gated, promoted router out.
 
-    collect → distil → train (warm start) → evaluate + gate → register (challenger) → promote + redeploy
+    collect → distil → train (warm start) → evaluate + gate → register (challenger) → promote
+
+(the gateway's replicas follow the ``champion`` alias by themselves)
 
 - :mod:`.state`: a run's persisted state and the request → run index (atomic JSON files);
 - :mod:`.coalesce`: which run serves each request (duplicate, joined, covered, new);

@@ -1,6 +1,8 @@
 """Executing a run of the closed loop, stage by stage, resumable:
 
-    collect → distil → train (warm start) → evaluate + gate → register (challenger) → promote + redeploy
+    collect → distil → train (warm start) → evaluate + gate → register (challenger) → promote
+
+(the gateway's replicas follow the ``champion`` alias by themselves)
 
 :class:`RunExecutor` skips the stages a run already completed and saves the state after each
 (:mod:`training.loop.state`); :func:`run_requests` plans (:mod:`training.loop.coalesce`) and runs.
@@ -13,10 +15,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from services.contracts import RetrainRequest
 from services.contracts.settings import KafkaSettings, MLflowSettings
@@ -95,10 +95,9 @@ def warm_start_params(champion, vocab: list[str], models: list[str]) -> dict | N
 class RunExecutor:
     """Runs the stages of one :class:`RunState`, skipping those already completed."""
 
-    def __init__(self, ctx: LoopContext, *, redeploy_fn: Callable[..., Any] | None = None) -> None:
+    def __init__(self, ctx: LoopContext) -> None:
         self.ctx = ctx
         self.store = ctx.store()
-        self.redeploy_fn = redeploy_fn
         self._cache = None
         self._encoder_config = None
 
@@ -391,21 +390,18 @@ class RunExecutor:
         )
 
     def promote(self, state: RunState) -> None:
-        from ..promote import promote_and_redeploy
+        """Move ``champion`` when the gate passed (the gateway's replicas follow the alias); with a
+        gateway URL, wait until it reports serving the new version."""
+        from ..promote import promote_and_wait
 
         t0 = time.perf_counter()
         if state.verdict and state.verdict["passed"] and self.ctx.settings.auto_promote:
-            if self.redeploy_fn is not None:
-                from ..registry import promote
-
-                promote(self.ctx.mlflow, version=state.model_version)
-                res = self.redeploy_fn(state.model_version)
-            else:
-                _, res = promote_and_redeploy(
-                    self.ctx.mlflow, state.model_version, do_redeploy=self.ctx.settings.redeploy
-                )
+            s = self.ctx.settings
+            _, res = promote_and_wait(
+                self.ctx.mlflow, state.model_version, gateway_url=s.gateway_url, timeout_s=s.serving_timeout_s
+            )
             state.promoted = True
-            state.redeploy = res.model_dump() if hasattr(res, "model_dump") else res
+            state.redeploy = res.model_dump() if res is not None else None
         state.timings["promote_s"] = time.perf_counter() - t0
         state.status = RunStatus.DONE
 
