@@ -59,9 +59,6 @@ def serve_env(log_to_driver: bool = False, direct_ingress_port: int | None = Non
     return {k: os.environ.get(k, v) for k, v in env.items()}
 
 
-LOOPBACK = "127.0.0.1"
-
-
 def private_ray_token() -> Path:
     """Ray's token (token authentication is on for a new local instance) in a file only this user
     can read: Ray creates ``~/.ray/auth_token`` world-readable when it is missing, so it is made
@@ -106,9 +103,6 @@ def start_ray(
                 ray.init(
                     num_cpus=num_cpus,
                     include_dashboard=False,
-                    # Ray's own servers (GCS, raylet, object manager, workers) bind to the node
-                    # address: loopback only, on a machine shared with others (docs/operations.md)
-                    _node_ip_address=LOOPBACK,
                     _temp_dir=str(temp),
                     logging_level=logging.WARNING,
                     log_to_driver=log_to_driver,

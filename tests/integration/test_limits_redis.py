@@ -114,6 +114,7 @@ def gateway_replica(server: RedisServer, **settings: Any) -> tuple[Any, httpx.As
         rate_limit_storage_retry_s=60,
         events_enabled=False,
         explore_enabled=False,
+        metrics_public=True,  # read after the key's limit is spent
         **settings,
     )
 

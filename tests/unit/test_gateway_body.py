@@ -60,3 +60,24 @@ def test_a_trickle_above_the_floor_is_cut_by_the_whole_body_deadline() -> None:
 def test_the_size_limit_still_answers_413() -> None:
     with pytest.raises(PayloadTooLarge):
         _read([(0, b"x" * 60), (0, b"x" * 60)], BodyLimits(), limit=100)
+
+
+async def test_the_app_answers_a_slow_body_with_the_openai_408(tmp_path) -> None:
+    import json
+
+    from test_gateway_app import stack as make_stack  # its fixture, called directly
+
+    client, *_, gw = make_stack.__wrapped__(tmp_path)
+    gw.body_limits = BodyLimits(timeout_s=5.0, min_bytes_per_s=1000.0, grace_s=0.2)
+
+    async def slow():
+        yield b'{"model"'
+        await asyncio.sleep(3)
+        yield b"}"
+
+    r = await client.post("/v1/chat/completions", content=slow(), headers={"content-length": "9999"})
+    assert r.status_code == 408 and r.headers["connection"] == "close"
+    assert json.loads(r.content)["error"]["code"] == "request_timeout"
+    fast = await client.post("/v1/chat/completions", json={"model": "switchyard/auto", "messages": []})
+    assert fast.status_code != 408
+    await client.aclose()
