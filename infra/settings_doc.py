@@ -32,6 +32,7 @@ CLASSES: tuple[tuple[str, str], ...] = (
     ("Benchmark data", "services.contracts.settings:DataSettings"),
     ("Kafka clients", "services.contracts.settings:KafkaSettings"),
     ("MLflow clients", "services.contracts.settings:MLflowSettings"),
+    ("Privacy: prompt hashes in events", "services.contracts.settings:PrivacySettings"),
     ("Gateway", "services.gateway.settings:GatewaySettings"),
     ("Router serving", "services.router.settings:RouterSettings"),
     ("Streams worker", "streams.settings:StreamsSettings"),

@@ -43,6 +43,12 @@ class UnknownModel(BadRequest):
     code = "model_not_found"
 
 
+class MaxCostExceeded(BadRequest):
+    """No candidate can answer within the request's ``max_cost_usd`` (a hard cap)."""
+
+    code = "max_cost_exceeded"
+
+
 class UnsupportedParameter(BadRequest):
     """The request needs a parameter the model's upstream kind cannot honour (an Anthropic model
     asked for ``n: 2``, ``logprobs``, ...): 400 naming it, never a silently dropped feature. For

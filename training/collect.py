@@ -223,9 +223,14 @@ def window_bounds(
     return max(start, now - timedelta(seconds=max_age_s)), end
 
 
-def prompt_lookup(frame: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """prompt_hash → (prompt, task) of the bootstrap rows (to restore redacted prompts)."""
-    return {h: (p, t) for h, p, t in zip(frame["prompt_hash"], frame["prompt"], frame["task"], strict=True)}
+def prompt_lookup(frame: pd.DataFrame, key: bytes | None = None) -> dict[str, tuple[str, str]]:
+    """prompt hash → (prompt, task) of the bootstrap rows, to restore redacted prompts: by the
+    plain hash and, with ``key`` (the events' prompt-hash key), by the keyed hash events carry."""
+    rows = list(zip(frame["prompt_hash"], frame["prompt"], frame["task"], strict=True))
+    out = {h: (p, t) for h, p, t in rows}
+    if key:
+        out.update({prompt_hash(p, key): (p, t) for _, p, t in rows})
+    return out
 
 
 def fresh_labels_from_outcomes(
@@ -248,8 +253,11 @@ def fresh_labels_from_outcomes(
         prompt = o.prompt or lookup.get(o.prompt_hash, (None, None))[0]
         if not prompt:
             continue
-        rows[(o.prompt_hash, o.chosen_model)] = {
-            "prompt_hash": o.prompt_hash,
+        # the row's identity is the plain hash of the text (the benchmark rows'), not the keyed
+        # hash the event carries: a live label of a benchmark prompt replaces that row's label
+        h = prompt_hash(prompt)
+        rows[(h, o.chosen_model)] = {
+            "prompt_hash": h,
             "prompt": prompt,
             "task": o.task,
             "model": o.chosen_model,

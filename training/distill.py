@@ -30,6 +30,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.catalog import Catalog
+from services.contracts import prompt_hash
 
 log = logging.getLogger(__name__)
 
@@ -382,8 +383,9 @@ async def distill(
     seen: dict[str, Candidate] = {}
     for h in hard_queries:
         prompt = h.prompt or lookup.get(h.prompt_hash, (None, None))[0]
-        if prompt and h.prompt_hash not in seen:
-            seen[h.prompt_hash] = Candidate(h.prompt_hash, prompt, h.task)
+        key = prompt_hash(prompt) if prompt else None  # plain: the identity inside training
+        if prompt and key not in seen:
+            seen[key] = Candidate(key, prompt, h.task)
     cands = list(seen.values())
     if cands:
         emb = embed([c.prompt for c in cands], [c.prompt_hash for c in cands])

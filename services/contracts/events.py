@@ -8,6 +8,7 @@ agents can dead-letter it and go on.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -29,8 +30,13 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def prompt_hash(text: str) -> str:
-    """Stable hash of a prompt, used as its identity when the text itself is redacted."""
+def prompt_hash(text: str, key: bytes | None = None) -> str:
+    """Stable hash of a prompt. With ``key`` (what events carry: the deployment's secret, see
+    :class:`~services.contracts.settings.PrivacySettings`) an HMAC-SHA256, so a known prompt cannot
+    be recovered by hashing a dictionary of candidates; without, a plain SHA-256 (identity of
+    benchmark rows inside training: folds, caches)."""
+    if key:
+        return hmac.new(key, text.encode("utf-8"), hashlib.sha256).hexdigest()
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

@@ -150,6 +150,47 @@ class KafkaSettings(BaseSettings):
         return faust.SSLCredentials(ssl_context)
 
 
+class PrivacySettings(BaseSettings):
+    """The key of the prompt hashes in events (``SWITCHYARD_PROMPT_HASH_KEY``).
+
+    Events carry ``prompt_hash`` = HMAC-SHA256(key, prompt): without the key nobody can test a
+    guessed prompt against it. The gateway hashes with it; training needs the same key only to
+    restore redacted prompts from its benchmark rows. Unset, each process uses a key file in its
+    state dir (created once, mode 0600): fine for one machine, but set it (from a Secret) for
+    every gateway and training pod of a fleet."""
+
+    model_config = _config("SWITCHYARD_")
+
+    prompt_hash_key: SecretStr | None = Field(
+        default=None, description="Key of the prompt hashes in events (HMAC-SHA256); from a secret."
+    )
+
+    def key(self, state_dir: Path) -> bytes:
+        """The configured key, else ``<state_dir>/secrets/prompt-hash.key`` (created once)."""
+        if self.prompt_hash_key is not None:
+            return self.prompt_hash_key.get_secret_value().encode("utf-8")
+        path = state_dir.resolve() / "secrets" / "prompt-hash.key"
+        try:
+            return bytes.fromhex(path.read_text().strip())
+        except (OSError, ValueError):
+            pass
+        import os
+        import secrets
+
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # the first process's key wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink(missing_ok=True)
+        return bytes.fromhex(path.read_text().strip())
+
+
 class MLflowSettings(BaseSettings):
     """Where the MLflow tracking server is (``SWITCHYARD_MLFLOW_TRACKING_URI``)."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -177,36 +178,44 @@ async def _read_body(request: Request, limit: int, limits: BodyLimits | None = N
     return await read_body(request.stream(), limit, limits, declared)
 
 
-# JSON nested deeper than this is refused (a 400): what parses here can still break an upstream's
-# parser (a 500 there, a 502 here: found by tests/integration/test_gateway_fuzz.py)
+# JSON nested deeper than this is refused (a 400), and so is a number that is not finite anywhere
+# in a body (NaN, Infinity, 1e999 in a passed-through parameter): what parses here can still break
+# an upstream's parser or our JSON encoder (a 500 or 502: found by tests/integration/test_gateway_fuzz.py)
 MAX_JSON_DEPTH = 64
+# bytes that may hold a non-finite number (also inside a string: then only the slow path is taken)
+_MAYBE_NOT_FINITE = re.compile(rb"NaN|Infinity|\d[eE]\+?\d{3}|\d{300}")
 
 
-def _too_deep(data: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+def _json_problem(data: Any, limit: int = MAX_JSON_DEPTH) -> str | None:
+    """What makes parsed JSON unfit to pass on (nesting over ``limit``, a non-finite number)."""
     stack = [(data, 1)]
     while stack:
         node, depth = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            return f"request body holds a number that is not finite ({node})"
         children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
         if children is None:
             continue
         if depth > limit:
-            return True
+            return f"request body is nested too deeply (more than {limit} levels)"
         stack.extend((c, depth + 1) for c in children)
-    return False
+    return None
 
 
-def _raw_too_deep(raw: bytes) -> bool:
+def _fast_path_fits(raw: bytes) -> bool:
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH and not _MAYBE_NOT_FINITE.search(raw):
+        return True
     try:
-        return _too_deep(json.loads(raw))
+        return _json_problem(json.loads(raw)) is None
     except (ValueError, RecursionError):
-        return True  # not JSON: the slow path says what is wrong
+        return False  # not JSON: the slow path says what is wrong
 
 
 def _parse(model: type, raw: bytes) -> Any:
     # Fast path: pydantic parses and validates the bytes in one go (no Python dict in between).
     # Anything it rejects goes the slow way, which words every error exactly as before; so does a
-    # body nested too deeply (measured only when it has more brackets than the limit).
-    if raw and (raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH or not _raw_too_deep(raw)):
+    # body nested too deeply or with a non-finite number (looked for only when the bytes may hold one).
+    if raw and _fast_path_fits(raw):
         try:
             return model.model_validate_json(raw)
         except ValueError:
@@ -225,13 +234,15 @@ def _parse(model: type, raw: bytes) -> Any:
         raise BadRequest("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise BadRequest("request body must be a JSON object")
-    if _too_deep(data):
-        raise BadRequest(f"request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         msg, param = _summarise(exc)
         raise ValidationFailed(f"invalid request: {msg}", param=param) from exc
+    problem = _json_problem(data)  # in what the model passes on untyped (a typed field said so above)
+    if problem:
+        raise BadRequest(problem)
+    return parsed
 
 
 _CLIENT_ID = re.compile(r"[\x21-\x7e]{1,128}")  # printable ASCII, no spaces: safe in logs and headers

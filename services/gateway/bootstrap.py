@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from services.catalog import Catalog, load_catalog
-from services.contracts.settings import KafkaSettings
+from services.contracts.settings import KafkaSettings, PrivacySettings
 from services.providers.breaker import BreakerPolicy
 from services.providers.pool import ProviderPool, RetryPolicy
 
@@ -171,6 +171,7 @@ def build_gateway(
         metrics,
         scorer=ChainScorer(answer_score, judge),
         redact_prompts=settings.redact_prompts,
+        prompt_hash_key=PrivacySettings().key(settings.state_dir),
         router_timeout_s=settings.router_timeout_s,
         cascade_accept=settings.cascade_accept,
         hard_query_margin=settings.hard_query_margin,

@@ -28,6 +28,7 @@ from services.contracts.topics import CALLS, FEEDBACK
 from services.errors import (
     ClientClosedRequest,
     ContextLengthExceeded,
+    MaxCostExceeded,
     SwitchyardError,
     UnknownModel,
     UnsupportedParameter,
@@ -40,6 +41,7 @@ from services.request_context import bound
 from services.router.policy import cascade_ladder
 
 from .auth import Caller
+from .costcap import CostCap, clamp, prompt_tokens_bound
 from .degrade import RouteChain, RouteSource
 from .emitter import EventEmitter
 from .explore import Explorer, Ticket
@@ -82,6 +84,7 @@ class CallContext:
     payload: dict[str, Any] | None = None  # the upstream body, built once (see ``ChatService.context``)
     # catalog models that cannot honour the request's parameters, with why: never called for it
     incapable: dict[str, Unsupported] = field(default_factory=dict)
+    cap: CostCap | None = None  # max_cost_usd, a hard cap (set by ChatService.context)
 
     @property
     def cost_usd(self) -> float:
@@ -146,6 +149,7 @@ class ChatService:
         *,
         scorer: AnswerScorer | None = None,
         redact_prompts: bool = False,
+        prompt_hash_key: bytes | None = None,
         router_timeout_s: float = 2.0,
         cascade_accept: float = 0.5,
         hard_query_margin: float = 0.1,
@@ -158,7 +162,8 @@ class ChatService:
         self.emitter = emitter
         self.metrics = metrics
         self.scorer = scorer
-        self.redact_prompts = redact_prompts
+        self.redact_prompts = redact_prompts  # every field with the user's text: prompts, comments
+        self.prompt_hash_key = prompt_hash_key  # events' prompt hashes are keyed (HMAC)
         self.router_timeout_s = router_timeout_s
         self.cascade_accept = cascade_accept
         self.hard_query_margin = hard_query_margin
@@ -210,8 +215,11 @@ class ChatService:
                 "or a model listed by GET /v1/models",
                 param="model",
             )
+        cap = None
+        if knobs.max_cost_usd is not None:
+            cap = CostCap(self.catalog, knobs.max_cost_usd, prompt_tokens_bound(req))
         return CallContext(
-            request_id, req, knobs, caller, task, mode, target, payload=payload, incapable=incapable
+            request_id, req, knobs, caller, task, mode, target, payload=payload, incapable=incapable, cap=cap
         )
 
     async def chat(self, ctx: CallContext) -> ChatResult:
@@ -253,7 +261,8 @@ class ChatService:
             with bound(ctx.request_id):
                 payload = await self._prepare(ctx)
                 order = self.pool.fallback_order(ctx.model or "", ctx.route.ranking if ctx.route else ())
-                handle = await self.pool.stream(self._fitting(ctx, order), payload, ctx.attempts)
+                models = self._fitting(ctx, order)
+                handle = await self.pool.stream(models, self._capped(ctx, payload, models), ctx.attempts)
         except SwitchyardError as exc:
             self._finish(ctx, error=exc)
             raise
@@ -307,7 +316,7 @@ class ChatService:
             score=fb.score,
             label=fb.label,
             source=fb.source,
-            comment=fb.comment,
+            comment=None if self.redact_prompts else fb.comment,  # free text is the user's too
             tenant=tenant,
         )
         if self.emitter is not None:
@@ -332,7 +341,28 @@ class ChatService:
                 f"that many ({', '.join(f'{m}: {self.catalog.model(m).context_window}' for m in order)})",
                 param="messages",
             )
+        if ctx.cap is not None:
+            affordable = [m for m in fit if ctx.cap.affordable(m, ctx.cost_usd)]
+            if not affordable:
+                raise self._over_cap(ctx, fit)
+            fit = affordable
         return fit
+
+    def _over_cap(self, ctx: CallContext, models: list[str]) -> MaxCostExceeded:
+        assert ctx.cap is not None
+        cheapest = min(models, key=ctx.cap.least_cost)
+        return MaxCostExceeded(
+            f"no candidate answers within max_cost_usd={ctx.cap.cap_usd:g}: the cheapest, {cheapest}, "
+            f"needs at least ${ctx.cap.least_cost(cheapest):.6f} for this prompt "
+            f"(about {ctx.cap.prompt_tokens} tokens at most) and a minimal answer",
+            param="max_cost_usd",
+        )
+
+    def _capped(self, ctx: CallContext, payload: dict[str, Any], models: list[str]) -> dict[str, Any]:
+        """``payload`` with a completion limit that keeps a call to any of ``models`` in the cap."""
+        if ctx.cap is None:
+            return payload
+        return clamp(payload, ctx.request, ctx.cap.limit(models, ctx.cost_usd))
 
     def _none_capable(self, ctx: CallContext, models: list[str]) -> UnsupportedParameter:
         """The 400 for a request no candidate can honour, naming the first parameter at fault."""
@@ -351,6 +381,11 @@ class ChatService:
         pool = defaults.candidates or self.catalog.model_ids
         if ctx.incapable and all(m in ctx.incapable for m in pool):
             raise self._none_capable(ctx, list(pool))
+        over = set()
+        if ctx.cap is not None:  # the router never picks a model the cap cannot pay for
+            over = {m for m in pool if not ctx.cap.affordable(m)}
+            if all(m in over or m in ctx.incapable for m in pool):
+                raise self._over_cap(ctx, [m for m in pool if m not in ctx.incapable])
         rr = RouteRequest(
             ctx.request.last_user_text(),
             ctx.task,
@@ -358,7 +393,7 @@ class ChatService:
             ctx.knobs.max_cost_usd,
             defaults.candidates,
             request_id=ctx.request_id,
-            exclude=frozenset(ctx.incapable),
+            exclude=frozenset(ctx.incapable) | over,
         )
         t0 = time.perf_counter()
         try:
@@ -404,7 +439,8 @@ class ChatService:
                 ctx, payload, self._ladder(ctx, cheapest_first=False), always_score=low
             )
         order = self.pool.fallback_order(ctx.model, ctx.route.ranking if ctx.route else ())
-        model, result = await self.pool.complete(self._fitting(ctx, order), payload, ctx.attempts)
+        models = self._fitting(ctx, order)
+        model, result = await self.pool.complete(models, self._capped(ctx, payload, models), ctx.attempts)
         ctx.model, ctx.prompt_tokens, ctx.completion_tokens = (
             model,
             result.prompt_tokens,
@@ -432,8 +468,16 @@ class ChatService:
         for i, rung in enumerate(ladder):
             last = i == len(ladder) - 1
             order = self.pool.fallback_order(rung)[:1] if not last else [rung]
+            if ctx.cap is not None and not ctx.cap.affordable(rung, ctx.cost_usd):
+                if body:  # the cap is spent: the answer so far is served, no further rung
+                    log.info("request %s: %s would exceed max_cost_usd; not escalating", ctx.request_id, rung)
+                    return body
+                if last:
+                    raise self._over_cap(ctx, [rung])
+                continue
             try:
-                model, result = await self.pool.complete(order, payload, ctx.attempts)
+                rung_payload = self._capped(ctx, payload, [rung])
+                model, result = await self.pool.complete(order, rung_payload, ctx.attempts)
             except UpstreamError:
                 if last:
                     raise
@@ -648,7 +692,7 @@ class ChatService:
             task=ctx.task,
             tenant=ctx.caller.key_id,  # identity comes from the key, never from the caller's words
             client_tenant=ctx.knobs.tenant,
-            prompt_hash=prompt_hash(prompt),
+            prompt_hash=prompt_hash(prompt, self.prompt_hash_key),
             prompt=None if self.redact_prompts else prompt,
             requested_model=ctx.request.model,
             mode=ctx.mode,

@@ -135,7 +135,13 @@ class GatewaySettings(BaseSettings):
         description="After a store failure, how long a replica counts in its own memory before it "
         "tries the shared store again.",
     )
-    redact_prompts: bool = Field(default=False, description="Keep only prompt hashes in events.")
+    redact_prompts: bool = Field(
+        default=False,
+        description="Keep no user text in events: prompts become their keyed hashes only, feedback "
+        "comments are dropped. Off by default: the closed loop distils hard queries from their text "
+        "(with it on it can only restore prompts it has in its benchmark rows); turn it on where "
+        "prompts must not be stored (docs/api.md, Privacy).",
+    )
     access_log: bool = Field(
         default=False, description="Serve's per-request access log lines (costly on CPU)."
     )

@@ -93,12 +93,14 @@ class Upstream:
         self.delay: dict[str, float] = {}
         self.calls: list[str] = []
         self.request_ids: list[str | None] = []
+        self.bodies: list[dict[str, Any]] = []  # each call's JSON body
         self.judge_grade = "1"
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         model = body["model"]
         self.calls.append(model)
+        self.bodies.append(body)
         self.request_ids.append(request.headers.get("x-request-id"))
         if self.delay.get(model):
             await asyncio.sleep(self.delay[model])

@@ -275,7 +275,7 @@ _content_types = st.sampled_from(
         "",
     ]
 )
-_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20)
+_header_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=20).map(str.strip)
 
 
 def _mutate(body: dict[str, Any], path: list[Any], value: Any, delete: bool) -> dict[str, Any]:

@@ -131,6 +131,8 @@ def test_json_schemas_export_every_topic() -> None:
 
 def test_prompt_hash_is_stable_and_not_the_prompt() -> None:
     assert prompt_hash("abc") == prompt_hash("abc") != prompt_hash("abd")
+    keyed = prompt_hash("abc", b"key-1")
+    assert keyed == prompt_hash("abc", b"key-1") != prompt_hash("abc", b"key-2") != prompt_hash("abc")
     assert "abc" not in prompt_hash("abc")
 
 

@@ -265,7 +265,9 @@ async def test_feedback_models_health_and_metrics(stack) -> None:
     assert r.status_code == 202, r.text
     r = await client.post("/v1/feedback", json={"request_id": rid})
     assert r.status_code == 400
-    call, fb = await events(gw, broker)
+    evs = await events(gw, broker)
+    (call,) = [e for e in evs if "feedback_id" not in e]
+    (fb,) = [e for e in evs if "feedback_id" in e]
     assert FeedbackEvent.model_validate(fb).score == 0.2 and fb["tenant"] == call["tenant"]
     ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
     assert ids[0] == "switchyard/auto" and STRONG in ids
@@ -285,11 +287,23 @@ async def test_feedback_models_health_and_metrics(stack) -> None:
 
 
 async def test_redaction_keeps_only_the_hash(stack, tmp_path) -> None:
+    """Issue 19 (privacy): the prompt hash is keyed (HMAC with the deployment's key: a guessed
+    prompt cannot be checked against it), and redaction covers every field with user text."""
+    from services.contracts import prompt_hash
+    from services.contracts.settings import PrivacySettings
+
     client, upstream, router, broker, gw = stack
     gw.service.redact_prompts = True
-    await client.post("/v1/chat/completions", json=body())
-    [ev] = await events(gw, broker)
-    assert ev["prompt"] is None and len(ev["prompt_hash"]) == 64
+    r = await client.post("/v1/chat/completions", json=body())
+    rid = r.headers["x-switchyard-request-id"]
+    await client.post("/v1/feedback", json={"request_id": rid, "label": "bad", "comment": "my SSN is 123"})
+    evs = await events(gw, broker)
+    (call,) = [e for e in evs if "feedback_id" not in e]
+    (fb,) = [e for e in evs if "feedback_id" in e]
+    assert call["prompt"] is None and len(call["prompt_hash"]) == 64
+    assert call["prompt_hash"] != prompt_hash("What is 2+2?")  # not a plain, dictionary-checkable hash
+    assert call["prompt_hash"] == prompt_hash("What is 2+2?", PrivacySettings().key(tmp_path))
+    assert fb["comment"] is None and "123" not in json.dumps(fb)
 
 
 @pytest.mark.parametrize(("accept", "answered_by"), [(0.55, WEAK), (0.7, STRONG)])
@@ -558,3 +572,28 @@ async def test_metrics_and_api_description_need_a_key_unless_public(stack, tmp_p
     assert (await opened.get("/metrics")).status_code == 200
     assert (await opened.get("/openapi.json")).status_code == 200
     assert (await opened.get("/docs")).status_code == 200
+
+
+async def test_max_cost_usd_is_a_hard_cap(stack) -> None:
+    """Issue 19: ``max_cost_usd`` caps what the gateway spends upstream on the request: models it
+    cannot pay for are never called, the call's completion limit keeps prompt + answer within it,
+    and a 400 when no candidate fits."""
+    client, upstream, router, broker, gw = stack
+    # "What is 2+2?" is bounded at 12 prompt tokens; GPT-4 costs $24.7/M both ways
+    r = await client.post("/v1/chat/completions", json=body(model=STRONG, switchyard={"max_cost_usd": 0.001}))
+    assert r.status_code == 200, r.text
+    assert upstream.bodies[-1]["max_tokens"] == 28  # (0.001 - 12 x 24.7e-6) / 24.7e-6
+    assert float(r.headers["x-switchyard-cost-usd"]) <= 0.001
+    # a cap GPT-4 cannot meet: a pass-through to it is refused, nothing is called
+    calls = len(upstream.calls)
+    capped = body(model=STRONG, switchyard={"max_cost_usd": 0.0003})
+    r = await client.post("/v1/chat/completions", json=capped)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "max_cost_exceeded"
+    assert r.json()["error"]["param"] == "max_cost_usd" and len(upstream.calls) == calls
+    # routed, the router's choice of GPT-4 gives way to the model the cap can pay for
+    router.choose = STRONG
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"max_cost_usd": 0.0003}))
+    assert r.status_code == 200 and r.json()["model"] == WEAK and STRONG not in upstream.calls[calls:]
+    # nothing fits at all
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"max_cost_usd": 1e-9}))
+    assert r.status_code == 400 and r.json()["error"]["code"] == "max_cost_exceeded"

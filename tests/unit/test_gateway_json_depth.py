@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from services.contracts.api import ChatCompletionRequest
-from services.errors import BadRequest
+from services.errors import BadRequest, ValidationFailed
 from services.gateway.app import MAX_JSON_DEPTH, _parse
 
 HI = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":'
@@ -27,3 +27,23 @@ def test_bodies_within_the_limit_parse_by_either_path() -> None:
     many = b",".join([b'{"role":"user","content":[{"type":"text","text":"hi"}]}'] * 200)  # many brackets
     req = _parse(ChatCompletionRequest, b'{"model":"m","messages":[' + many + b"]}")
     assert len(req.messages) == 200
+
+
+@pytest.mark.parametrize(
+    "number", [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"-1E+400", b"1" + b"0" * 400 + b".0"]
+)
+def test_a_number_that_is_not_finite_is_a_400_wherever_it_is(number: bytes) -> None:
+    # a passed-through parameter is not typed here: the gateway could not encode it upstream (a 500)
+    for raw in (HI + number + b"}", HI + b'{"y":[' + number + b"]}}"):
+        with pytest.raises(BadRequest, match="not finite"):
+            _parse(ChatCompletionRequest, raw)
+    with pytest.raises(ValidationFailed) as typed:  # a typed field says which one
+        _parse(ChatCompletionRequest, HI + b'1,"temperature":' + number + b"}")
+    assert typed.value.param == "temperature"
+
+
+def test_nan_in_text_is_only_text() -> None:
+    req = _parse(
+        ChatCompletionRequest, b'{"model":"m","messages":[{"role":"user","content":"NaN Infinity 1e999"}]}'
+    )
+    assert req.messages[0].content == "NaN Infinity 1e999"

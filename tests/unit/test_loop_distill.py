@@ -282,3 +282,29 @@ def test_live_feedback_labels_only_the_drifting_tasks() -> None:
     assert set(fresh_labels_from_outcomes(outs, lookup)["task"]) == {"law", "gsm8k"}
     assert list(fresh_labels_from_outcomes(outs, lookup, tasks=["law"])["task"]) == ["law"]
     assert fresh_labels_from_outcomes(outs, lookup, tasks=[]).empty
+
+
+def test_live_labels_of_keyed_hashes_land_on_the_benchmark_rows() -> None:
+    """Events carry keyed prompt hashes (HMAC); training keys its rows by the plain hash of the
+    text, and restores a redacted prompt through the key."""
+    import pandas as pd
+
+    from services.contracts import OutcomeEvent, prompt_hash
+    from training.collect import fresh_labels_from_outcomes, prompt_lookup
+
+    key = b"k" * 32
+    frame = pd.DataFrame({"prompt": ["p1", "p2"], "task": ["law", "law"]})
+    frame["prompt_hash"] = [prompt_hash(p) for p in frame["prompt"]]
+    with_text = OutcomeEvent(
+        request_id="r1", task="law", prompt_hash=prompt_hash("p1", key), prompt="p1",
+        chosen_model=CHEAP, mode="route", score=0.0, accepted=False,
+    )
+    redacted = OutcomeEvent(
+        request_id="r2", task="law", prompt_hash=prompt_hash("p2", key),
+        chosen_model=CHEAP, mode="route", score=1.0, accepted=True,
+    )
+    rows = fresh_labels_from_outcomes([with_text, redacted], prompt_lookup(frame, key))
+    assert sorted(rows["prompt_hash"]) == sorted(frame["prompt_hash"])  # the benchmark rows' ids
+    assert sorted(rows["prompt"]) == ["p1", "p2"]
+    # without the key, the redacted one cannot be restored (and is dropped), the other still is
+    assert list(fresh_labels_from_outcomes([with_text, redacted], prompt_lookup(frame))["prompt"]) == ["p1"]

@@ -151,6 +151,12 @@ class RunExecutor:
 
         return load_catalog(self.ctx.catalog_path)
 
+    def _hash_key(self) -> bytes:
+        """The events' prompt-hash key (to restore redacted prompts from the benchmark rows)."""
+        from services.contracts.settings import PrivacySettings
+
+        return PrivacySettings().key(self.ctx.state_dir)
+
     def _frame(self, state: RunState):  # noqa: ANN202
         from ..collect import load_bootstrap
 
@@ -217,7 +223,7 @@ class RunExecutor:
         t0 = time.perf_counter()
         hard = self._read(state, "hard_queries.jsonl", HardQueryEvent)
         frame = self._frame(state)
-        lookup = prompt_lookup(frame)
+        lookup = prompt_lookup(frame, self._hash_key())
         embed = self.embed
         catalog = self._catalog()
 
@@ -246,7 +252,9 @@ class RunExecutor:
         frame = self._frame(state)
         outcomes = self._read(state, "outcomes.jsonl", OutcomeEvent)
         fresh = fresh_labels_from_outcomes(
-            outcomes, prompt_lookup(frame), tasks=label_tasks(state.tasks, self.ctx.settings.exclude_tasks)
+            outcomes,
+            prompt_lookup(frame, self._hash_key()),
+            tasks=label_tasks(state.tasks, self.ctx.settings.exclude_tasks),
         )
         p = self.store.run_dir(state.run_id) / "distilled.jsonl"
         if p.exists() and p.stat().st_size:
