@@ -359,7 +359,7 @@ def create_app(gw: Gateway) -> FastAPI:
         client_id = _client_request_id(request)
         caller = await caller_of(request)
         if gw.request_ids is not None:  # the call's id, signed with its tenant and time
-            request_id = request.state.request_id = gw.request_ids.issue(caller.key_id)
+            request_id = request.state.request_id = gw.request_ids.issue(caller.tenant)
         req: ChatCompletionRequest = _parse(
             ChatCompletionRequest, await _read_body(request, gw.max_body_bytes, gw.body_limits)
         )
@@ -393,7 +393,7 @@ def create_app(gw: Gateway) -> FastAPI:
             )
         if gw.request_ids is not None:
             verdict = gw.request_ids.check(
-                fb.request_id, caller.key_id, any_tenant=caller.judge, max_age_s=gw.feedback_max_age_s
+                fb.request_id, caller.tenant, any_tenant=caller.judge, max_age_s=gw.feedback_max_age_s
             )
             if verdict is IdCheck.EXPIRED:
                 raise RequestExpired(
@@ -403,9 +403,9 @@ def create_app(gw: Gateway) -> FastAPI:
                 )
             if verdict is not IdCheck.OK:  # unknown and foreign alike: others' ids are not confirmed
                 raise RequestNotFound(
-                    f"no call {fb.request_id!r} was made with this API key", param="request_id"
+                    f"no call {fb.request_id!r} was made by this API key's tenant", param="request_id"
                 )
-        return JSONResponse(gw.service.feedback(fb, tenant=caller.key_id).model_dump(), status_code=202)
+        return JSONResponse(gw.service.feedback(fb, tenant=caller.tenant).model_dump(), status_code=202)
 
     def model_cards() -> list[ModelCard]:
         cat = gw.service.catalog

@@ -15,14 +15,26 @@ class Caller:
 
     key_id: str
     judge: bool = False  # a key with the judge role: feedback on any call, source judge or rule
+    tenant_name: str | None = None  # from the key's configuration; default the key's id
+
+    @property
+    def tenant(self) -> str:
+        """The tenant of the call (events, feedback ownership): configured per key, else the key."""
+        return self.tenant_name or self.key_id
 
 
 class KeyStore:
     """Accepts a bearer key whose SHA-256 matches a stored hash; never keeps the plain key."""
 
-    def __init__(self, hashes: list[str], judge_hashes: list[str] | None = None):
+    def __init__(
+        self,
+        hashes: list[str],
+        judge_hashes: list[str] | None = None,
+        tenants: dict[str, str] | None = None,
+    ):
         self._hashes = [bytes.fromhex(h) for h in hashes]
         self._judges = [bytes.fromhex(h) for h in judge_hashes or []]
+        self._tenants = {h.lower(): t for h, t in (tenants or {}).items()}  # key hash -> tenant
 
     @property
     def enabled(self) -> bool:
@@ -46,4 +58,4 @@ class KeyStore:
         judge = False
         for h in self._judges:
             judge |= hmac.compare_digest(digest, h)
-        return Caller(digest.hex()[:12], judge=judge)
+        return Caller(digest.hex()[:12], judge=judge, tenant_name=self._tenants.get(digest.hex()))

@@ -203,7 +203,7 @@ def build_gateway(
 
     return Gateway(
         service,
-        KeyStore(hashes, settings.judge_key_hashes),
+        KeyStore(hashes, settings.judge_key_hashes, settings.key_tenants),
         RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, limits),
         metrics,
         settings.max_body_bytes,

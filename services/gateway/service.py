@@ -690,7 +690,7 @@ class ChatService:
         event = CallEvent(
             request_id=ctx.request_id,
             task=ctx.task,
-            tenant=ctx.caller.key_id,  # identity comes from the key, never from the caller's words
+            tenant=ctx.caller.tenant,  # identity comes from the key's config, never from the caller's words
             client_tenant=ctx.knobs.tenant,
             prompt_hash=prompt_hash(prompt, self.prompt_hash_key),
             prompt=None if self.redact_prompts else prompt,

@@ -63,6 +63,11 @@ class GatewaySettings(BaseSettings):
         description="Tasks that get their own metric label besides the catalog's and the serving router's; "
         "any other task a client names is counted as 'other' (bounded series).",
     )
+    key_tenants: dict[str, str] = Field(
+        default_factory=dict,
+        description="Tenant of each key, by the key's SHA-256 hex: events carry it and keys of one tenant "
+        "may grade each other's calls. A key not listed is a tenant of its own (its id).",
+    )
     judge_key_hashes: list[str] = Field(
         default_factory=list,
         description="Hex SHA-256 of keys with the judge role (accepted as API keys too): they may give "
@@ -306,6 +311,16 @@ class GatewaySettings(BaseSettings):
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
                 raise ValueError("key hashes must be hex SHA-256 digests (64 hex characters)")
         return [h.lower() for h in v]
+
+    @field_validator("key_tenants")
+    @classmethod
+    def _tenant_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        for h, tenant in v.items():
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
+                raise ValueError("key_tenants maps key hashes (64 hex characters) to tenant names")
+            if not tenant.strip() or len(tenant) > 128:
+                raise ValueError("a tenant name is 1-128 characters")
+        return {h.lower(): t for h, t in v.items()}
 
     def key_hashes(self) -> list[str]:
         """Every accepted key, hashed (judge keys included)."""

@@ -597,3 +597,33 @@ async def test_max_cost_usd_is_a_hard_cap(stack) -> None:
     # nothing fits at all
     r = await client.post("/v1/chat/completions", json=body(switchyard={"max_cost_usd": 1e-9}))
     assert r.status_code == 400 and r.json()["error"]["code"] == "max_cost_exceeded"
+
+
+async def test_the_tenant_comes_from_the_keys_configuration(tmp_path) -> None:
+    """Issue 19 (identity): a key's tenant is configured server-side; keys of one tenant may grade
+    each other's calls, the ``tenant`` knob only lands in ``client_tenant``."""
+    upstream, router, broker = Upstream(), FakeRouter(), Broker()
+    pool = ProviderPool(CATALOG, adapters=mock_adapters(CATALOG, httpx.MockTransport(upstream)))
+    emitter = EventEmitter(
+        EmitterConfig(bootstrap="x:1", spool_dir=tmp_path / "spool"), lambda: FakeProducer(broker)
+    )
+    settings = GatewaySettings(
+        api_key_hashes=[hash_key(KEY), hash_key(OTHER_KEY)],
+        key_tenants={hash_key(KEY): "acme", hash_key(OTHER_KEY): "acme"},
+        state_dir=tmp_path,
+    )
+    gw = build_gateway(settings, router.route, router.status, catalog=CATALOG, pool=pool, emitter=emitter)
+    app = httpx.ASGITransport(app=create_app(gw))
+    a, b = (
+        httpx.AsyncClient(transport=app, base_url="http://gw", headers={"authorization": f"Bearer {k}"})
+        for k in (KEY, OTHER_KEY)
+    )
+    r = await a.post("/v1/chat/completions", json=body(switchyard={"tenant": "forged"}))
+    rid = r.headers["x-switchyard-request-id"]
+    assert (await b.post("/v1/feedback", json={"request_id": rid, "label": "good"})).status_code == 202
+    evs = await events(gw, broker)
+    (call,) = [e for e in evs if "feedback_id" not in e]
+    (fb,) = [e for e in evs if "feedback_id" in e]
+    assert call["tenant"] == fb["tenant"] == "acme" and call["client_tenant"] == "forged"
+    with pytest.raises(ValueError, match="key_tenants"):
+        GatewaySettings(key_tenants={"not-a-hash": "acme"})
