@@ -39,12 +39,6 @@ SERVE_ENV_DEFAULTS = {
     # numpy's BLAS on one thread per process: the cheap router's small matmuls in the ingress
     # otherwise spread over every core and cost twice the CPU (docs/router.md, "The static encoder")
     "OPENBLAS_NUM_THREADS": "1",
-    # A single-node Ray on loopback: with this off (Ray's own switch for a local-only instance,
-    # `ray_constants.ENABLE_RAY_CLUSTER`) the node address is 127.0.0.1 and Ray binds its servers
-    # (GCS, raylet, object manager, workers, agents, Serve's proxy) to it instead of the machine's
-    # address; only Serve's inter-deployment gRPC stays on [::] (fixed in Ray's code), behind Ray's
-    # token authentication like the rest (docs/operations.md, "What listens where").
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
 
