@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# the gateway tests start a local Ray on loopback (services/gateway/local.py): Ray reads the switch
+# when it is imported, and collecting the tests imports it before any fixture runs
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 from services.contracts.settings import DataSettings, KafkaSettings, MLflowSettings
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

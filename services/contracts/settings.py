@@ -169,26 +169,31 @@ class PrivacySettings(BaseSettings):
         """The configured key, else ``<state_dir>/secrets/prompt-hash.key`` (created once)."""
         if self.prompt_hash_key is not None:
             return self.prompt_hash_key.get_secret_value().encode("utf-8")
-        path = state_dir.resolve() / "secrets" / "prompt-hash.key"
-        try:
-            return bytes.fromhex(path.read_text().strip())
-        except (OSError, ValueError):
-            pass
-        import os
-        import secrets
+        return local_key(state_dir.resolve() / "secrets" / "prompt-hash.key")
 
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
-        try:
-            os.link(tmp, path)  # the first process's key wins
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink(missing_ok=True)
+
+def local_key(path: Path) -> bytes:
+    """A 32-byte secret kept in ``path`` (hex, mode 0600), created by the first process that needs
+    it; every other process on the machine reads the same one."""
+    try:
         return bytes.fromhex(path.read_text().strip())
+    except (OSError, ValueError):
+        pass
+    import os
+    import secrets
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    try:
+        os.link(tmp, path)  # the first process's key wins; the others read it
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+    return bytes.fromhex(path.read_text().strip())
 
 
 class MLflowSettings(BaseSettings):

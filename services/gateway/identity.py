@@ -16,12 +16,13 @@ import base64
 import enum
 import hashlib
 import hmac
-import os
 import secrets
 import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from services.contracts.settings import local_key
 
 PREFIX = "req_"
 _FORMAT = 1
@@ -39,24 +40,7 @@ class IdCheck(enum.Enum):
 
 def load_secret(configured: str | None, key_file: Path) -> bytes:
     """The signing secret: the configured one, else the local key file (created once, 0600)."""
-    if configured:
-        return configured.encode("utf-8")
-    try:
-        return bytes.fromhex(key_file.read_text().strip())
-    except (OSError, ValueError):
-        pass
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = key_file.with_name(f".{key_file.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32))
-    try:
-        os.link(tmp, key_file)  # the first replica's key wins; the others read it
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink(missing_ok=True)
-    return bytes.fromhex(key_file.read_text().strip())
+    return configured.encode("utf-8") if configured else local_key(key_file)
 
 
 class RequestIds:

@@ -14,8 +14,18 @@ from typing import Any
 
 import httpx
 
-from .deployments import APP_NAME, GatewayArgs, build_app
-from .settings import GatewaySettings
+# A single-node Ray on loopback: with this off (Ray's own switch for a local-only instance) the
+# node address is 127.0.0.1 and Ray binds its servers (GCS, raylet, object manager, workers,
+# agents, Serve's proxy) to it instead of the machine's address; only Serve's inter-deployment
+# gRPC stays on [::] (fixed in Ray's code), behind Ray's token authentication like the rest
+# (docs/operations.md, "What listens where"). Ray reads it when it is imported, so it is set
+# here, before this module's imports bring Ray in; the environment wins. ``start_ray`` warns
+# when Ray was imported earlier and its node address is not loopback.
+LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+os.environ.setdefault(LOCAL_RAY_ENV, "0")
+
+from .deployments import APP_NAME, GatewayArgs, build_app  # noqa: E402 - after the Ray switch
+from .settings import GatewaySettings  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +125,14 @@ def start_ray(
                     raise
                 log.warning("Ray start-up timed out (attempt %d/3); retrying", attempt)
                 ray.shutdown()
+        node_ip = ray.util.get_node_ip_address()
+        if os.environ.get(LOCAL_RAY_ENV) == "0" and node_ip != "127.0.0.1":
+            log.warning(
+                "Ray was imported before %s=0 was set: this node's address is %s, so Ray's ports "
+                "listen there, not on loopback (import services.gateway.local before ray)",
+                LOCAL_RAY_ENV,
+                node_ip,
+            )
     return ray.get_runtime_context().gcs_address
 
 

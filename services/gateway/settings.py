@@ -15,6 +15,10 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _is_sha256_hex(h: str) -> bool:
+    return len(h) == 64 and all(c in "0123456789abcdef" for c in h.lower())
+
+
 class GatewaySettings(BaseSettings):
     """Everything the gateway needs at start; runtime-changing values travel in ``user_config``."""
 
@@ -307,16 +311,15 @@ class GatewaySettings(BaseSettings):
     @field_validator("api_key_hashes", "judge_key_hashes")
     @classmethod
     def _hex(cls, v: list[str]) -> list[str]:
-        for h in v:
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
-                raise ValueError("key hashes must be hex SHA-256 digests (64 hex characters)")
+        if not all(map(_is_sha256_hex, v)):
+            raise ValueError("key hashes must be hex SHA-256 digests (64 hex characters)")
         return [h.lower() for h in v]
 
     @field_validator("key_tenants")
     @classmethod
     def _tenant_keys(cls, v: dict[str, str]) -> dict[str, str]:
         for h, tenant in v.items():
-            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h.lower()):
+            if not _is_sha256_hex(h):
                 raise ValueError("key_tenants maps key hashes (64 hex characters) to tenant names")
             if not tenant.strip() or len(tenant) > 128:
                 raise ValueError("a tenant name is 1-128 characters")

@@ -135,6 +135,8 @@ def listening_sockets(root_pid: int) -> list[tuple[int, str, str, int]]:
             raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
             ip = str(ipaddress.ip_address(raw))
             pid = owner[inode]
+            # the whole command line, whitespace collapsed: Ray pads its process titles, so a
+            # truncated one can miss the name (e.g. "ray::ServeReplica:...")
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            out.append((pid, cmd[:120], ip, int(hexport, 16)))
+            out.append((pid, " ".join(cmd.split()), ip, int(hexport, 16)))
     return out

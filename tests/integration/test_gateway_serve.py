@@ -391,17 +391,27 @@ def test_feedback_and_every_call_event_in_kafka(client, gateway, kafka_bootstrap
 
 
 def test_what_listens_where(gateway) -> None:
-    """Issue 19 (exposure), as far as Ray 2.60 allows: the gateway's HTTP port listens on
-    127.0.0.1 only; Ray's own ports (GCS, raylet, workers, Serve's inter-deployment gRPC) cannot be
-    confined to loopback (Ray replaces a loopback node address with the machine's, Serve binds
-    [::] in code), so they run with Ray's token authentication, whose token only this user can
-    read (docs/operations.md, "What listens where")."""
+    """Issue 19 (exposure): the gateway's HTTP port and every port of the local Ray instance
+    (GCS, raylet, object manager, workers, agents, Serve's proxy) listen on loopback, but Serve's
+    inter-deployment gRPC, which Ray's code binds to [::] (one per replica); every Ray server checks
+    Ray's token, whose file only this user can read (docs/operations.md, "What listens where")."""
+    import ipaddress
     import stat
     from urllib.parse import urlparse
 
     sockets = listening_sockets(os.getpid())
     port = urlparse(gateway["url"]).port
     assert {ip for _, _, ip, p in sockets if p == port} == {"127.0.0.1"}, sockets
+
+    def loopback(ip: str) -> bool:
+        addr = ipaddress.ip_address(ip)
+        return addr.is_loopback or bool(getattr(addr, "ipv4_mapped", None) and addr.ipv4_mapped.is_loopback)
+
+    # everything else on loopback too, but Serve's inter-deployment gRPC ([::] in Ray's code), one
+    # per replica, which checks Ray's token like every Ray server
+    exposed = [s for s in sockets if not loopback(s[2])]
+    assert all(ip == "::" and "ServeReplica" in cmd for _, cmd, ip, _ in exposed), exposed
+    assert len(exposed) <= 2, exposed  # the ChatIngress and RouterDeployment replicas
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
     assert get_authentication_mode() == AuthenticationMode.TOKEN
