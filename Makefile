@@ -71,6 +71,7 @@ bench: setup up ## measurements (not tests): router speed, emulator load, stream
 	@mkdir -p bench/results
 	$(PY) bench/router_speed.py --out bench/results/router_speed.json
 	$(PY) bench/emulator_load.py --duration 10 --connections 64 --out bench/results/emulator.json
+	$(PY) bench/cache_bench.py --out bench/results/cache.json
 	$(PY) bench/streams_bench.py detect
 	$(PY) bench/streams_bench.py throughput
 	$(PY) bench/gateway_bench.py --router $${SWITCHYARD_BENCH_ROUTER:-models:/switchyard-router@champion} --out bench/results/gateway.json

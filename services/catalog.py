@@ -25,16 +25,47 @@ class _Strict(BaseModel):
 
 
 class Price(_Strict):
-    """USD per 1M tokens."""
+    """USD per 1M tokens. Prompt tokens count as OpenAI counts them: cached ones included; of
+    those, the ones read from the provider's prompt cache cost ``cached_input`` and the ones
+    written to it (Anthropic's cache creation) ``cache_write``; unset, either is ``input``."""
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="Prompt tokens read from cache.")
+    cache_write: float | None = Field(
+        default=None, ge=0, description="Prompt tokens written to the cache (Anthropic: 1.25x input)."
+    )
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
-        cached_rate = self.cached_input if self.cached_input is not None else self.input
-        fresh = max(prompt_tokens - cached_tokens, 0)
-        return (fresh * self.input + cached_tokens * cached_rate + completion_tokens * self.output) / 1e6
+    def cost(
+        self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0
+    ) -> float:
+        """USD for a call; ``cached_tokens`` and ``cache_write_tokens`` are part of ``prompt_tokens``."""
+        cached = min(max(cached_tokens, 0), prompt_tokens)
+        written = min(max(cache_write_tokens, 0), prompt_tokens - cached)
+        fresh = prompt_tokens - cached - written
+        return (
+            fresh * self.input
+            + cached * self.cached_rate
+            + written * self.write_rate
+            + completion_tokens * self.output
+        ) / 1e6
+
+    @property
+    def cached_rate(self) -> float:
+        return self.cached_input if self.cached_input is not None else self.input
+
+    @property
+    def write_rate(self) -> float:
+        return self.cache_write if self.cache_write is not None else self.input
+
+    def effective_input(self, cached_share: float = 0.0) -> float:
+        """USD per 1M prompt tokens when a ``cached_share`` of them is read from the prompt cache:
+        ``(1 - s) * input + s * cached_input`` (what a task's repeated prefixes make a token cost)."""
+        return (1.0 - cached_share) * self.input + cached_share * self.cached_rate
+
+    def expected_cost(self, prompt_tokens: int, completion_tokens: int, cached_share: float = 0.0) -> float:
+        """USD expected for a call when ``cached_share`` of its prompt is a cache read."""
+        return (prompt_tokens * self.effective_input(cached_share) + completion_tokens * self.output) / 1e6
 
 
 class Provider(_Strict):
@@ -50,12 +81,27 @@ class Provider(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
+class Offer(_Strict):
+    """One provider selling a model: its price and the name the model has there. The pool buys
+    from the cheapest healthy offer (``services/providers/arbitrage.py``)."""
+
+    provider: str
+    price: Price
+    upstream_model: str | None = Field(
+        default=None, description="Model name sent to this provider; default the model's own."
+    )
+
+
 class ModelEntry(_Strict):
     id: str = Field(description="The id clients and the router use (the benchmark column name).")
-    provider: str
+    provider: str = Field(description="The listed offer's provider (its price is what routing ranks by).")
     upstream_model: str | None = Field(default=None, description="Model name sent upstream; default id.")
     tier: str
     price: Price
+    offers: list[Offer] = Field(
+        default_factory=list,
+        description="More providers selling the same model, besides the listed provider/price.",
+    )
     reasoning_switch: bool = False
     fallbacks: list[str] = Field(default_factory=list)
     context_window: int | None = Field(
@@ -69,11 +115,31 @@ class ModelEntry(_Strict):
     def upstream(self) -> str:
         return self.upstream_model or self.id
 
+    @property
+    def all_offers(self) -> list[Offer]:
+        """Every offer of the model, the listed one (``provider``/``price``) first, each with its
+        upstream model name resolved. Built on each use (fields already validated), so a copy of
+        the entry never carries stale offers."""
+
+        def named(provider: str, price: Price) -> Offer:
+            return Offer.model_construct(provider=provider, price=price, upstream_model=self.upstream)
+
+        more = [o if o.upstream_model else named(o.provider, o.price) for o in self.offers]
+        return [named(self.provider, self.price), *more]
+
 
 class TaskDefaults(_Strict):
     quality_target: float = Field(default=0.95, ge=0, le=1)
     mode: Literal["route", "cascade", "hybrid"] = "route"
     candidates: list[str] | None = None
+    cached_share: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Expected share of this task's prompt tokens read from the providers' prompt "
+        "caches (shared system prompts, few-shot prefixes): the router compares candidates at "
+        "(1 - s) * input + s * cached_input.",
+    )
 
 
 class Catalog(_Strict):
@@ -95,9 +161,19 @@ class Catalog(_Strict):
             raise ValueError(f"duplicate model ids: {sorted(dupes)}")
         known = set(ids)
         for m in self.models:
-            if m.provider not in providers:
+            sellers = [m.provider, *(o.provider for o in m.offers)]
+            for name in sellers:
+                if name not in providers:
+                    raise ValueError(
+                        f"model {m.id!r}: unknown provider {name!r} (known: {sorted(providers)})"
+                    )
+            if len(set(sellers)) < len(sellers):
+                raise ValueError(f"model {m.id!r}: more than one offer from the same provider: {sellers}")
+            kinds = {self.provider(name).kind for name in sellers}
+            if len(kinds) > 1:  # what a request may ask of a model is checked per protocol kind
                 raise ValueError(
-                    f"model {m.id!r}: unknown provider {m.provider!r} (known: {sorted(providers)})"
+                    f"model {m.id!r}: its offers speak different protocols {sorted(kinds)}; "
+                    "every seller of a model must be of its listed provider's kind"
                 )
             if m.tier not in self.tiers:
                 raise ValueError(f"model {m.id!r}: unknown tier {m.tier!r} (tiers: {self.tiers})")
@@ -129,6 +205,8 @@ class Catalog(_Strict):
         fallbacks on the same provider only (one provider outage takes them all)."""
         out = []
         for m in self.models:
+            if len(m.all_offers) > 1:
+                continue  # another provider sells the same model: the pool fails over to it
             chain = self.fallback_chain(m.id)
             if not chain:
                 out.append(f"model {m.id!r} has no fallback: its requests fail whenever {m.provider} does")
@@ -144,6 +222,13 @@ class Catalog(_Strict):
             if m.id == model_id:
                 return m
         raise KeyError(model_id)
+
+    def offer(self, model_id: str, provider: str) -> Offer:
+        """``model_id`` as sold by ``provider`` (KeyError when that provider does not sell it)."""
+        for o in self.model(model_id).all_offers:
+            if o.provider == provider:
+                return o
+        raise KeyError(f"{provider}/{model_id}")
 
     def provider(self, name: str) -> Provider:
         for p in self.providers:
@@ -161,10 +246,15 @@ class Catalog(_Strict):
     def tier_rank(self, model_id: str) -> int:
         return self.tiers.index(self.model(model_id).tier)
 
-    def blended_price(self, model_id: str) -> float:
-        """USD per 1M tokens, input and output averaged: a price to rank models by."""
+    def blended_price(self, model_id: str, task: str | None = None) -> float:
+        """USD per 1M tokens, input and output averaged: a price to rank models by. With a
+        ``task``, the input price is the one at that task's expected cached share."""
         p = self.model(model_id).price
-        return (p.input + p.output) / 2
+        return (p.effective_input(self.cached_share(task)) + p.output) / 2
+
+    def cached_share(self, task: str | None) -> float:
+        """The expected cached share of ``task``'s prompt tokens (0 without a task)."""
+        return self.task_defaults(task).cached_share if task is not None else 0.0
 
 
 def load_catalog(path: Path | str | None = None) -> Catalog:

@@ -24,6 +24,7 @@ class SwitchyardError(Exception):
         self.message = message
         self.param = param
         self.headers = headers or {}
+        self.counted = False  # already in switchyard_errors_total (the service counts its calls' errors)
 
     def body(self) -> dict[str, Any]:
         """The OpenAI error body: ``{"error": {"message", "type", "code", "param"}}``."""
@@ -157,6 +158,22 @@ class RateLimited(SwitchyardError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
     log_level = logging.INFO
+
+
+class BudgetExceeded(SwitchyardError):
+    """A dollar budget of the key or its tenant (per day or per month) is spent (429, OpenAI's
+    ``insufficient_quota`` type): the message names which one and when it resets."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "budget_exceeded"
+    log_level = logging.INFO
+
+
+class ModelNotAllowed(PermissionDenied):
+    """The model is in the catalog, but not in this key's (or its tenant's) model allowlist (403)."""
+
+    code = "model_not_allowed"
 
 
 class NotReady(SwitchyardError):

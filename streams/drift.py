@@ -19,6 +19,9 @@ from services.contracts import AlertEvent, AlertStatus, OutcomeEvent, RetrainReq
 from services.contracts.events import RoutingMode
 
 from .alerts import AlertTracker
+from .cachewatch import DETECTOR as CACHE_DETECTOR
+from .cachewatch import CacheWatch
+from .cachewatch import summary as cache_summary
 from .detectors import (
     CalibrationDrift,
     Change,
@@ -224,6 +227,22 @@ class TaskMonitor:
             for change in opp.update(outcomes, now.timestamp()):
                 self._emit_opportunity(res, task, change, now, outcomes)
             st["opportunity"] = opp.to_state()
+        if self.settings.cache_watch.enabled and any(o.cache_hit for o in outcomes):
+            watch = CacheWatch(self.settings.cache_watch, st.get("cache_watch"))
+            if (action := watch.update(outcomes)) is not None:
+                alert = self.tracker.fire(
+                    task,
+                    CACHE_DETECTOR,
+                    cache_summary(task, action),
+                    action.evidence,
+                    subject=action.subject,
+                    window_start=min(o.ts for o in outcomes),
+                    window_end=max(o.ts for o in outcomes),
+                    now=now,
+                )
+                if alert is not None:
+                    res.alerts.append(alert)
+            st["cache_watch"] = watch.to_state()
         self.state[task] = marked(st, mark)
         return self._finish(res)
 

@@ -176,6 +176,8 @@ class CallFeedbackJoin:
             latency_ms=c("latency_ms", 0.0),
             feedback_source=source,
             shadow_of=c("shadow_of"),
+            cache_hit=bool(c("cache_hit", False)),
+            cache_similarity=c("cache_similarity"),
         )
 
     def sweep(self, now: float, keys: Iterable[str] | None = None) -> int:

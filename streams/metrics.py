@@ -19,6 +19,12 @@ class StreamMetrics:
             p + "dead_letters_total", "Records sent to the dead-letter topic.", ["topic"], registry=r
         )
         self.outcomes = Counter(p + "outcomes_total", "Outcomes emitted by the join.", registry=r)
+        self.cache_hits = Counter(
+            p + "cache_hits_total",
+            "Graded semantic-cache hits: ok, or false (the served answer was not acceptable).",
+            ["result"],
+            registry=r,
+        )
         self.duplicates = Counter(
             p + "join_duplicates_total", "Redelivered calls and duplicate feedback.", registry=r
         )

@@ -142,6 +142,8 @@ class OpportunityDetector:
         """Fold a batch of the task's outcomes in; return the changes (at most one)."""
         size = max(1, self.cfg.window // self.BUCKETS)
         for o in outcomes:
+            if o.cache_hit:  # a stored answer: no model was called, nothing to save or to learn
+                continue
             if not self.buckets or self.buckets[-1][0] + self.buckets[-1][5] >= size:
                 self.buckets.append([0, 0, 0, 0, 0, 0])
                 self.since.append(o.ts.timestamp())

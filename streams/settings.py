@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .cachewatch import CacheWatchConfig
 from .opportunity import OpportunityConfig
 
 
@@ -190,6 +191,10 @@ class StreamsSettings(BaseSettings):
     opportunity: OpportunityConfig = Field(
         default_factory=OpportunityConfig,
         description="Savings opportunities: tasks on expensive tiers without good cheap-tier evidence.",
+    )
+    cache_watch: CacheWatchConfig = Field(
+        default_factory=CacheWatchConfig,
+        description="The semantic cache's false-hit watch per task (streams/cachewatch.py).",
     )
     input_drift: InputDriftConfig = Field(
         default_factory=InputDriftConfig,

@@ -250,6 +250,8 @@ def fresh_labels_from_outcomes(
     for o in sorted(outcomes, key=lambda o: o.ts):
         if wanted is not None and o.task not in wanted:
             continue
+        if o.cache_hit:  # a stored answer to another (similar) question: no label of the model here
+            continue
         prompt = o.prompt or lookup.get(o.prompt_hash, (None, None))[0]
         if not prompt:
             continue

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import steps as s
 from .processes import DemoError, Processes
-from .report import opportunity_targets, print_summary, stats, whole_traffic, write_report
+from .report import cache_summary, opportunity_targets, print_summary, stats, whole_traffic, write_report
 from .settings import ROOT, DemoSettings, RunContext
 from .traffic import Traffic
 
@@ -168,7 +168,12 @@ def run(cfg: DemoSettings, procs: Processes, run_id: str, log_dir: Path, report_
     t_start = time.time()
     ctx = RunContext.create(cfg, run_id, log_dir)
     status = {f"{i}": "not run" for i in range(1, s.STEPS + 1)}
-    for on, keys in ((cfg.drift_story, s.DRIFT_STEPS), (cfg.opportunity_story, s.OPPORTUNITY_STEPS)):
+    stories = (
+        (cfg.drift_story, s.DRIFT_STEPS),
+        (cfg.opportunity_story, s.OPPORTUNITY_STEPS),
+        (cfg.cache_story, s.CACHE_STEPS),
+    )
+    for on, keys in stories:
         if not on:
             status.update({k: "skipped (story off)" for k in keys})
     events: dict[str, float] = {}
@@ -198,6 +203,10 @@ def run(cfg: DemoSettings, procs: Processes, run_id: str, log_dir: Path, report_
             _drift_story(ctx, procs, services, traffic, receiver.bodies, status, events, summary)
         if cfg.opportunity_story:
             _opportunity_story(ctx, procs, services, traffic, status, events, summary)
+        if cfg.cache_story:
+            off, on = s.replay_cache(traffic, ctx)
+            summary["cache"] = cache_summary(off, on)
+            status["10"] = "done"
         summary["failed_requests"] = sum(1 for r in traffic.rows if not r.ok)
         # the traffic of the last replay after the loop(s): the whole-traffic figures
         last_stage = "after opportunity" if cfg.opportunity_story else "after"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
@@ -124,7 +125,7 @@ def emulator_catalog(path: Path, emulator_base: str) -> Path:
 
     raw = yaml.safe_load((ROOT / "services" / "catalog.yaml").read_text())
     for p in raw["providers"]:
-        p["base_url"] = emulator_base + ("/v1" if p.get("kind", "openai") == "openai" else "")
+        p["base_url"] = emulator_base + urlsplit(p["base_url"]).path  # keeps /v1 and /p/<provider>
     path.write_text(yaml.safe_dump(raw))
     load_catalog(path)
     return path

@@ -80,6 +80,68 @@ def whole_section(whole: dict[str, Any]) -> list[str]:
     return md
 
 
+TRAPS = ("reorder_options", "change_numbers", "negate")
+
+
+def cache_summary(off: list[Req], on: list[Req]) -> dict[str, Any]:
+    """Story (c): the same traffic without and with the semantic cache. Quality is over the
+    requests whose right answer is recorded (a trap's is not: traps are counted apart, and any trap
+    served from the cache is a false hit); savings are the cache-on run's cost against the cache-off
+    run's."""
+    s_off, s_on = stats(off), stats(on)
+    ok = [r for r in on if r.ok]
+    hits = [r for r in ok if r.cache_hit]
+    dups = [r for r in ok if r.variant != "fresh"]
+    kinds: dict[str, dict[str, int]] = {}
+    for r in ok:
+        k = kinds.setdefault(r.variant, {"requests": 0, "hits": 0, "false_hits": 0})
+        k["requests"] += 1
+        k["hits"] += int(r.cache_hit)
+        k["false_hits"] += int(bool(r.cache_hit and r.false_hit))
+    false = sum(1 for r in hits if r.false_hit)
+    return {
+        "off": s_off,
+        "on": s_on,
+        "requests": len(ok),
+        "near_duplicates": len(dups),
+        "hits": len(hits),
+        "hit_rate": len(hits) / len(ok) if ok else float("nan"),
+        "dup_hit_rate": sum(r.cache_hit for r in dups) / len(dups) if dups else float("nan"),
+        "false_hits": false,
+        "false_hit_rate": false / len(hits) if hits else float("nan"),
+        "traps": sum(1 for r in ok if r.variant in TRAPS),
+        "traps_served": sum(1 for r in hits if r.variant in TRAPS),
+        "savings_vs_no_cache": (1 - s_on["cost_usd"] / s_off["cost_usd"])
+        if s_off["cost_usd"]
+        else float("nan"),  # noqa: E501
+        "quality_vs_no_cache": s_on["quality"] / s_off["quality"] if s_off["quality"] else float("nan"),
+        "by_kind": dict(sorted(kinds.items())),
+    }
+
+
+def cache_section(c: dict[str, Any]) -> list[str]:
+    """Markdown: story (c), the semantic cache."""
+    out = [
+        "",
+        "## Story (c): the semantic cache",
+        "",
+        f"The same {c['requests']} requests ({c['near_duplicates']} near-duplicates of earlier ones: "
+        f"repeats, rewordings and {c['traps']} traps whose right answer changed), cache off then on.",
+        "",
+        f"- hits: {c['hits']} ({100 * c['hit_rate']:.1f}% of requests, {100 * c['dup_hit_rate']:.1f}% of "
+        f"near-duplicates); false hits {c['false_hits']} ({100 * c['false_hit_rate']:.1f}%); traps served "
+        f"from the cache: {c['traps_served']} of {c['traps']}",
+        f"- cost: ${c['on']['cost_usd']:.3f} with the cache vs ${c['off']['cost_usd']:.3f} without "
+        f"(**{100 * c['savings_vs_no_cache']:.1f}% saved**), quality {c['on']['quality']:.3f} vs "
+        f"{c['off']['quality']:.3f} ({c['quality_vs_no_cache']:.3f} of no-cache quality)",
+        "",
+        "| kind | requests | hits | false hits |",
+        "|---|---:|---:|---:|",
+    ]
+    out += [f"| {k} | {v['requests']} | {v['hits']} | {v['false_hits']} |" for k, v in c["by_kind"].items()]
+    return out
+
+
 def fmt(s: dict[str, Any]) -> str:
     """One line of :func:`stats`."""
     return (
@@ -388,6 +450,8 @@ def write_report(
     if summary.get("opportunity"):
         md += opportunity_section(summary["opportunity"])
     md += whole_section(summary.get("whole_traffic") or {})
+    if summary.get("cache"):
+        md += cache_section(summary["cache"])
     md += ["", "## Numbers", "", "```", json.dumps(summary, indent=1, default=str), "```", ""]
     md += [f"![{p}]({p})" for p in pngs]
     (out / "summary.json").write_text(json.dumps({"steps": steps, **summary}, indent=1, default=str))
@@ -464,6 +528,14 @@ def print_summary(
             f"    of which {whole['broken_task']} (cheap model broken by the emulator: GPT-4 only) is "
             f"{100 * whole['broken_task_spend_share']:.0f}% of the all-GPT-4 spend, a floor under that "
             f"ratio; the rest: cost ratio {1 - rest['savings']:.3f} at quality {rest['quality_ratio']:.3f}"
+        )
+    c = summary.get("cache")
+    if c:
+        print(
+            f"  (c) semantic cache: {100 * c['hit_rate']:.1f}% of requests served from it "
+            f"({100 * c['dup_hit_rate']:.1f}% of near-duplicates), {c['false_hits']} false hits, "
+            f"{c['traps_served']} of {c['traps']} traps served; {100 * c['savings_vs_no_cache']:.1f}% "
+            f"saved vs no cache at {c['quality_vs_no_cache']:.3f} of its quality"
         )
     if "failed_requests" in summary:
         print(f"  failed requests (all phases): {summary['failed_requests']}")

@@ -34,6 +34,16 @@ class DemoSettings(BaseSettings):
         description="Story (b): OPPORTUNITY_TASK appears with real recorded answers and no fault; the "
         "savings-opportunity notice, exploration and the loop route it cheaply. false runs (a) alone.",
     )
+    cache_story: bool = Field(
+        default=True,
+        description="Story (c): the same near-duplicate traffic with the gateway's semantic cache off, "
+        "then on; the report shows hit rate, false hits and savings. The stories before it opt out of "
+        "the cache, so their figures are routing alone.",
+    )
+    cache_requests: int = Field(default=300, ge=20, description="Requests of each of story (c)'s two runs.")
+    cache_near_duplicates: float = Field(
+        default=0.3, ge=0, lt=1, description="Story (c): share of its requests that are near-duplicates."
+    )
     new_task: str = Field(
         default="professional_law",
         description="Story (a): the MMLU subject that appears later and on which the cheap model breaks.",
@@ -255,6 +265,8 @@ class RunContext:
             "SWITCHYARD_GATEWAY_EXPLORE_SHARE": str(self.cfg.explore_share),
             "SWITCHYARD_GATEWAY_EXPLORE_MIN_REQUESTS": str(self.cfg.explore_min_requests),
             "SWITCHYARD_GATEWAY_EXPLORE_BUDGET_USD_PER_TASK_HOUR": str(self.cfg.explore_budget_usd),
+            # story (c): the semantic cache; every replay before it opts out per request
+            "SWITCHYARD_GATEWAY_CACHE_ENABLED": str(self.cfg.cache_story).lower(),
         }
 
     @property

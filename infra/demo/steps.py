@@ -44,11 +44,13 @@ STEP_NAMES = {
     "7": "opportunity task + notice",
     "8": "opportunity retrain + hot swap",
     "9": "opportunity replay after",
-    "10": "report",
+    "10": "semantic cache",
+    "11": "report",
 }
 STEPS = len(STEP_NAMES)
 DRIFT_STEPS = ("3", "4", "5", "6")
 OPPORTUNITY_STEPS = ("7", "8", "9")
+CACHE_STEPS = ("10",)
 
 
 # --------------------------------------------------------------------------- 1
@@ -646,3 +648,27 @@ def replay_opportunity_after(traffic: Traffic, ctx: RunContext, before: dict[str
     )
     print(f"      all traffic after: {fmt(stats(after))}", flush=True)
     return after
+
+
+# --------------------------------------------------------------------------- 10
+
+
+def replay_cache(traffic: Traffic, ctx: RunContext) -> tuple[list[Req], list[Req]]:
+    """Story (c): the same traffic (same seed), a share of it near-duplicates of earlier requests
+    (repeats, rewordings, and traps whose right answer changes), first with every request opting out
+    of the semantic cache, then with the cache on."""
+    cfg = ctx.cfg
+    print(
+        f"[10/{STEPS}] semantic cache: {cfg.cache_requests} requests, "
+        f"{100 * cfg.cache_near_duplicates:.0f}% near-duplicates, cache off then on ...",
+        flush=True,
+    )
+    seed = cfg.seed * 1000 + 999
+    dups = cfg.cache_near_duplicates
+    off = traffic.run("cache off", count=cfg.cache_requests, mix=BASE_MIX, near_duplicates=dups, seed=seed)
+    on = traffic.run(
+        "cache on", count=cfg.cache_requests, mix=BASE_MIX, near_duplicates=dups, seed=seed, cache=True
+    )
+    print(f"      cache off: {fmt(stats(off))}", flush=True)
+    print(f"      cache on:  {fmt(stats(on))}", flush=True)
+    return off, on

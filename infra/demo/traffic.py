@@ -27,6 +27,9 @@ class Req:
     base_cost: float
     base_correct: float | None
     dataset: str = ""
+    variant: str = "fresh"  # a near-duplicate's kind (story (c))
+    cache_hit: bool = False
+    false_hit: bool | None = None
 
 
 class Traffic:
@@ -56,8 +59,12 @@ class Traffic:
         exclude: tuple[str, ...] = (),
         drift: tuple = (),
         rate: float | None = None,
+        cache: bool = False,
+        near_duplicates: float = 0.0,
+        seed: int | None = None,
     ) -> list[Req]:
-        """Send ``count`` requests of ``mix``; returns (and keeps) their rows."""
+        """Send ``count`` requests of ``mix``; returns (and keeps) their rows. The requests opt out
+        of the semantic cache unless ``cache``; ``seed`` (default: one per chunk) fixes the prompts."""
         from infra.replay.config import ReplayConfig
         from infra.replay.runner import Replayer
         from infra.replay.scenarios import Phase, Scenario
@@ -76,7 +83,9 @@ class Traffic:
             concurrency=self.cfg.concurrency,
             rate=rate,
             feedback_share=self.cfg.feedback_share,
-            seed=self.cfg.seed * 1000 + self._chunk,
+            seed=seed if seed is not None else self.cfg.seed * 1000 + self._chunk,
+            cache=cache,
+            near_duplicates=near_duplicates,
             timeout_s=60.0,
         )
         rep = Replayer(conf, sc, self.corpus, self.catalog)
@@ -96,6 +105,9 @@ class Traffic:
                 r.baseline_cost_usd,
                 r.baseline_correct,
                 self.datasets.get(r.task, ""),
+                r.variant,
+                r.cache_hit,
+                r.false_hit,
             )
             for r in rep.results
         ]

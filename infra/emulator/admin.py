@@ -30,6 +30,14 @@ def _validated(model: type[M], req: dict, what: str) -> M:
         ) from exc
 
 
+def _nested(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """{(provider, model): n} → {provider: {model: n}} (JSON has no tuple keys)."""
+    out: dict[str, dict[str, int]] = {}
+    for (provider, model), n in sorted(counts.items()):
+        out.setdefault(provider, {})[model] = n
+    return out
+
+
 class AdminRoutes:
     """Handlers over one :class:`Emulator`'s state; :meth:`routes` maps (method, path) to them."""
 
@@ -58,7 +66,12 @@ class AdminRoutes:
         }
 
     async def list_models(self, scope: dict, receive: Receive, send: Send) -> None:
-        await send_body(send, 200, self._models_body)
+        provider = scope.get("emulator.provider")
+        if provider is None:
+            await send_body(send, 200, self._models_body)
+            return
+        sold = [info.card() for (seller, _), info in self.emu.offers.items() if seller == provider]
+        await send_json(send, 200, {"object": "list", "data": sold})
 
     async def model_card(self, model_id: str, send: Send) -> None:
         """``GET /v1/models/{id}``."""
@@ -98,17 +111,26 @@ class AdminRoutes:
     async def faults_post(self, scope: dict, receive: Receive, send: Send) -> None:
         req = await read_json(receive)
         model = req.pop("model", None)
+        provider = req.pop("provider", None)
         if not isinstance(model, str) or (model != "*" and model not in self.emu.models):
             raise HTTPError(
                 400, f"'model' must be a served model id or '*', got {model!r}", "invalid_request_error"
             )
+        if provider is not None and provider not in self.emu.providers:
+            raise HTTPError(
+                400,
+                f"'provider' must be a catalog provider ({sorted(self.emu.providers)}), got {provider!r}",
+                "invalid_request_error",
+            )
         spec = _validated(FaultSpec, req, "fault spec")
-        self.emu.faults.set(model, spec)
-        log.info("faults set for %s: %s", model, spec.model_dump(exclude_defaults=True))
+        self.emu.faults.set(model, spec, provider)
+        where = provider or "every provider"
+        log.info("faults set for %s at %s: %s", model, where, spec.model_dump(exclude_defaults=True))
         await send_json(send, 200, {"faults": self.emu.faults.snapshot()})
 
     async def faults_delete(self, scope: dict, receive: Receive, send: Send) -> None:
-        self.emu.faults.clear(query(scope).get("model"))
+        q = query(scope)
+        self.emu.faults.clear(q.get("model"), q.get("provider"))
         await send_json(send, 200, {"faults": self.emu.faults.snapshot()})
 
     async def drift_get(self, scope: dict, receive: Receive, send: Send) -> None:
@@ -150,6 +172,7 @@ class AdminRoutes:
             200,
             {
                 "requests": dict(emu.requests),
+                "requests_by_provider": _nested(emu.provider_requests),
                 "total_requests": sum(emu.requests.values()),
                 "faults": dict(emu.fault_counts),
                 "feedback": len(emu.feedback),

@@ -55,6 +55,12 @@ def _blocks(content: object, kind: str) -> list[dict]:
     return [b for b in content if isinstance(b, dict) and b.get("type") == kind]
 
 
+def _marked(content: object) -> bool:
+    """Whether a system prompt or message content carries a ``cache_control`` block (the end of
+    a prefix to cache, see :mod:`.prompt_cache`)."""
+    return isinstance(content, list) and any(isinstance(b, dict) and b.get("cache_control") for b in content)
+
+
 def _tools(req: dict) -> tuple[tuple[ToolSpec, ...], str, str | None]:
     """(tools, tool_choice mode, forced tool name), validated as the Messages API does."""
     raw, choice = req.get("tools"), req.get("tool_choice")
@@ -140,6 +146,7 @@ class AnthropicWire:
         if system is not None and not isinstance(system, str | list):
             raise HTTPError(400, "system: must be a string or a list of text blocks", "invalid_request_error")
         texts = [text_of(system)] if system else []
+        breaks = [0] if system and _marked(system) else []
         question = None
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or m.get("role") not in ("user", "assistant"):
@@ -154,6 +161,8 @@ class AnthropicWire:
                     "invalid_request_error",
                 )
             t = text_of(content)
+            if _marked(content):
+                breaks.append(len(texts))
             texts.append(t)
             if m["role"] == "user" and (t or not _blocks(content, "tool_result")):
                 question = t  # a turn that only hands back tool results asks nothing new
@@ -174,6 +183,7 @@ class AnthropicWire:
             tool_choice=choice,
             forced_tool=forced,
             after_tool_result=last["role"] == "user" and bool(_blocks(last["content"], "tool_result")),
+            cache_breaks=tuple(breaks),
         )
 
     def fault(self, decision: FaultDecision) -> FaultDecision:
@@ -187,11 +197,11 @@ class AnthropicWire:
         headers = [(b"request-id", ("req_" + mid[4:]).encode()), *turn.side_headers()]
         stop = {"length": "max_tokens", "tool_calls": "tool_use"}.get(turn.finish, "end_turn")
         call = turn.call
-        usage = {
-            "input_tokens": turn.prompt_toks,
+        usage = {  # input_tokens leaves out the cached prompt tokens, as Anthropic counts
+            "input_tokens": turn.prompt_toks - turn.cache.read - turn.cache.written,
             "output_tokens": turn.completion_toks,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
+            "cache_creation_input_tokens": turn.cache.written,
+            "cache_read_input_tokens": turn.cache.read,
         }
         message = {
             "id": mid,

@@ -15,6 +15,10 @@ Endpoints (OpenAI/Anthropic shapes; side channels under ``/emulator``)::
     POST /emulator/reset          back to the start config; counters cleared
     GET  /emulator/stats          requests per model, injected faults, feedback count
     GET  /emulator/feedback       the feedback received
+    POST /p/<provider>/v1/chat/completions, /p/<provider>/v1/messages, GET /p/<provider>/v1/models
+                                  the same, sold by one catalog provider: only the models it has an
+                                  offer for, at that offer's price, with faults set for
+                                  ``model@provider`` (provider arbitrage; ``/v1/...`` unchanged)
 
 Every answer carries the side channel headers ``x-emulator-correct`` (``1``, ``0`` or
 ``unknown``), ``x-emulator-prompt-hash``, ``x-emulator-task``, ``x-emulator-drifted`` and
@@ -68,9 +72,16 @@ class EmulatorApp:
         if scope["type"] != "http":
             return
         method, path = scope["method"], scope["path"].rstrip("/") or "/"
+        provider, path = self._provider_prefix(path)
         # errors on /v1/messages are Anthropic-shaped, all others OpenAI-shaped
         wire = self._wires.get(path, self._openai)
         try:
+            if provider is not None:
+                if provider not in self.emulator.providers or not path.startswith("/v1/"):
+                    raise HTTPError(
+                        404, f"no route {method} {scope['path']}", "invalid_request_error", "not_found"
+                    )
+                scope = {**scope, "emulator.provider": provider}
             await self._route(method, path)(scope, receive, send)
         except HTTPError as err:
             await send_json(send, err.status, wire.error_body(err), err.headers)
@@ -86,6 +97,14 @@ class EmulatorApp:
                 await send_json(send, err.status, wire.error_body(err))
             except Exception:  # noqa: BLE001 - the response had started; the server closes the connection
                 pass
+
+    @staticmethod
+    def _provider_prefix(path: str) -> tuple[str | None, str]:
+        """``/p/<provider>/rest`` → (provider, ``/rest``); any other path → (None, path)."""
+        if not path.startswith("/p/"):
+            return None, path
+        provider, _, rest = path[3:].partition("/")
+        return provider, "/" + rest
 
     def _route(self, method: str, path: str) -> Route:
         handler = self._routes.get((method, path))
@@ -103,7 +122,7 @@ class EmulatorApp:
 
         async def handle(scope: dict, receive: Receive, send: Send) -> None:
             self._check_auth(scope)
-            await self.emulator.answer(wire, await read_json(receive), send)
+            await self.emulator.answer(wire, await read_json(receive), send, scope.get("emulator.provider"))
 
         return handle
 

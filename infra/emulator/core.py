@@ -21,6 +21,7 @@ from .asgi import Headers, HTTPError, Send, StreamCut, send_body, start_sse
 from .corpus import Answer, Corpus, PromptRecord, count_tokens, generic_answer, normalize, prompt_tokens
 from .faults import TIER_LATENCY, DriftTable, FaultDecision, FaultTable, Latency
 from .judge import JUDGE_MODEL, JudgePromptError, grade
+from .prompt_cache import CacheUse, PromptCache
 from .settings import EmulatorConfig
 from .structured import ToolCall, ToolSpec, json_answer, tool_call
 
@@ -43,9 +44,21 @@ class ModelInfo:
     owned_by: str
     price_in: float  # USD per 1M tokens
     price_out: float
+    price_cached: float | None = None  # prompt tokens read from the prompt cache; None: no caching
+    price_write: float | None = None  # prompt tokens written to it (Anthropic); None: price_in
+    provider: str | None = None  # served under /p/<provider>/ at that offer's price; None: listed
 
-    def cost(self, prompt_toks: int, completion_toks: int) -> float:
-        return (prompt_toks * self.price_in + completion_toks * self.price_out) / 1e6
+    def cost(self, prompt_toks: int, completion_toks: int, cached: int = 0, written: int = 0) -> float:
+        """USD of a call; ``cached`` and ``written`` are part of ``prompt_toks``."""
+        fresh = prompt_toks - cached - written
+        write_rate = self.price_in if self.price_write is None else self.price_write
+        cached_rate = self.price_in if self.price_cached is None else self.price_cached
+        return (
+            fresh * self.price_in
+            + cached * cached_rate
+            + written * write_rate
+            + completion_toks * self.price_out
+        ) / 1e6
 
     def card(self) -> dict[str, Any]:
         """The model's entry in ``/v1/models``."""
@@ -68,6 +81,9 @@ class ChatRequest:
     forced_tool: str | None = None
     after_tool_result: bool = False  # the last message hands back a tool's result
     json_schema: dict[str, Any] | None = None  # a JSON answer matching this schema was asked for
+    # prompt caching (.prompt_cache): None, OpenAI's automatic prefix rule; else the indices of
+    # ``texts`` that end a prefix marked with Anthropic's ``cache_control``
+    cache_breaks: tuple[int, ...] | None = None
 
     @property
     def calls_tool(self) -> bool:
@@ -94,10 +110,15 @@ class Turn:
     fault: FaultDecision
     call: ToolCall | None = None  # the answer is this tool call (``text`` is empty)
     choices: int = 1  # every choice carries the same answer; usage counts each
+    cache: CacheUse = CacheUse()  # of ``prompt_toks``, read from / written to the prompt cache
 
     @property
     def billed_completion(self) -> int:
         return self.completion_toks * self.choices
+
+    @property
+    def cost_usd(self) -> float:
+        return self.model.cost(self.prompt_toks, self.billed_completion, self.cache.read, self.cache.written)
 
     def side_headers(self) -> Headers:
         correct = "unknown" if self.correct is None else f"{self.correct:g}"
@@ -108,7 +129,7 @@ class Turn:
             (b"x-emulator-drifted", b"1" if self.drifted else b"0"),
             (
                 b"x-emulator-cost-usd",
-                f"{self.model.cost(self.prompt_toks, self.billed_completion):.10f}".encode(),
+                f"{self.cost_usd:.10f}".encode(),
             ),
         ]
 
@@ -167,10 +188,33 @@ class Emulator:
         self.started = time.time()
         providers = {p.name: p.kind for p in catalog.providers}
         self.models: dict[str, ModelInfo] = {
-            m.id: ModelInfo(m.id, providers.get(m.provider, "openai"), m.price.input, m.price.output)
+            m.id: ModelInfo(
+                m.id,
+                providers.get(m.provider, "openai"),
+                m.price.input,
+                m.price.output,
+                m.price.cached_input,
+                m.price.cache_write,
+            )
             for m in catalog.models
         }
         self.models[JUDGE_MODEL] = ModelInfo(JUDGE_MODEL, "switchyard", 0.0, 0.0)
+        # every catalog provider's name is a path prefix (/p/<name>/...) that serves the models it
+        # has an offer for, at that offer's price, with its own faults (provider arbitrage)
+        self.providers: frozenset[str] = frozenset(providers)
+        self.offers: dict[tuple[str, str], ModelInfo] = {
+            (o.provider, m.id): ModelInfo(
+                m.id,
+                providers[o.provider],
+                o.price.input,
+                o.price.output,
+                o.price.cached_input,
+                o.price.cache_write,
+                provider=o.provider,
+            )
+            for m in catalog.models
+            for o in m.all_offers
+        }
         profiles = {m.id: TIER_LATENCY.get(m.tier, TIER_LATENCY["mid"]) for m in catalog.models}
         profiles[JUDGE_MODEL] = TIER_LATENCY["budget"]
         self._base_profiles = profiles
@@ -183,20 +227,28 @@ class Emulator:
         self.drift = DriftTable(self.config.drift)
         self.latency = Latency({**self._base_profiles, **self.config.latency}, self._base_speed, self.seed)
         self.requests: Counter[str] = Counter()
+        self.provider_requests: Counter[tuple[str, str]] = Counter()  # (provider, model), /p/ only
         self.fault_counts: Counter[str] = Counter()
         self.feedback: list[dict] = []
+        self.prompt_cache = PromptCache()
 
     # ---- what to answer ------------------------------------------------------------------------
-    def model(self, name: Any) -> ModelInfo:
-        """The served model ``name`` (400 when missing, 404 when unknown)."""
+    def model(self, name: Any, provider: str | None = None) -> ModelInfo:
+        """The served model ``name`` (400 when missing, 404 when unknown or, under ``provider``,
+        not sold by it)."""
         if not isinstance(name, str) or not name:
             raise HTTPError(
                 400, "'model' is required and must be a string", "invalid_request_error", None, "model"
             )
-        info = self.models.get(name)
+        info = self.models.get(name) if provider is None else self.offers.get((provider, name))
         if info is None:
+            where = f" at {provider}" if provider is not None and name in self.models else ""
             raise HTTPError(
-                404, f"The model `{name}` does not exist", "invalid_request_error", "model_not_found", "model"
+                404,
+                f"The model `{name}` does not exist{where}",
+                "invalid_request_error",
+                "model_not_found",
+                "model",
             )
         return info
 
@@ -254,8 +306,10 @@ class Emulator:
         max_tokens = chat.max_tokens
         if call is None and isinstance(max_tokens, int) and 0 < max_tokens < completion:
             text, completion, finish = text[: max_tokens * 4], max_tokens, "length"
-        fault = self.faults.decide(info.id, chat.stream)
+        fault = self.faults.decide(info.id, chat.stream, info.provider)
         self.requests[info.id] += 1
+        if info.provider is not None:
+            self.provider_requests[(info.provider, info.id)] += 1
         if fault.kind != "none":
             self.fault_counts[fault.kind] += 1
         return Turn(
@@ -271,12 +325,21 @@ class Emulator:
             fault,
             call=call,
             choices=chat.n,
+            cache=self._cache_use(chat),
         )
 
+    def _cache_use(self, chat: ChatRequest) -> CacheUse:
+        """The request's prompt-cache reads and writes (none for a model without a cached rate)."""
+        if chat.model.price_cached is None:
+            return CacheUse()
+        owner = f"{chat.model.provider or ''}/{chat.model.id}"  # each provider keeps its own cache
+        return self.prompt_cache.use(owner, chat.texts, chat.cache_breaks)
+
     # ---- how to answer -------------------------------------------------------------------------
-    async def answer(self, wire: Wire, req: dict, send: Send) -> None:
-        """Parse, resolve, apply faults, frame and pace one chat request: the whole chat route."""
-        chat = wire.parse(req, self.model(req.get("model")))
+    async def answer(self, wire: Wire, req: dict, send: Send, provider: str | None = None) -> None:
+        """Parse, resolve, apply faults, frame and pace one chat request: the whole chat route
+        (``provider``: it came in under ``/p/<provider>/``)."""
+        chat = wire.parse(req, self.model(req.get("model"), provider))
         turn = self.resolve(chat)
         turn.fault = wire.fault(turn.fault)
         await self._pre_answer_faults(turn)

@@ -1,7 +1,10 @@
 """Fault injection, quality drift and latency profiles: pure, seeded, unit-testable.
 
 Faults are set per model (or ``"*"`` for every model without its own rule) at start (a YAML/JSON
-config) and at run time (``POST /emulator/faults``). One uniform draw per request picks at most
+config) and at run time (``POST /emulator/faults``). A rule can be limited to one provider name
+the emulator serves under (``/p/<provider>/...``, provider arbitrage): key ``model@provider``
+(or ``*@provider``); such a rule wins over the model's own and the wildcard, for that provider's
+requests only. One uniform draw per request picks at most
 one fault from the cumulative rates, in this order: 429 with ``Retry-After``, error status, hang,
 malformed JSON, stream cut. The draws come from a per-model RNG seeded from the emulator seed, so
 a run with the same seed and request order injects the same faults.
@@ -64,6 +67,11 @@ class FaultSpec(BaseModel):
         return self
 
 
+def fault_key(model: str, provider: str | None) -> str:
+    """The fault table key of ``model`` (or ``*``) at ``provider``: ``model@provider``."""
+    return model if provider is None else f"{model}@{provider}"
+
+
 @dataclass(frozen=True)
 class FaultDecision:
     """The fault (if any) one request gets."""
@@ -88,19 +96,26 @@ class FaultTable:
         self._rngs: dict[str, random.Random] = {}
         self._injected: dict[str, int] = {}
 
-    def set(self, model: str, spec: FaultSpec) -> None:
-        """Set (replace) the faults of a model (``"*"``: every model without its own rule)."""
-        self.specs[model] = spec
-        self._injected[model] = 0
+    def set(self, model: str, spec: FaultSpec, provider: str | None = None) -> None:
+        """Set (replace) the faults of a model (``"*"``: every model without its own rule), for
+        requests under ``provider`` only when given."""
+        key = fault_key(model, provider)
+        self.specs[key] = spec
+        self._injected[key] = 0
 
-    def clear(self, model: str | None = None) -> None:
-        """Remove the faults of one model, or all."""
-        if model is None:
+    def clear(self, model: str | None = None, provider: str | None = None) -> None:
+        """Remove the faults of one model (at one provider, when given), or all."""
+        if model is None and provider is None:
             self.specs.clear()
             self._injected.clear()
+        elif model is None:
+            for key in [k for k in self.specs if k.endswith(f"@{provider}")]:
+                self.specs.pop(key, None)
+                self._injected.pop(key, None)
         else:
-            self.specs.pop(model, None)
-            self._injected.pop(model, None)
+            key = fault_key(model, provider)
+            self.specs.pop(key, None)
+            self._injected.pop(key, None)
 
     def _rng(self, model: str) -> random.Random:
         rng = self._rngs.get(model)
@@ -108,21 +123,26 @@ class FaultTable:
             rng = self._rngs[model] = random.Random(f"{self.seed}:{model}")
         return rng
 
-    def decide(self, model: str, stream: bool) -> FaultDecision:
-        """The fault for the next request to ``model`` (one draw from the model's RNG)."""
-        key = model if model in self.specs else WILDCARD
+    def decide(self, model: str, stream: bool, provider: str | None = None) -> FaultDecision:
+        """The fault for the next request to ``model`` (under ``provider``, when the request came
+        through ``/p/<provider>/``): one draw from the RNG of the model (at that provider)."""
+        candidates = [model, WILDCARD]
+        if provider is not None:
+            candidates = [fault_key(model, provider), fault_key(WILDCARD, provider), *candidates]
+        key = next((k for k in candidates if k in self.specs), WILDCARD)
         spec = self.specs.get(key)
         if spec is None:
             return NO_FAULT
         if spec.max_faults is not None and self._injected.get(key, 0) >= spec.max_faults:
             return NO_FAULT
-        u = self._rng(model).random()
+        rng = self._rng(model if provider is None else fault_key(model, provider))
+        u = rng.random()
         decision = NO_FAULT
         edge = spec.rate_limit_rate
         if u < edge:
             decision = FaultDecision("rate_limit", 429, retry_after_s=spec.retry_after_s)
         elif u < (edge := edge + spec.error_rate):
-            status = spec.error_statuses[int(self._rng(model).random() * len(spec.error_statuses))]
+            status = spec.error_statuses[int(rng.random() * len(spec.error_statuses))]
             decision = FaultDecision("error", status)
         elif u < (edge := edge + spec.hang_rate):
             decision = FaultDecision("hang", hang_s=spec.hang_s)

@@ -139,7 +139,7 @@ class OpenAIWire:
             "prompt_tokens": turn.prompt_toks,
             "completion_tokens": turn.billed_completion,
             "total_tokens": turn.prompt_toks + turn.billed_completion,
-            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": turn.cache.read, "audio_tokens": 0},
             "completion_tokens_details": {
                 "reasoning_tokens": 0,
                 "audio_tokens": 0,

@@ -68,20 +68,28 @@ class EmulatorHandle:
         """``http://127.0.0.1:PORT/v1`` (the OpenAI client's base_url)."""
         return self.base_url + "/v1"
 
+    def provider_base_url(self, provider: str, kind: str = "openai") -> str:
+        """Where the emulator sells models as catalog provider ``provider`` (its offers' prices,
+        its own faults): ``/p/<provider>``, plus ``/v1`` for the OpenAI protocol."""
+        return f"{self.base_url}/p/{provider}" + ("/v1" if kind == "openai" else "")
+
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         resp = self._http.request(method, path, **kw)
         if resp.status_code >= 400:
             raise RuntimeError(f"emulator {method} {path} -> {resp.status_code}: {resp.text}")
         return resp.json()
 
-    def set_faults(self, model: str, **spec: Any) -> dict:
+    def set_faults(self, model: str, provider: str | None = None, **spec: Any) -> dict:
         """Set a model's faults (FaultSpec fields: error_rate, error_statuses, rate_limit_rate,
         retry_after_s, hang_rate, hang_s, malformed_rate, stream_cut_rate, stream_cut_after,
-        stream_cut_mode, max_faults); ``model="*"`` for every model without its own rule."""
-        return self._call("POST", "/emulator/faults", json={"model": model, **spec})
+        stream_cut_mode, max_faults); ``model="*"`` for every model without its own rule;
+        ``provider``: only for requests under that provider's prefix (:meth:`provider_base_url`)."""
+        where = {"provider": provider} if provider else {}
+        return self._call("POST", "/emulator/faults", json={"model": model, **where, **spec})
 
-    def clear_faults(self, model: str | None = None) -> dict:
-        return self._call("DELETE", "/emulator/faults", params={"model": model} if model else None)
+    def clear_faults(self, model: str | None = None, provider: str | None = None) -> dict:
+        params = {k: v for k, v in (("model", model), ("provider", provider)) if v}
+        return self._call("DELETE", "/emulator/faults", params=params or None)
 
     def add_drift(self, model: str, task: str, wrong_rate: float = 1.0, start_in_s: float = 0.0) -> dict:
         """From now (+start_in_s) ``model`` answers ``task`` (task or dataset name) wrongly."""

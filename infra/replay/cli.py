@@ -24,6 +24,10 @@ def replay(
     ),
     stream: bool = typer.Option(False, help="Stream answers (SSE)."),
     feedback_share: float = typer.Option(0.2, help="Share of answers that get ground-truth feedback."),
+    near_duplicates: float = typer.Option(
+        0.0, help="Share of requests that are near-duplicates of earlier ones (repeats, rewordings, traps)."
+    ),
+    cache: bool = typer.Option(True, help="--no-cache: every request opts out of the semantic cache."),
     emulator_url: str = typer.Option(
         "http://127.0.0.1:8100", help="Emulator (truth side channel, drift); '' = none."
     ),
@@ -74,6 +78,8 @@ def replay(
             rate=rate,
             stream=stream,
             feedback_share=feedback_share,
+            near_duplicates=near_duplicates,
+            cache=cache,
             seed=seed,
             timeout_s=timeout,
         )

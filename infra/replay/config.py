@@ -29,6 +29,14 @@ class ReplayConfig(BaseModel):
     feedback_share: float = Field(default=0.2, ge=0, le=1)
     feedback_source: str = "user"
     seed: int = 0
+    near_duplicates: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of requests that are near-duplicates of earlier ones (infra/replay/paraphrase.py: "
+        "repeats, rewordings, and traps whose right answer changes).",
+    )
+    cache: bool = Field(default=True, description="False: every request opts out of the semantic cache.")
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=0, ge=0)
 
@@ -65,5 +73,10 @@ class Result:
     baseline_correct: float | None
     request_id: str | None = None
     feedback: str | None = None  # "sent" | "failed" | None
+    variant: str = "fresh"  # a near-duplicate's kind (infra/replay/paraphrase.py), else "fresh"
+    cache_hit: bool = False
+    # a hit whose answer is worse than a fresh one would be: a trap (the right answer changed), an
+    # answer to another question, or one graded below the fresh answer of its model
+    false_hit: bool | None = None
     started_at: float = 0.0
     finished_at: float = 0.0

@@ -27,24 +27,44 @@ from infra.emulator.settings import EmulatorSettings
 from services.catalog import Catalog
 
 from .config import ReplayConfig, Result
+from .paraphrase import DEFAULT_MIX, Variant, make_variant
 from .scenarios import Scenario, resolve_mix
 from .summary import summarize
 
 log = logging.getLogger(__name__)
 
 
+def near_duplicate(source_id: str, prompt: str, rng: random.Random) -> Variant:
+    """A near-duplicate of ``prompt``: a kind drawn from the paraphrase mix among those that apply
+    (a verbatim repeat when none does)."""
+    left = dict(DEFAULT_MIX)
+    while left:
+        kind = rng.choices(list(left), list(left.values()))[0]
+        del left[kind]
+        if (variant := make_variant(kind, source_id, prompt, rng)) is not None:
+            return variant
+    return Variant("exact", source_id, prompt, True)
+
+
 @dataclass
 class _Job:
     phase: str
     record: PromptRecord
+    variant: Variant | None = None  # a near-duplicate of ``record`` (sent instead of its prompt)
+
+    @property
+    def prompt(self) -> str:
+        return self.variant.prompt if self.variant is not None else self.record.prompt
 
 
 class Plan:
     """Which prompt each request sends: phases in order, tasks drawn from the phase mix (seeded)."""
 
-    def __init__(self, scenario: Scenario, corpus: Corpus, seed: int) -> None:
+    def __init__(self, scenario: Scenario, corpus: Corpus, seed: int, near_duplicates: float = 0.0) -> None:
         self.scenario = scenario
         self.rng = random.Random(seed)
+        self.near_duplicates = near_duplicates
+        self.sent: list[PromptRecord] = []  # fresh prompts so far: the near-duplicates' sources
         self.by_task: dict[str, list[PromptRecord]] = {}
         for rec in corpus.by_text.values():
             self.by_task.setdefault(rec.task, []).append(rec)
@@ -53,9 +73,15 @@ class Plan:
         self.mixes = [resolve_mix(p.mix, sizes, datasets, p.exclude_tasks) for p in scenario.phases]
 
     def draw(self, phase_index: int) -> _Job:
+        phase = self.scenario.phases[phase_index].name
+        if self.sent and self.rng.random() < self.near_duplicates:
+            source = self.rng.choice(self.sent)
+            return _Job(phase, source, near_duplicate(source.prompt_hash, source.prompt, self.rng))
         mix = self.mixes[phase_index]
         task = self.rng.choices(list(mix), weights=list(mix.values()))[0]
-        return _Job(self.scenario.phases[phase_index].name, self.rng.choice(self.by_task[task]))
+        record = self.rng.choice(self.by_task[task])
+        self.sent.append(record)
+        return _Job(phase, record)
 
     def by_count(self, count: int) -> Iterator[tuple[int, _Job]]:
         for i, n in enumerate(self.scenario.phase_counts(count)):
@@ -80,11 +106,12 @@ class Replayer:
         self.scenario = scenario
         self.corpus = corpus
         self.catalog = catalog
-        self.plan = Plan(scenario, corpus, config.seed)
+        self.plan = Plan(scenario, corpus, config.seed, config.near_duplicates)
         self.results: list[Result] = []
         self._fb_rng = random.Random(f"feedback:{config.seed}")
         self._phases_started: set[int] = set()
         self._prices = {m.id: m.price for m in catalog.models}
+        self._answered: dict[str, tuple[_Job, float | None]] = {}  # request id -> its job and grade
 
     def _cost(self, model: str | None, p_toks: int, c_toks: int) -> float | None:
         price = self._prices.get(model or "")
@@ -171,9 +198,12 @@ class Replayer:
         cfg, rec = self.config, job.record
         kwargs = dict(
             model=cfg.model,
-            messages=[{"role": "user", "content": rec.prompt}],
+            messages=[{"role": "user", "content": job.prompt}],
             extra_body={"switchyard": {"task": rec.task}},
-            extra_headers={"X-Switchyard-Task": rec.task},
+            extra_headers={
+                "X-Switchyard-Task": rec.task,
+                **({} if cfg.cache else {"X-Switchyard-Cache": "off"}),
+            },  # noqa: E501
         )
         base_cost, base_correct = self.baseline(rec)
         t0 = time.perf_counter()
@@ -222,7 +252,26 @@ class Replayer:
         rid = headers.get("x-switchyard-request-id") or rid
         cost_header = headers.get("x-switchyard-cost-usd")
         cost = float(cost_header) if cost_header else self._cost(model, p_toks, c_toks)
-        correct = await self._truth(admin, headers.get("x-emulator-correct"), rec, model)
+        hit = headers.get("x-switchyard-cache") == "hit"
+        fresh = None
+        if job.variant is None or job.variant.same_answer:
+            # the right answer is the source prompt's: what the model that answered gets on it
+            header = headers.get("x-emulator-correct") if job.variant is None else None
+            fresh = await self._truth(admin, header, rec, model)
+        false_hit = None
+        if hit:
+            source, graded = self._answered.get(headers.get("x-switchyard-cache-source") or "", (None, None))
+            same = (
+                source is not None
+                and source.record.prompt_hash == rec.prompt_hash
+                and (job.variant is None or job.variant.same_answer)
+            )
+            correct = graded if same else 0.0
+            false_hit = not same or (correct or 0.0) < (fresh or 0.0)
+        else:
+            correct = fresh
+        if job.variant is not None and not job.variant.same_answer:
+            base_correct = None  # a trap: what the strong model would get on it is not recorded
         result = Result(
             job.phase,
             rec.task,
@@ -239,7 +288,12 @@ class Replayer:
             base_cost,
             base_correct,
             rid,
+            variant=job.variant.kind if job.variant is not None else "fresh",
+            cache_hit=hit,
+            false_hit=false_hit,
         )
+        if rid:
+            self._answered[rid] = (job, correct)
         if correct is not None and rid and self._fb_rng.random() < cfg.feedback_share:
             result.feedback = await self._feedback(admin, rid, correct)
         return result

@@ -50,6 +50,32 @@ def _cost(rows: list[Result]) -> dict[str, Any]:
     return {"cost_usd": cost, "baseline_cost_usd": base, "cost_vs_baseline": (cost / base) if base else None}
 
 
+def cache_stats(rows: list[Result]) -> dict[str, Any]:
+    """The semantic cache as the client saw it: hits (by near-duplicate kind), false hits (a trap
+    or another question served, or an answer worse than a fresh one), and whether a trap was ever
+    served. ``hit_rate`` counts every answered request; ``dup_hit_rate`` the near-duplicates."""
+    ok = [r for r in rows if r.ok]
+    hits = [r for r in ok if r.cache_hit]
+    dups = [r for r in ok if r.variant != "fresh"]
+    false = [r for r in hits if r.false_hit]
+    by_kind: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "hits": 0, "false_hits": 0})
+    for r in ok:
+        k = by_kind[r.variant]
+        k["requests"] += 1
+        k["hits"] += int(r.cache_hit)
+        k["false_hits"] += int(bool(r.cache_hit and r.false_hit))
+    return {
+        "requests": len(ok),
+        "near_duplicates": len(dups),
+        "hits": len(hits),
+        "hit_rate": len(hits) / len(ok) if ok else None,
+        "dup_hit_rate": sum(r.cache_hit for r in dups) / len(dups) if dups else None,
+        "false_hits": len(false),
+        "false_hit_rate": len(false) / len(hits) if hits else None,
+        "by_kind": dict(sorted(by_kind.items())),
+    }
+
+
 def summarize(
     results: list[Result], elapsed_s: float, config: ReplayConfig, scenario: Scenario, catalog: Catalog
 ) -> dict[str, Any]:
@@ -104,6 +130,7 @@ def summarize(
         **_quality(results),
         "strong_model": catalog.strong_model,
         "feedback": dict(Counter(r.feedback for r in results if r.feedback)),
+        "cache": cache_stats(results),
         "by_phase": {p: group(rows) for p, rows in phases.items()},
         "by_task": {t: group(rows) for t, rows in sorted(tasks.items())},
     }
@@ -131,6 +158,15 @@ def to_markdown(s: dict[str, Any]) -> str:
         f"- cost ${s['cost_usd']:.6f} vs all-{s['strong_model']} ${s['baseline_cost_usd']:.6f} "
         f"(ratio {_f(s['cost_vs_baseline'])})",
         f"- feedback posted: {s['feedback'] or 'none'}",
+        *(
+            [
+                f"- semantic cache: {c['hits']} hits of {c['requests']} ({_f(c['hit_rate'])}; "
+                f"{_f(c['dup_hit_rate'])} of {c['near_duplicates']} near-duplicates), "
+                f"{c['false_hits']} false hits ({_f(c['false_hit_rate'])})"
+            ]
+            if (c := s.get("cache")) and (c["hits"] or c["near_duplicates"])
+            else []
+        ),
         "",
         "| model | share | cost USD |",
         "|---|---:|---:|",

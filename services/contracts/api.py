@@ -87,6 +87,8 @@ class SwitchyardKnobs(BaseModel):
     mode: Literal["route", "cascade", "hybrid"] | None = None
     max_cost_usd: float | None = Field(default=None, ge=0.0)
     tenant: str | None = Field(default=None, min_length=1, max_length=128)
+    # False: neither served from nor stored in the semantic cache (header X-Switchyard-Cache: off)
+    cache: bool | None = None
 
     def merged(self, other: SwitchyardKnobs) -> SwitchyardKnobs:
         """These knobs with ``other``'s set values on top."""

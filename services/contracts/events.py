@@ -103,13 +103,33 @@ class Attempt(BaseModel):
         default=0, ge=0, description="Tokens this attempt was priced for (0 when it failed before answering)."
     )
     completion_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(
+        default=0, ge=0, description="Of prompt_tokens, those read from the upstream's prompt cache."
+    )
+    cache_write_tokens: int = Field(
+        default=0, ge=0, description="Of prompt_tokens, those written to it (Anthropic cache creation)."
+    )
+
+
+def cache_usage(attempts: list[Attempt]) -> dict[str, int]:
+    """``Usage`` cache fields of a call: the cached and cache-write tokens of its attempts that
+    answered (ok, or rejected by a cascade), as its prompt tokens count them."""
+    answered = [a for a in attempts if a.status in ("ok", "rejected")]
+    return {
+        "cached_tokens": sum(a.cached_tokens for a in answered),
+        "cache_write_tokens": sum(a.cache_write_tokens for a in answered),
+    }
 
 
 class Usage(BaseModel):
+    """Tokens of a call; ``prompt_tokens`` includes the cached ones (OpenAI's convention)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt_tokens: int = Field(default=0, ge=0)
     completion_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0, description="Of prompt_tokens, read from prompt caches.")
+    cache_write_tokens: int = Field(default=0, ge=0, description="Of prompt_tokens, written to them.")
 
     @property
     def total_tokens(self) -> int:
@@ -159,6 +179,20 @@ class CallEvent(Event):
         default=None,
         description="Mode explore: the client's call this shadow call repeated on a cheaper model "
         "(off the client's path; its answer went to the judge, not to the client).",
+    )
+    cache_hit: bool = Field(
+        default=False,
+        description="Answered from the gateway's semantic cache: no upstream call (attempts empty, "
+        "cost 0); chosen_model is the model that wrote the stored answer.",
+    )
+    cache_similarity: float | None = Field(
+        default=None, ge=-1, le=1, description="A hit's cosine similarity to the stored query (1: exact)."
+    )
+    cache_source_request_id: str | None = Field(
+        default=None, description="A hit's source: the call whose answer was served."
+    )
+    cache_saved_usd: NonNegative | None = Field(
+        default=None, description="A hit's saving: what its source call cost upstream."
     )
 
     @property
@@ -224,6 +258,8 @@ class OutcomeEvent(Event):
     shadow_of: str | None = Field(
         default=None, description="Mode explore: the client's call the shadow call repeated."
     )
+    cache_hit: bool = Field(default=False, description="The call was answered from the semantic cache.")
+    cache_similarity: float | None = Field(default=None, description="A hit's similarity (1: exact).")
 
 
 class AlertStatus(StrEnum):

@@ -60,6 +60,7 @@ KNOB_HEADERS = {
     "x-switchyard-mode": "mode",
     "x-switchyard-max-cost-usd": "max_cost_usd",
     "x-switchyard-tenant": "tenant",
+    "x-switchyard-cache": "cache",
 }
 
 
@@ -281,7 +282,8 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.exception_handler(SwitchyardError)
     async def _sw_error(request: Request, exc: SwitchyardError) -> JSONResponse:
         log.log(exc.log_level, "%s %s -> %d %s", request.method, request.url.path, exc.status, exc.message)
-        if exc.status >= 400 and exc.status not in (502, 504):  # upstream errors are counted by the service
+        # an error of a call is counted by the service with its call; any other here, once
+        if exc.status >= 400 and not exc.counted and exc.status not in (502, 504):
             gw.metrics.errors.labels(status=str(exc.status), code=exc.code).inc()
         return error_response(exc, _request_id(request))
 
@@ -344,7 +346,7 @@ def create_app(gw: Gateway) -> FastAPI:
     @app.post(
         "/v1/chat/completions",
         response_model=None,
-        responses=error_responses(400, 401, 404, 413, 429, 502, 503, 504),
+        responses=error_responses(400, 401, 403, 404, 413, 429, 502, 503, 504),
         openapi_extra={
             **request_body(ChatCompletionRequest, "OpenAI's chat body; `switchyard` holds the routing knobs"),
             **header_parameters(KNOB_HEADERS),
@@ -407,24 +409,31 @@ def create_app(gw: Gateway) -> FastAPI:
                 )
         return JSONResponse(gw.service.feedback(fb, tenant=caller.tenant).model_dump(), status_code=202)
 
-    def model_cards() -> list[ModelCard]:
+    def model_cards(caller: Caller) -> list[ModelCard]:
+        """The models ``caller`` may use (its allowlist's: services.gateway.budgets)."""
         cat = gw.service.catalog
-        cards = [ModelCard(id=cat.routing_model, owned_by="switchyard", routing=True)]
-        return cards + [ModelCard(id=m.id, owned_by=m.provider, tier=m.tier) for m in cat.models]
+        allowed = gw.service.budgets.allowed(caller, cat.model_ids)
+        cards = [ModelCard(id=cat.routing_model, owned_by="switchyard", routing=True)] if allowed else []
+        return cards + [
+            ModelCard(id=m.id, owned_by=m.provider, tier=m.tier) for m in cat.models if m.id in allowed
+        ]
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        await caller_of(request)
-        return JSONResponse(ModelList(data=model_cards()).model_dump())
+        caller = await caller_of(request)
+        return JSONResponse(ModelList(data=model_cards(caller)).model_dump())
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str, request: Request) -> JSONResponse:
         """One model (OpenAI's retrieve): ids may contain slashes (``mistralai/Mixtral-...``)."""
-        await caller_of(request)
-        for card in model_cards():
+        caller = await caller_of(request)
+        for card in model_cards(caller):
             if card.id == model_id:
                 return JSONResponse(card.model_dump())
-        raise ModelNotFound(f"the model {model_id!r} does not exist (GET /v1/models lists them)")
+        raise ModelNotFound(
+            f"the model {model_id!r} does not exist or this API key may not use it (GET /v1/models lists "
+            "the ones it may)"
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -10,12 +12,15 @@ from typing import Any
 
 from services.catalog import Catalog, load_catalog
 from services.contracts.settings import KafkaSettings, PrivacySettings
+from services.providers.arbitrage import ArbitragePolicy
 from services.providers.breaker import BreakerPolicy
 from services.providers.pool import ProviderPool, RetryPolicy
 
 from .app import Gateway
 from .auth import KeyStore
 from .body import BodyLimits
+from .budgets import Budgets
+from .cachepolicy import CachePolicyFollower
 from .degrade import LocalRouter, RouteChain, TaskPriors
 from .emitter import EmitterConfig, EventEmitter
 from .explore import ExploreConfig, Explorer
@@ -24,6 +29,8 @@ from .metrics import GatewayMetrics
 from .ratelimit import AuthFailureLimiter, LimitStore, RateLimiter, SharedBudget
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer, JudgeScorer
+from .semcache import CacheConfig, SemanticCache
+from .semcache_shared import SharedCacheStore
 from .service import ChatService
 from .settings import GatewaySettings
 
@@ -49,6 +56,20 @@ class ChainScorer:
             if s is not None:
                 return s
         return await self.fallback.score(question, answer, task, model) if self.fallback else None
+
+
+def semantic_cache(settings: GatewaySettings) -> SemanticCache | None:
+    """The replica's semantic cache from the ``cache_*`` settings (None when it is off)."""
+    if not settings.cache_enabled:
+        return None
+    config = CacheConfig(
+        capacity=settings.cache_capacity,
+        ttl_s=settings.cache_ttl_s,
+        pending_ttl_s=settings.cache_pending_ttl_s,
+        **({"threshold": settings.cache_threshold} if settings.cache_threshold is not None else {}),
+    )
+    tasks = {**config.tasks, **settings.cache_tasks}
+    return SemanticCache(config.model_copy(update={"tasks": tasks}))
 
 
 def explore_config(settings: GatewaySettings, shared: bool = False) -> ExploreConfig:
@@ -143,6 +164,12 @@ def build_gateway(
         max_models=settings.max_models_per_request,
         max_connections=settings.upstream_max_connections,
         wire=settings.providers_transport,
+        arbitrage=ArbitragePolicy(
+            enabled=settings.arbitrage,
+            slow_factor=settings.arbitrage_slow_factor,
+            slow_min_gap_s=settings.arbitrage_slow_min_gap_s,
+            latency_ttl_s=settings.arbitrage_latency_ttl_s,
+        ),
     )
     if emitter is None and settings.events_enabled:
         k = kafka or KafkaSettings()
@@ -163,6 +190,27 @@ def build_gateway(
     explorer = Explorer(catalog, explore_config(settings, shared=budget is not None), judge, budget=budget)
     if settings.explore_enabled and judge is None:
         log.warning("exploration is on but no judge is configured to grade shadow calls: it stays off")
+    budgets = Budgets(
+        settings.budgets,
+        catalog,
+        limits,
+        completion_tokens=settings.budget_completion_tokens,
+        max_models=settings.max_models_per_request,
+        metrics=metrics,
+    )
+    if budgets.active and not limits.is_shared and settings.ingress_replicas > 1:
+        log.warning("budgets are counted per ingress replica (memory://): each replica may spend each budget")
+    cache = semantic_cache(settings)
+    cache_follower, cache_store, cache_stop = None, None, asyncio.Event()
+    storage = settings.rate_limit_storage
+    if cache is not None and settings.cache_shared and storage.startswith(("redis://", "rediss://")):
+        secret = settings.rate_limit_storage_password
+        cache_store = SharedCacheStore.from_url(
+            cache, storage, password=secret.get_secret_value() if secret else None
+        )
+    if cache is not None and settings.events_enabled:  # the false-hit watch's actions (cachepolicy.py)
+        k = kafka or KafkaSettings()
+        cache_follower = CachePolicyFollower(cache, k.bootstrap, k.topic_prefix, **k.client_options())
     service = ChatService(
         catalog,
         pool,
@@ -176,6 +224,10 @@ def build_gateway(
         cascade_accept=settings.cascade_accept,
         hard_query_margin=settings.hard_query_margin,
         explorer=explorer,
+        budgets=budgets,
+        cache=cache,
+        cache_store=cache_store,
+        cache_confirm_score=settings.cache_confirm_score,
         chain=RouteChain(
             catalog,
             route_fn,
@@ -191,12 +243,27 @@ def build_gateway(
     if not hashes:
         log.warning("no API keys configured: the gateway accepts every caller")
 
+    cache_tasks: set[asyncio.Task[None]] = set()
+
     async def on_start() -> None:
         if emitter is not None:
             await emitter.start()
+        if cache_follower is not None:
+            await cache_follower.start()
+        if cache_store is not None:
+            cache_tasks.add(asyncio.get_running_loop().create_task(cache_store.run(cache_stop)))
 
     async def on_stop() -> None:
         await service.stop_exploring(timeout_s=2.0)  # their events go out before the emitter stops
+        await budgets.drain()  # the last calls' settlements reach the store
+        if cache_follower is not None:
+            await cache_follower.stop()
+        if cache_store is not None:
+            cache_stop.set()
+            for t in list(cache_tasks):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(t, 3.0)
+            await cache_store.aclose()
         if emitter is not None:
             await emitter.stop()
         await pool.aclose()

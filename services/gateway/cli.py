@@ -30,10 +30,8 @@ def serve(
     """Start Ray + Serve locally and serve until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
-    from ray import serve as ray_serve
-
-    from .deployments import GatewayArgs
-    from .local import deploy, start_ray
+    # .local before anything imports Ray: it sets Ray's loopback switch, read when Ray is imported
+    from .local import GatewayArgs, deploy, start_ray
 
     if router_ref and Path(router_ref).exists():
         router_ref = str(Path(router_ref).resolve())  # replicas may not share this cwd
@@ -53,6 +51,7 @@ def serve(
         pass
     finally:
         import ray
+        from ray import serve as ray_serve
 
         ray_serve.shutdown()
         ray.shutdown()

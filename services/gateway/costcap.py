@@ -8,7 +8,10 @@ prices stay within what is left of the cap; a model whose prompt alone leaves ro
 :data:`MIN_COMPLETION_TOKENS` is not called. A cascade spends the cap across its rungs: a rung that
 no longer fits is not tried, and the answer so far is served. Nothing fits at all → a 400 naming
 ``max_cost_usd`` and the cheapest candidate's least cost. The cost reported (``x-switchyard-cost-
-usd``, the call event) is the real one, from the upstream's token counts.
+usd``, the call event) is the real one, from the upstream's token counts. The cap takes no
+prompt-cache discount (a cache read is never certain); a request that marks ``cache_control`` parts
+may make an Anthropic upstream write its prompt to the cache, so its prompt is bounded at the
+dearer of ``input`` and ``cache_write``.
 """
 
 from __future__ import annotations
@@ -40,18 +43,33 @@ def prompt_tokens_bound(request: ChatCompletionRequest) -> int:
     return math.ceil(chars / CHARS_PER_TOKEN_BOUND) + TOKENS_PER_MESSAGE * len(request.messages)
 
 
-class CostCap:
-    """The cap of one request and what is left of it."""
+def marks_cache(request: ChatCompletionRequest) -> bool:
+    """Whether a content part of the request carries ``cache_control`` (asks for cache writes)."""
+    return any(
+        isinstance(m.content, list) and any(isinstance(p, dict) and p.get("cache_control") for p in m.content)
+        for m in request.messages
+    )
 
-    def __init__(self, catalog: Catalog, cap_usd: float, prompt_tokens: int):
+
+class CostCap:
+    """The cap of one request and what is left of it; ``writes_cache``: the request marks
+    ``cache_control`` parts (:func:`marks_cache`), so its prompt may be billed as a cache write."""
+
+    def __init__(self, catalog: Catalog, cap_usd: float, prompt_tokens: int, writes_cache: bool = False):
         self.catalog = catalog
         self.cap_usd = cap_usd
         self.prompt_tokens = prompt_tokens
+        self.writes_cache = writes_cache
+
+    def _prompt_cost(self, model: str) -> float:
+        price = self.catalog.model(model).price
+        written = self.prompt_tokens if self.writes_cache and price.write_rate > price.input else 0
+        return price.cost(self.prompt_tokens, 0, 0, written)
 
     def allowance(self, model: str, spent_usd: float = 0.0) -> int:
         """The most completion tokens ``model`` may produce with what is left (may be < 0)."""
         price = self.catalog.model(model).price
-        left = self.cap_usd - spent_usd - price.cost(self.prompt_tokens, 0)
+        left = self.cap_usd - spent_usd - self._prompt_cost(model)
         if price.output <= 0:
             return 1 << 30 if left >= 0 else -1
         return math.floor(left * 1e6 / price.output)
@@ -60,7 +78,7 @@ class CostCap:
         return self.allowance(model, spent_usd) >= MIN_COMPLETION_TOKENS
 
     def least_cost(self, model: str) -> float:
-        return self.catalog.model(model).price.cost(self.prompt_tokens, MIN_COMPLETION_TOKENS)
+        return self._prompt_cost(model) + self.catalog.model(model).price.cost(0, MIN_COMPLETION_TOKENS)
 
     def limit(self, models: Iterable[str], spent_usd: float = 0.0) -> int:
         """The completion limit that keeps a call to any of ``models`` within the cap."""

@@ -30,6 +30,7 @@ from services.router.settings import RouterSettings
 
 from .app import create_app
 from .bootstrap import build_gateway
+from .budgets import BudgetConfig, check_models
 from .degrade import LocalRouter
 from .follow import AliasFollower, mlflow_resolver
 from .routing import RouterConfig, RouteRequest, RouteResult, RouterLoadFailed, RouterRuntime, default_loader
@@ -359,7 +360,8 @@ def build_app(args: GatewayArgs) -> Application:
     settings = args.gateway_settings()
     kafka = args.kafka_settings()
     router_settings = args.router_settings()
-    load_catalog(settings.catalog_path)  # fail here, loudly, on a broken catalog
+    catalog = load_catalog(settings.catalog_path)  # fail here, loudly, on a broken catalog
+    check_models(settings.budgets or BudgetConfig(), catalog)  # and on an allowlist naming another model
     # The model ref lives only in user_config: changing it reconfigures in place, never redeploys.
     # Plain API keys never travel to the replicas: only their hashes do.
     shared = settings.model_copy(

@@ -108,6 +108,15 @@ class GatewayMetrics:
             ["model", "tier", "task", "kind"],
             registry=r,
         )
+        self.cached_tokens = self._new(
+            Counter,
+            "switchyard_cached_tokens",
+            "Prompt tokens served from the upstreams' prompt caches by model, tier and task; kind: "
+            "read (billed at the catalog's cached_input rate) or write (Anthropic cache creation, at "
+            'cache_write). Part of switchyard_tokens{kind="prompt"}, not on top of it.',
+            ["model", "tier", "task", "kind"],
+            registry=r,
+        )
         self.cost = self._new(
             Counter,
             "switchyard_cost_usd",
@@ -133,6 +142,25 @@ class GatewayMetrics:
         )
         self.escalations = self._new(
             Counter, "switchyard_escalations", "Cascade escalations.", ["task"], registry=r
+        )
+        # the semantic cache (docs/cache.md): lookups by result, what hits saved, what it holds
+        self.cache_lookups = self._new(
+            Counter,
+            "switchyard_cache_lookups",
+            "Semantic cache lookups by result: hit_exact, hit_semantic, miss, bypass (opted out, "
+            "switched off for the task, or a request the cache does not take).",
+            ["task", "result"],
+            registry=r,
+        )
+        self.cache_saved = self._new(
+            Counter,
+            "switchyard_cache_saved_usd",
+            "Upstream cost the cache's hits did not spend (USD; each hit's source call's cost).",
+            ["task"],
+            registry=r,
+        )
+        self.cache_entries = self._new(
+            Gauge, "switchyard_cache_entries", "Answers this replica's semantic cache can serve.", registry=r
         )
         self.router_fallbacks = self._new(
             Counter,
@@ -201,6 +229,15 @@ class GatewayMetrics:
             "when that is the setting), 0 while it fails open to its own memory.",
             registry=r,
         )
+        self.budget_rejections = self._new(
+            Counter,
+            "switchyard_budget_rejections",
+            "Requests refused by a budget or allowlist (services.gateway.budgets) by scope (key, tenant) "
+            "and limit: usd_per_day, usd_per_month (429 budget_exceeded), tokens_per_minute (429 "
+            "rate_limit_exceeded), models (403 model_not_allowed).",
+            ["scope", "limit"],
+            registry=r,
+        )
         if fleet:
             self._twin_all()
 
@@ -252,6 +289,12 @@ class GatewayMetrics:
             self.router_info.labels(version=self._router_version).set(0)
         self.router_info.labels(version=version).set(1)
         self._router_version = version
+
+    def observe_cache(self, model: str, tier: str, task: str, cached: int, written: int) -> None:
+        """``switchyard_cached_tokens``: one answered attempt's cache reads and writes."""
+        for kind, n in (("read", cached), ("write", written)):
+            if n:
+                self.cached_tokens.labels(model=model, tier=tier, task=task, kind=kind).inc(n)
 
     def set_breaker(self, upstream: str, state: BreakerState) -> None:
         self.breaker_state.labels(upstream=upstream).set(STATE_VALUE[state])

@@ -200,6 +200,14 @@ class LimitStore:
         view = await self._run(lambda b: b.storage.get_sliding_window(item.key_for(key), item.get_expiry()))
         return window.wait_s(*view)
 
+    async def incr(self, key: str, amount: int, expiry_s: int) -> int:
+        """Add ``amount`` (negative: take it back) to the plain counter ``key`` and return its new
+        value, atomically (limits' storage ``incr``: one script on the store); a counter that does
+        not exist yet starts at 0 and expires ``expiry_s`` seconds later. The budgets' counters
+        (:mod:`services.gateway.budgets`): a reservation is taken back when it does not fit, and
+        settled to the actual cost after the call."""
+        return await self._run(lambda b: b.storage.incr(key, expiry_s, amount=amount))
+
     def status(self) -> dict[str, Any]:
         """For ``/readyz``: where limits are counted now (the URL without its password)."""
         mode = (

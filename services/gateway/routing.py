@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.catalog import Catalog
@@ -35,6 +36,9 @@ class RouteRequest:
     # models that cannot honour the request's parameters (an Anthropic model asked for n > 1):
     # never chosen, whatever the candidates (docs/api.md, "OpenAI compatibility")
     exclude: frozenset[str] = frozenset()
+    # return the query's embedding with the decision (the gateway's semantic cache matches on it:
+    # no second encoder pass)
+    embed: bool = False
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,10 @@ class RouteResult:
     # ``cascade_model`` scoring at least ``cascade_accept`` (None: the gateway's fixed setting)
     cascade_model: str | None = None
     cascade_accept: float | None = None
+    # the query's embedding (float32 bytes) when the request asked for it, and the embedding space
+    # it lives in (encoder and weights): vectors of different spaces are never compared
+    embedding: bytes | None = None
+    embedding_space: str | None = None
 
 
 class RouterConfig(BaseModel):
@@ -238,12 +246,18 @@ class RouterRuntime:
             router, policy = self._router, self._policy
         if router is None:
             raise RouterLoadFailed("no router loaded")
-        rows = router.scores([Query(r.prompt if r.prompt.strip() else "(empty)", r.task) for r in requests])
+        prompts = [r.prompt if r.prompt.strip() else "(empty)" for r in requests]
+        rows = router.scores([Query(p, r.task) for p, r in zip(prompts, requests, strict=True)])
+        vectors, space = _embeddings(router, prompts, [r.embed for r in requests])
         out: list[RouteResult | Exception] = []
-        for r, row in zip(requests, rows, strict=True):
+        for i, (r, row) in enumerate(zip(requests, rows, strict=True)):
             try:
                 res = self._decide(router.version, policy, r, {m: float(p) for m, p in row.items()})
-                out.append(_with_cascade(router, res, r.quality_target))
+                res = _with_cascade(router, res, r.quality_target)
+                if vectors is not None and r.embed:
+                    vec = vectors[i].astype(np.float32).tobytes()
+                    res = replace(res, embedding=vec, embedding_space=space)
+                out.append(res)
                 log.debug("request %s: %s chose %s: %s", r.request_id, router.version, res.model, res.reason)
             except Exception as exc:  # noqa: BLE001 - one bad request must not fail its batch
                 log.info("request %s: router %s could not decide: %s", r.request_id, router.version, exc)
@@ -276,6 +290,21 @@ class RouterRuntime:
         return RouteResult(
             scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
         )
+
+
+def _embeddings(router: Router, prompts: list[str], wanted: list[bool]) -> tuple[Any, str | None]:
+    """The routers' query embeddings for a batch where any request asked for them (the router's
+    own small LRU has them from scoring: no second encoder pass), with their space; (None, None)
+    for a router that exposes none."""
+    embed = getattr(router, "embed", None)
+    space = getattr(router, "embedding_space", None)
+    if not any(wanted) or embed is None or space is None:
+        return None, None
+    try:
+        return np.asarray(embed(prompts)), space
+    except Exception as exc:  # noqa: BLE001 - the decision stands without a vector
+        log.warning("router %s: no embeddings for the cache: %s", getattr(router, "version", "?"), exc)
+        return None, None
 
 
 def _with_cascade(router: Router, res: RouteResult, quality_target: float) -> RouteResult:

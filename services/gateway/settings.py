@@ -6,8 +6,11 @@ import hashlib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .budgets import BudgetConfig
+from .semcache import TaskCachePolicy
 
 
 def hash_key(key: str) -> str:
@@ -124,7 +127,7 @@ class GatewaySettings(BaseSettings):
     )
     rate_limit_storage: str = Field(
         default="memory://",
-        description="Where rate limits, failed-auth limits and the exploration budget are counted: "
+        description="Where rate limits, failed-auth limits, budgets and the exploration budget are counted: "
         "memory:// (each ingress replica alone: N replicas admit N × each limit) or "
         "redis://host:port/db (rediss:// for TLS; Valkey too), shared by every replica. A password in "
         "the URL is never logged; prefer RATE_LIMIT_STORAGE_PASSWORD.",
@@ -244,6 +247,22 @@ class GatewaySettings(BaseSettings):
     max_models_per_request: int = Field(
         default=4, ge=1, description="Most models one request may try (fallbacks and cascade rungs)."
     )
+    arbitrage: bool = Field(
+        default=True,
+        description="Buy a model sold by several providers (catalog offers) from the cheapest healthy "
+        "one, failing over by price; off: its listed provider only (docs/arbitrage.md).",
+    )
+    arbitrage_slow_factor: float = Field(
+        default=3.0,
+        ge=1,
+        description="An offer this many times slower than a model's fastest is tried after the others...",
+    )
+    arbitrage_slow_min_gap_s: float = Field(
+        default=0.5, ge=0, description="...when also at least this many seconds slower (recent latency EWMA)."
+    )
+    arbitrage_latency_ttl_s: float = Field(
+        default=30.0, gt=0, description="Seconds after its last call that an offer's latency is forgotten."
+    )
     providers_transport: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="The upstream wire: aiohttp (far less CPU per call) or httpx's own httpcore.",
@@ -259,6 +278,46 @@ class GatewaySettings(BaseSettings):
         description="Router margin below which a query counts as hard (reasoning on).",
     )
     # budgeted exploration (docs/api.md "Exploration")
+    # the semantic cache (docs/cache.md)
+    cache_enabled: bool = Field(
+        default=False,
+        description="Serve repeated and near-duplicate questions from the semantic cache (per tenant, "
+        "model, conversation and parameters; only answers judged good). Off by default: switch it on "
+        "once the per-task false-hit figures suit you (docs/cache.md). A request opts out with "
+        "X-Switchyard-Cache: off or switchyard.cache=false.",
+    )
+    cache_capacity: int = Field(default=10_000, ge=1, description="Answers each ingress replica keeps (LRU).")
+    cache_threshold: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Cosine similarity a near-duplicate needs to be served; default the cache's measured "
+        "choice (docs/cache.md, 'Threshold curve'). Exact repeats always count.",
+    )
+    cache_ttl_s: float = Field(default=86_400.0, gt=0, description="How long a stored answer is served (s).")
+    cache_tasks: dict[str, TaskCachePolicy] = Field(
+        default_factory=dict,
+        description='Per-task overrides as JSON: {<task>: {"threshold": 0.97, "ttl_s": 600, '
+        '"enabled": false}}.',
+    )
+    cache_shared: bool = Field(
+        default=True,
+        description="With a redis:// RATE_LIMIT_STORAGE, every ingress replica shares the cache's entries "
+        "and feedback through it (each still searches its own index); else each replica has its own.",
+    )
+    cache_confirm_score: float = Field(
+        default=0.8,
+        ge=0.5,
+        le=1,
+        description="Feedback at or above this score (or label good) admits a non-strong-tier answer "
+        "to the cache; below 0.5 (or label bad) keeps it out for good.",
+    )
+    cache_pending_ttl_s: float = Field(
+        default=3_600.0,
+        gt=0,
+        description="How long an answer waits for a positive signal before it is dropped (s).",
+    )
+
     explore_enabled: bool = Field(
         default=True,
         description="Budgeted exploration: shadow calls to a cheaper model, graded by the judge, for "
@@ -300,6 +359,38 @@ class GatewaySettings(BaseSettings):
         description="Price of the judge's calls (USD per 1M tokens) when the catalog does not list the "
         "judge model; default the strong model's price.",
     )
+
+    # budgets and model allowlists per key and tenant (docs/operations.md "Budgets and allowlists")
+    budgets: BudgetConfig | None = Field(
+        default=None,
+        description='Budgets and model allowlists, as JSON: {"keys": {<key id or SHA-256 hex, or *>: '
+        'LIMITS}, "tenants": {<tenant>: LIMITS}}, LIMITS holding any of usd_per_day, usd_per_month '
+        "(UTC calendar periods), tokens_per_minute and models (an allowlist of catalog models). Counted "
+        "in RATE_LIMIT_STORAGE (shared by the fleet with redis://); over a budget: 429.",
+    )
+    budgets_file: Path | None = Field(
+        default=None,
+        description="The same configuration as BUDGETS from a YAML or JSON file, read at start (set one "
+        "of the two).",
+    )
+    budget_completion_tokens: int = Field(
+        default=1024,
+        ge=1,
+        description="A request without max_tokens whose key has a budget or TPM limit is sent upstream "
+        "with this max_tokens and reserves that many completion tokens per model it may call; settled "
+        "to the actual tokens after the call.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_file(self) -> GatewaySettings:
+        if self.budgets_file is not None:
+            from .budgets import load_budget_file
+
+            loaded = load_budget_file(self.budgets_file)
+            if self.budgets is not None and not self.budgets.empty and self.budgets != loaded:
+                raise ValueError("set one of budgets and budgets_file, not both")
+            self.budgets = loaded
+        return self
 
     @field_validator("rate_limit_storage")
     @classmethod

@@ -18,20 +18,29 @@ def sse(obj: dict[str, Any]) -> bytes:
 
 
 def usage_chunk(
-    chunk_id: str, created: int, model: str | None, prompt_tokens: int, completion_tokens: int
+    chunk_id: str,
+    created: int,
+    model: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """The final chunk of ``stream_options.include_usage``: no choices, the tokens billed."""
+    """The final chunk of ``stream_options.include_usage``: no choices, the tokens billed; with
+    ``cached_tokens`` (part of ``prompt_tokens``) also ``prompt_tokens_details`` as OpenAI sends it."""
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
     return {
         "id": chunk_id,
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
         "choices": [],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
+        "usage": usage,
     }
 
 

@@ -61,6 +61,8 @@ class AnthropicAdapter(PooledAdapter):
         u = result.body["usage"]
         result.prompt_tokens = u["prompt_tokens"] or estimate_tokens(prompt_text(payload.get("messages", [])))
         result.completion_tokens = u["completion_tokens"] or estimate_tokens(result.answer_text)
+        result.cached_tokens = u["prompt_tokens_details"]["cached_tokens"]
+        result.cache_write_tokens = u["prompt_tokens_details"].get("cache_write_tokens", 0)
         return result
 
     async def stream(

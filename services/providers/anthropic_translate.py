@@ -171,7 +171,9 @@ def _image(part: dict[str, Any]) -> dict[str, Any]:
 
 
 def _blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI message content as Anthropic content blocks (no empty text blocks)."""
+    """OpenAI message content as Anthropic content blocks (no empty text blocks). A part's
+    ``cache_control`` (the convention OpenAI-compatible gateways use for Anthropic's prompt
+    caching) stays on its block: the prefix up to it is cached."""
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
@@ -180,7 +182,23 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
             blocks.append({"type": "text", "text": p["text"]})
         elif p.get("type") == "image_url":
             blocks.append(_image(p))
+        else:
+            continue
+        if p.get("cache_control"):
+            blocks[-1]["cache_control"] = p["cache_control"]
     return blocks
+
+
+def _marked_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The system prompt as text blocks when a part of it carries ``cache_control`` (a plain
+    string cannot carry it), else ``None``."""
+    parts = [m.get("content") for m in messages if m.get("role") in ("system", "developer")]
+    marked = any(
+        isinstance(c, list) and any(isinstance(p, dict) and p.get("cache_control") for p in c) for c in parts
+    )
+    if not marked:
+        return None
+    return [b for c in parts for b in _blocks(c) if b["type"] == "text"]
 
 
 def _messages(messages: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -292,7 +310,7 @@ def to_messages_request(payload: dict[str, Any], upstream_model: str) -> dict[st
         ),
     }
     if system:
-        body["system"] = "\n".join(system)
+        body["system"] = _marked_system(payload.get("messages", [])) or "\n".join(system)
     for key in ("temperature", "top_p", "top_k"):
         if payload.get(key) is not None:
             body[key] = payload[key]
@@ -310,6 +328,30 @@ def to_messages_request(payload: dict[str, Any], upstream_model: str) -> dict[st
     if payload.get("reasoning_effort") and not forced:  # Anthropic forces no tool while thinking
         body["thinking"] = {"type": "enabled", "budget_tokens": THINKING_BUDGET_TOKENS}
     return body
+
+
+def prompt_usage(usage: dict[str, Any]) -> tuple[int, int, int]:
+    """(prompt tokens, cache reads, cache writes) of an Anthropic ``usage``. Anthropic's
+    ``input_tokens`` leaves out what was read from or written to the prompt cache; the gateway
+    counts as OpenAI does, so its prompt tokens are all three together (cached ones included)."""
+    fresh = int(usage.get("input_tokens") or 0)
+    read = int(usage.get("cache_read_input_tokens") or 0)
+    written = int(usage.get("cache_creation_input_tokens") or 0)
+    return fresh + read + written, read, written
+
+
+def openai_usage(prompt: int, completion: int, cached: int, written: int) -> dict[str, Any]:
+    """An OpenAI ``usage`` object: ``prompt_tokens_details.cached_tokens`` as OpenAI reports it,
+    and the cache writes (no OpenAI equivalent) beside it as ``cache_write_tokens`` when any."""
+    details: dict[str, int] = {"cached_tokens": cached}
+    if written:
+        details["cache_write_tokens"] = written
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": details,
+    }
 
 
 def _finish(stop_reason: str | None, json_answer: bool) -> str:
@@ -342,7 +384,7 @@ def to_chat_completion(msg: dict[str, Any], model: str, json_tool: str | None = 
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls
-    prompt, completion = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
+    (prompt, cached, written), completion = prompt_usage(usage), int(usage.get("output_tokens") or 0)
     return {
         "id": msg.get("id", ""),
         "object": "chat.completion",
@@ -355,11 +397,7 @@ def to_chat_completion(msg: dict[str, Any], model: str, json_tool: str | None = 
                 "finish_reason": _finish(msg.get("stop_reason"), json_tool is not None and not calls),
             }
         ],
-        "usage": {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        },
+        "usage": openai_usage(prompt, completion, cached, written),
     }
 
 
@@ -379,6 +417,10 @@ class StreamTranslator:
         self._calls: dict[int, int] = {}  # content block index → tool call index
         self._json_blocks: set[int] = set()
 
+    def _take_prompt_usage(self, usage: dict[str, Any]) -> None:
+        u = self.usage
+        u.prompt_tokens, u.cached_tokens, u.cache_write_tokens = prompt_usage(usage)
+
     def chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -394,7 +436,7 @@ class StreamTranslator:
         if kind == "message_start":
             m = ev.get("message") or {}
             self.id = m.get("id", "")
-            self.usage.prompt_tokens = int((m.get("usage") or {}).get("input_tokens") or 0)
+            self._take_prompt_usage(m.get("usage") or {})
             return [self.chunk({"role": "assistant", "content": ""})]
         if kind == "content_block_start":
             block, index = ev.get("content_block") or {}, ev.get("index", 0)
@@ -427,9 +469,12 @@ class StreamTranslator:
                 ]
             return [self.chunk({"content": piece})]  # text, or the JSON answer's tool input
         if kind == "message_delta":
-            out = (ev.get("usage") or {}).get("output_tokens")
+            usage = ev.get("usage") or {}
+            out = usage.get("output_tokens")
             if out:
                 self.usage.completion_tokens = int(out)
+            if usage.get("input_tokens") is not None:  # newer API versions repeat the final input counts
+                self._take_prompt_usage(usage)
             stop = (ev.get("delta") or {}).get("stop_reason")
             if stop:
                 return [self.chunk({}, _finish(stop, bool(self._json_blocks) and not self._calls))]

@@ -27,8 +27,10 @@ class Completion:
     """A non-streamed answer in OpenAI ``chat.completion`` shape plus what accounting needs."""
 
     body: dict[str, Any]
-    prompt_tokens: int
+    prompt_tokens: int  # all input tokens, cached ones included (OpenAI's convention)
     completion_tokens: int
+    cached_tokens: int = 0  # of ``prompt_tokens``, read from the upstream's prompt cache
+    cache_write_tokens: int = 0  # of ``prompt_tokens``, written to it (Anthropic cache creation)
 
     @property
     def content(self) -> str:
@@ -55,10 +57,13 @@ class Completion:
 
 @dataclass
 class StreamUsage:
-    """Filled in while a stream runs: tokens (from the upstream when it reports them)."""
+    """Filled in while a stream runs: tokens (from the upstream when it reports them); the token
+    convention of :class:`Completion`."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
     text: list[str] = field(default_factory=list)
 
     def fill_estimates(self, messages: list[dict[str, Any]]) -> None:
@@ -91,6 +96,15 @@ class ChatAdapter(Protocol):
     ) -> AsyncIterator[dict[str, Any]]: ...
 
     async def aclose(self) -> None: ...
+
+
+def openai_cached_tokens(usage: dict[str, Any]) -> int:
+    """``usage.prompt_tokens_details.cached_tokens`` of an OpenAI answer or usage chunk (0 when
+    absent: an upstream without prompt caching). Part of ``prompt_tokens``, not added to it."""
+    details = usage.get("prompt_tokens_details")
+    if not isinstance(details, dict):
+        return 0
+    return int(details.get("cached_tokens") or 0)
 
 
 def estimate_tokens(text: str) -> int:

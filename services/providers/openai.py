@@ -9,7 +9,7 @@ from typing import Any
 
 from services.errors import UpstreamError
 
-from .base import Completion, StreamUsage, estimate_tokens, prompt_text
+from .base import Completion, StreamUsage, estimate_tokens, openai_cached_tokens, prompt_text
 from .http import PooledAdapter, decode_event, mapped_errors, post_json, status_error, timed_sse_events
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ class OpenAIAdapter(PooledAdapter):
             usage.get("prompt_tokens") or estimate_tokens(prompt_text(payload.get("messages", [])))
         )
         result.completion_tokens = int(usage.get("completion_tokens") or estimate_tokens(result.answer_text))
+        result.cached_tokens = min(openai_cached_tokens(usage), result.prompt_tokens)
         return result
 
     async def stream(
@@ -68,6 +69,7 @@ class OpenAIAdapter(PooledAdapter):
                     if chunk.get("usage"):
                         usage.prompt_tokens = int(chunk["usage"].get("prompt_tokens") or 0)
                         usage.completion_tokens = int(chunk["usage"].get("completion_tokens") or 0)
+                        usage.cached_tokens = openai_cached_tokens(chunk["usage"])
                     for choice in chunk.get("choices") or []:
                         delta = choice.get("delta") or {}
                         if delta.get("content"):

@@ -1,6 +1,12 @@
 """The provider pool: one adapter per upstream, a breaker per upstream deployment, retries with
 backoff and jitter honouring ``Retry-After``, and fallback along an ordered list of models.
 
+A model sold by several providers (catalog ``offers``) is bought from the cheapest healthy offer
+first and fails over along :mod:`.arbitrage`'s order before the next model is tried; with another
+offer left, a failure fails over at once (the next seller is a retry that does not wait), the
+last offer is retried as a single-offer model always was. Each attempt names the provider that
+served it and is priced at that offer's price.
+
 Streams fall back silently until their first token; after it, a failure surfaces as
 :class:`MidStreamError` so the caller sends an SSE error event instead of a truncated success.
 """
@@ -22,7 +28,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from services.catalog import Catalog, ModelEntry
+from services.catalog import Catalog, ModelEntry, Offer
 from services.contracts.events import Attempt
 from services.errors import (
     REQUEST_FAULT_STATUSES,
@@ -35,6 +41,7 @@ from services.errors import (
 from services.request_context import current_request_id
 
 from .anthropic import AnthropicAdapter
+from .arbitrage import ArbitragePolicy, LatencyBoard, order_offers
 from .base import ChatAdapter, Completion, StreamUsage
 from .breaker import BreakerPolicy, BreakerState, CircuitBreaker
 from .openai import OpenAIAdapter
@@ -52,6 +59,15 @@ class RetryPolicy:
     max_s: float = 2.0
     jitter_s: float = 0.05
     max_retry_after_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class Served:
+    """What answered a model call: the offer, its result, and when its first try started."""
+
+    offer: Offer
+    result: Any
+    t0: float
 
 
 class MidStreamError(UpstreamError):
@@ -104,8 +120,11 @@ class ProviderPool:
         max_models: int = 4,
         clock: Callable[[], float] = time.monotonic,
         wire: str = "aiohttp",
+        arbitrage: ArbitragePolicy | None = None,
     ):
         self.catalog = catalog
+        self.arbitrage = arbitrage or ArbitragePolicy()
+        self.latency = LatencyBoard(self.arbitrage.latency_alpha, self.arbitrage.latency_ttl_s, clock)
         self.retry = retry or RetryPolicy()
         self._breaker_policy = breaker or BreakerPolicy()
         self._on_breaker_change = on_breaker_change
@@ -147,15 +166,32 @@ class ProviderPool:
     def upstream_key(self, entry: ModelEntry) -> str:
         return f"{entry.provider}/{entry.id}"
 
-    def breaker(self, model_id: str) -> CircuitBreaker:
-        """The breaker of the upstream deployment serving ``model_id`` (created on first use)."""
-        key = self.upstream_key(self.catalog.model(model_id))
+    def breaker(self, model_id: str, provider: str | None = None) -> CircuitBreaker:
+        """The breaker of ``model_id`` at ``provider`` (default its listed provider), created on
+        first use: one per offer, keyed ``provider/model``."""
+        key = f"{provider}/{model_id}" if provider else self.upstream_key(self.catalog.model(model_id))
         b = self.breakers.get(key)
         if b is None:
             b = self.breakers[key] = CircuitBreaker(
                 key, self._breaker_policy, clock=self._clock, on_change=self._on_breaker_change
             )
         return b
+
+    # -- offers -----------------------------------------------------------------------------------
+
+    def offers(self, model_id: str, kind: str = "complete") -> list[Offer]:
+        """The offers of ``model_id`` in the order this call tries them (:mod:`.arbitrage`);
+        ``kind`` (``complete`` | ``stream``) picks which latency estimate counts. Only the listed
+        offer when arbitrage is off."""
+        offers = self.catalog.model(model_id).all_offers
+        if len(offers) == 1 or not self.arbitrage.enabled:
+            return offers[:1]
+        return order_offers(
+            offers,
+            self.arbitrage,
+            is_open=lambda o: self.breaker(model_id, o.provider).state is BreakerState.OPEN,
+            latency_s=lambda o: self.latency.estimate(f"{o.provider}/{model_id}:{kind}"),
+        )
 
     # -- one model, with retries ------------------------------------------------------------------
 
@@ -177,14 +213,45 @@ class ProviderPool:
         return wait
 
     async def _call_model(
-        self, model_id: str, fn: Callable[[ChatAdapter, str], Awaitable[T]], attempts: list[Attempt]
+        self,
+        model_id: str,
+        fn: Callable[[ChatAdapter, str], Awaitable[T]],
+        attempts: list[Attempt],
+        kind: str = "complete",
+    ) -> Served:
+        """The first of ``model_id``'s offers that answers; a request fault (400/413/422) is
+        raised at once, without trying another seller."""
+        offers = self.offers(model_id, kind)
+        last: UpstreamError | None = None
+        for i, offer in enumerate(offers):
+            t0 = time.perf_counter()
+            try:
+                result = await self._call_offer(
+                    model_id, offer, fn, attempts, kind, retries=i == len(offers) - 1
+                )
+            except UpstreamError as exc:
+                if exc.http_status in REQUEST_FAULT_STATUSES:
+                    raise
+                last = exc
+                continue
+            return Served(offer, result, t0)
+        assert last is not None, "a model without offers"
+        raise last
+
+    async def _call_offer(
+        self,
+        model_id: str,
+        offer: Offer,
+        fn: Callable[[ChatAdapter, str], Awaitable[T]],
+        attempts: list[Attempt],
+        kind: str,
+        retries: bool,
     ) -> T:
-        entry = self.catalog.model(model_id)
-        adapter = self.adapters[entry.provider]
-        provider = self.catalog.provider(entry.provider)
-        breaker = self.breaker(model_id)
+        adapter = self.adapters[offer.provider]
+        provider = self.catalog.provider(offer.provider)
+        breaker = self.breaker(model_id, offer.provider)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(provider.max_retries + 1),
+            stop=stop_after_attempt(provider.max_retries + 1 if retries else 1),
             wait=self._wait(),
             retry=retry_if_exception(self._retryable),
             reraise=True,
@@ -195,13 +262,13 @@ class ProviderPool:
                 if ticket is None:
                     attempts.append(
                         Attempt(
-                            model=model_id, provider=entry.provider, status="skipped", error="circuit open"
+                            model=model_id, provider=offer.provider, status="skipped", error="circuit open"
                         )
                     )
                     raise CircuitOpen(breaker.name)
                 t0 = time.perf_counter()
                 try:
-                    result = await fn(adapter, entry.upstream)
+                    result = await fn(adapter, offer.upstream_model or model_id)
                 except UpstreamError as exc:
                     if counts_against_upstream(exc):
                         breaker.record_failure(ticket)
@@ -209,13 +276,18 @@ class ProviderPool:
                         breaker.record_ignored(ticket)
                     attempts.append(
                         self._attempt(
-                            model_id, t0, "error", error=exc.message[:300], http_status=exc.http_status
+                            model_id,
+                            t0,
+                            "error",
+                            offer=offer,
+                            error=exc.message[:300],
+                            http_status=exc.http_status,
                         )
                     )
                     log.info(
                         "request %s: upstream %s failed for %s: %s",
                         current_request_id(),
-                        entry.provider,
+                        offer.provider,
                         model_id,
                         exc.message,
                     )
@@ -224,30 +296,53 @@ class ProviderPool:
                     breaker.record_cancelled(ticket)
                     raise
                 breaker.record_success(ticket)
+                self.latency.record(f"{offer.provider}/{model_id}:{kind}", time.perf_counter() - t0)
                 return result
         raise AssertionError("unreachable")  # pragma: no cover
 
     # -- public calls -----------------------------------------------------------------------------
 
-    def cost(self, model_id: str, prompt_tokens: int, completion_tokens: int) -> float:
-        """USD for a call of ``model_id`` with these token counts."""
-        return self.catalog.model(model_id).price.cost(prompt_tokens, completion_tokens)
+    def cost(
+        self,
+        model_id: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        cached_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float:
+        """USD for a call of ``model_id`` with these token counts (cached and cache-write tokens
+        are part of ``prompt_tokens``, priced at the catalog's cached-input and cache-write rates)."""
+        return self.catalog.model(model_id).price.cost(
+            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens
+        )
 
     def _attempt(
-        self, model_id: str, t0: float, status: str, *, tokens: tuple[int, int] | None = None, **extra: Any
+        self,
+        model_id: str,
+        t0: float,
+        status: str,
+        *,
+        tokens: tuple[int, int, int, int] | None = None,
+        offer: Offer | None = None,
+        **extra: Any,
     ) -> Attempt:
         """An attempt on ``model_id`` that started at ``t0`` (``perf_counter``); ``tokens`` =
-        (prompt, completion) prices it."""
-        cost = self.cost(model_id, *tokens) if tokens is not None else 0.0
-        prompt, completion = tokens if tokens is not None else (0, 0)
+        (prompt, completion, cached, cache-write) prices it at ``offer``'s price (default: the
+        listed offer, :meth:`cost`)."""
+        if offer is None:
+            offer = self.catalog.model(model_id).all_offers[0]
+        cost = offer.price.cost(*tokens) if tokens is not None else 0.0
+        prompt, completion, cached, written = tokens if tokens is not None else (0, 0, 0, 0)
         return Attempt(
             model=model_id,
-            provider=self.catalog.model(model_id).provider,
+            provider=offer.provider,
             status=status,
             latency_ms=(time.perf_counter() - t0) * 1000,
             cost_usd=cost,
             prompt_tokens=prompt,
             completion_tokens=completion,
+            cached_tokens=cached,
+            cache_write_tokens=written,
             **extra,
         )
 
@@ -257,17 +352,16 @@ class ProviderPool:
         """The first model in ``order`` that answers; every try is appended to ``attempts``."""
         last: UpstreamError | None = None
         for model_id in order:
-            t0 = time.perf_counter()
             try:
-                result = await self._call_model(model_id, lambda a, up: a.complete(payload, up), attempts)
+                served = await self._call_model(model_id, lambda a, up: a.complete(payload, up), attempts)
             except UpstreamError as exc:
                 if exc.http_status in REQUEST_FAULT_STATUSES:
                     raise UpstreamRejectedRequest(exc, model_id) from exc
                 last = exc
                 continue
-            attempts.append(
-                self._attempt(model_id, t0, "ok", tokens=(result.prompt_tokens, result.completion_tokens))
-            )
+            result: Completion = served.result
+            tokens = _tokens(result, result.completion_tokens)
+            attempts.append(self._attempt(model_id, served.t0, "ok", tokens=tokens, offer=served.offer))
             return model_id, result
         assert last is not None, "empty fallback order"
         raise AllUpstreamsFailed(last, list(order))
@@ -282,7 +376,6 @@ class ProviderPool:
         """
         last: UpstreamError | None = None
         for model_id in order:
-            t0 = time.perf_counter()
             usage = StreamUsage()
 
             async def open_(adapter: ChatAdapter, upstream: str, usage: StreamUsage = usage):
@@ -299,13 +392,15 @@ class ProviderPool:
                 return None, held  # finished without content: a complete (empty) answer
 
             try:
-                gen, held = await self._call_model(model_id, open_, attempts)
+                served = await self._call_model(model_id, open_, attempts, "stream")
             except UpstreamError as exc:
                 if exc.http_status in REQUEST_FAULT_STATUSES:
                     raise UpstreamRejectedRequest(exc, model_id) from exc
                 last = exc
                 continue
-            return StreamHandle(model_id, self._rest(model_id, gen, held, usage, attempts, t0), usage, gen)
+            gen, held = served.result
+            rest = self._rest(model_id, gen, held, usage, attempts, served.t0, served.offer)
+            return StreamHandle(model_id, rest, usage, gen)
         assert last is not None, "empty fallback order"
         raise AllUpstreamsFailed(last, list(order))
 
@@ -317,6 +412,7 @@ class ProviderPool:
         usage: StreamUsage,
         attempts: list[Attempt],
         t0: float,
+        offer: Offer,
     ) -> AsyncIterator[dict[str, Any]]:
         for chunk in held:
             yield chunk
@@ -325,13 +421,14 @@ class ProviderPool:
                 async for chunk in gen:
                     yield chunk
             except UpstreamError as exc:
-                self.breaker(model_id).record_failure()
+                self.breaker(model_id, offer.provider).record_failure()
                 attempts.append(
                     self._attempt(
                         model_id,
                         t0,
                         "error",
-                        tokens=(usage.prompt_tokens, len(usage.text)),
+                        tokens=_tokens(usage, len(usage.text)),
+                        offer=offer,
                         error=f"mid-stream: {exc.message}"[:300],
                     )
                 )
@@ -342,9 +439,8 @@ class ProviderPool:
                 ) from exc
             finally:
                 await gen.aclose()  # type: ignore[attr-defined]
-        attempts.append(
-            self._attempt(model_id, t0, "ok", tokens=(usage.prompt_tokens, usage.completion_tokens))
-        )
+        tokens = _tokens(usage, usage.completion_tokens)
+        attempts.append(self._attempt(model_id, t0, "ok", tokens=tokens, offer=offer))
 
     def breaker_states(self) -> dict[str, BreakerState]:
         """State of every breaker created so far, by upstream key."""
@@ -354,6 +450,11 @@ class ProviderPool:
         """Close every adapter's pooled client."""
         for adapter in self.adapters.values():
             await adapter.aclose()
+
+
+def _tokens(usage: Completion | StreamUsage, completion: int) -> tuple[int, int, int, int]:
+    """(prompt, completion, cached, cache-write) tokens of an answer, to price its attempt."""
+    return usage.prompt_tokens, completion, usage.cached_tokens, usage.cache_write_tokens
 
 
 def _has_token(chunk: dict[str, Any]) -> bool:

@@ -255,6 +255,12 @@ class LoadedRouter:
         return list(self.manifest.models)
 
     @property
+    def embedding_space(self) -> str:
+        """Which space this router's query vectors live in (encoder config and weights): the
+        gateway's semantic cache only compares vectors of one space."""
+        return self.encoder_config.key(self.manifest.encoder_weights_sha256 or "base")
+
+    @property
     def task_vocab(self) -> list[str]:
         return list(self.manifest.task_vocab)
 

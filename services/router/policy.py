@@ -203,19 +203,21 @@ class RoutingPolicy(_Policy):
             raise PolicyError(
                 f"no candidate was scored by the router (candidates {candidates or calibrated})"
             )
-        cost = {m: self.catalog.model(m).price.cost(*ask.tokens) for m in pool}
+        share = self.catalog.cached_share(ask.task)  # the task's expected prompt-cache reads
+        cost = {m: self.catalog.model(m).price.expected_cost(*ask.tokens, share) for m in pool}
         note = ""
-        if ask.max_cost_usd is not None:
-            affordable = [m for m in pool if cost[m] <= ask.max_cost_usd]
+        if ask.max_cost_usd is not None:  # a hard cap: judged at list price (a cache read is not certain)
+            worst = {m: self.catalog.model(m).price.cost(*ask.tokens) for m in pool}
+            affordable = [m for m in pool if worst[m] <= ask.max_cost_usd]
             if not affordable:
-                cheapest = min(pool, key=cost.__getitem__)
+                cheapest = min(pool, key=worst.__getitem__)
                 affordable = [cheapest]
                 note = f"; no candidate within max_cost_usd={ask.max_cost_usd}, using the cheapest"
             elif len(affordable) < len(pool):
                 note = f"; {len(pool) - len(affordable)} candidate(s) over max_cost_usd"
             pool = affordable
         s = np.array([[scores[m] for m in pool]])
-        prices = np.array([self.catalog.blended_price(m) for m in pool])
+        prices = np.array([self.catalog.blended_price(m, task) for m in pool])
         strong = pool.index(self.strong) if self.strong in pool else None
         rule = self.calibration.rule
         idx = int(choose(s, prices, threshold, strong=strong, rule=rule)[0])
@@ -276,6 +278,11 @@ class ScoreRatioPolicy(_Policy):
 
     def _decide(self, ask: Ask) -> Decision:
         catalog, scores, tokens = self.catalog, ask.scores, ask.tokens
+        share = catalog.cached_share(ask.task)
+
+        def price(m: str) -> float:
+            return catalog.blended_price(m, ask.task)
+
         asked = ask.candidates or catalog.task_defaults(ask.task or "default").candidates or scores
         pool = [m for m in asked if m in scores]
         if not pool:
@@ -285,13 +292,13 @@ class ScoreRatioPolicy(_Policy):
         if ask.max_cost_usd is not None:
             ok = [m for m in ok if catalog.model(m).price.cost(*tokens) <= ask.max_cost_usd] or ok
         if ok:
-            chosen = min(ok, key=catalog.blended_price)
+            chosen = min(ok, key=price)
         else:
             chosen = self.strong if self.strong in pool else max(pool, key=scores.__getitem__)
         return self._decision(
             chosen,
             sorted(pool, key=lambda m: -scores[m]),
-            catalog.model(chosen).price.cost(*tokens),
+            catalog.model(chosen).price.expected_cost(*tokens, share),
             scores[chosen] - line,
             threshold=line,
             quality_target=ask.quality_target,
@@ -302,12 +309,21 @@ class ScoreRatioPolicy(_Policy):
 
 
 def cascade_ladder(
-    catalog: Catalog, ranking: Sequence[str], routed: str, *, cheapest_first: bool, limit: int
+    catalog: Catalog,
+    ranking: Sequence[str],
+    routed: str,
+    *,
+    cheapest_first: bool,
+    limit: int,
+    task: str | None = None,
 ) -> list[str]:
     """The rungs a cascade climbs: from the cheapest ranked candidate (``cheapest_first``, the
-    cascade) or from the routed model (hybrid), then each pricier ranked candidate by price, the
-    strong model last; at most ``limit`` rungs."""
-    price = catalog.blended_price
+    cascade) or from the routed model (hybrid), then each pricier ranked candidate by price (at
+    ``task``'s expected cached share), the strong model last; at most ``limit`` rungs."""
+
+    def price(m: str) -> float:
+        return catalog.blended_price(m, task)
+
     known = set(catalog.model_ids)
     ranked = [m for m in ranking if m in known] or [routed]
     start = min(ranked, key=price) if cheapest_first else routed

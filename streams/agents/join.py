@@ -120,6 +120,9 @@ def register(app: faust.App, w: Wiring) -> None:
                     await asyncio.gather(*sent)
                 join_writes.flush()
             metrics.outcomes.inc(len(outcomes))
+            for o in outcomes:
+                if o.cache_hit:  # graded semantic-cache hits (per task: the cache watch)
+                    metrics.cache_hits.labels(result="ok" if o.accepted else "false").inc()
             for hq in hard:
                 metrics.hard_queries.labels(reason=hq.reason.value).inc()
             w.join_inputs += len(events)

@@ -116,7 +116,15 @@ def test_demo_closes_the_loop(kafka_bootstrap: str, mlflow_uri: str, data_dir: P
     rest = whole["without_broken_task"]
     assert 1 - rest["savings"] < 1 - whole["all"]["savings"] and rest["quality_ratio"] >= 0.9, rest
 
+    # (c) the semantic cache: the same near-duplicate traffic, cheaper with the cache at the same
+    # quality, and no trap (changed numbers, a negation, reordered options) served from it
+    cache = summary["cache"]
+    assert cache["off"]["errors"] == 0 and cache["on"]["errors"] == 0, cache
+    assert cache["hits"] > 0 and cache["traps"] > 0 and cache["traps_served"] == 0, cache
+    assert cache["savings_vs_no_cache"] > 0.05 and cache["quality_vs_no_cache"] >= 0.97, cache
+
     md = (report_dir / "README.md").read_text()
+    assert "## Story (c): the semantic cache" in md
     assert "## Per stage" in md and "## Story (a)" in md and "## Story (b)" in md
     assert "## Whole traffic after the loop" in md
     for png in ("quality.png", "cost.png", "tiers.png", "stories.png"):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -22,7 +23,7 @@ def emulator_catalog(tmp: Path, emulator_base: str, first_token_s: float = 3.0) 
     """The built-in catalog with every provider pointed at the emulator and short timeouts."""
     raw = yaml.safe_load((ROOT / "services" / "catalog.yaml").read_text())
     for p in raw["providers"]:
-        p["base_url"] = emulator_base + ("/v1" if p.get("kind", "openai") == "openai" else "")
+        p["base_url"] = emulator_base + urlsplit(p["base_url"]).path  # keeps /v1 and /p/<provider>
         p["timeout_first_token_s"] = first_token_s
         p["timeout_total_s"] = first_token_s * 3
         p["max_retries"] = 2

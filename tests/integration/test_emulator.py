@@ -445,3 +445,55 @@ def test_tools_n_and_json_answers_with_the_openai_client(client, gsm8k):
         for ch in c.choices:
             texts[ch.index] = texts.get(ch.index, "") + (ch.delta.content or "")
     assert texts == {0: row["response:" + MIXTRAL], 1: row["response:" + MIXTRAL]}
+
+
+async def test_provider_arbitrage_buys_cheapest_then_fails_over_by_price(emulator, routerbench) -> None:
+    """A model two providers sell (the built-in catalog's offers), over real HTTP: the cheaper one
+    serves at its price; with faults on it (through its /p/<provider>/ prefix only), the pool
+    fails over to the next by price and the attempts name both."""
+    from services.catalog import Catalog
+    from services.providers.pool import ProviderPool, RetryPolicy
+
+    model, cheap, listed = "mistralai/mixtral-8x7b-chat", "emulator-budgetcloud", "emulator-openai"
+    raw = load_catalog().model_dump()
+    for p in raw["providers"]:  # point every provider at this emulator, keeping its path
+        p["base_url"] = emulator.base_url + httpx.URL(p["base_url"]).path.rstrip("/")
+    catalog = Catalog.model_validate(raw)
+    row = routerbench[routerbench["response:" + model].notna()].iloc[3]
+    payload = {"messages": [{"role": "user", "content": row["prompt"]}]}
+    # the emulator sells it under the provider's prefix at that offer's price; not what it does not sell
+    r = httpx.post(emulator.provider_base_url(cheap) + "/chat/completions", json={"model": model, **payload})
+    usage = r.json()["usage"]
+    price = catalog.offer(model, cheap).price
+    expected = price.cost(usage["prompt_tokens"], usage["completion_tokens"])
+    assert r.status_code == 200 and float(r.headers["x-emulator-cost-usd"]) == pytest.approx(expected)
+    r = httpx.post(emulator.provider_base_url(cheap) + "/chat/completions", json={"model": GPT4, **payload})
+    assert r.status_code == 404 and cheap in r.json()["error"]["message"]
+
+    pool = ProviderPool(catalog, retry=RetryPolicy(initial_s=0.01, max_s=0.05))
+    try:
+        attempts: list = []
+        served, result = await pool.complete([model], payload, attempts)
+        assert served == model and result.content == row["response:" + model]
+        assert [(a.provider, a.status) for a in attempts] == [(cheap, "ok")]
+        assert attempts[0].cost_usd == pytest.approx(
+            price.cost(result.prompt_tokens, result.completion_tokens)
+        )
+
+        emulator.set_faults(model, provider=cheap, error_rate=1.0, error_statuses=[503])
+        attempts = []
+        served, result = await pool.complete([model], payload, attempts)
+        assert served == model and result.content == row["response:" + model]
+        assert [(a.provider, a.status, a.http_status) for a in attempts] == [
+            (cheap, "error", 503),
+            (listed, "ok", None),
+        ]
+        listed_price = catalog.offer(model, listed).price
+        assert attempts[1].cost_usd == pytest.approx(
+            listed_price.cost(result.prompt_tokens, result.completion_tokens)
+        )
+        stats = emulator.stats()
+        assert stats["requests_by_provider"][cheap][model] == 3  # the direct call, then one per pool call
+        assert stats["requests"][model] == 4  # the listed offer's URL is the plain /v1
+    finally:
+        await pool.aclose()

@@ -1,11 +1,14 @@
 """Metrics and limits of a gateway fleet, on real Ray Serve with TWO ingress replicas, the emulator
 and a real redis-server: N requests read N in the metrics Ray exports (every replica's series,
-summed, as Prometheus sums them), not one replica's share as each replica's own /metrics does; and a
-per-key limit holds for the fleet (limit L across two replicas, not 2 × L)."""
+summed, as Prometheus sums them), not one replica's share as each replica's own /metrics does; a
+per-key limit holds for the fleet (limit L across two replicas, not 2 × L); and so does a key's
+dollar budget and model allowlist (issue 20: both replicas refuse once the one budget is spent)."""
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -14,12 +17,18 @@ from gateway_stack import emulator_catalog, make_router
 from prometheus_client.parser import text_string_to_metric_families
 from redis_server import redis_fixture  # noqa: F401 - the `redis` fixture
 
-from training.data import MIXTRAL
+from services.gateway.budgets import micro_usd
+from services.gateway.settings import hash_key
+from training.data import GPT4, MIXTRAL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 KEY_A, KEY_B = "sk-fleet-a", "sk-fleet-b"
 LIMIT = 12  # requests per key per 600 s window, for the whole fleet
+# a key with a daily budget of a few small calls (16 completion tokens of Mixtral: ~6 micro-USD
+# each, reserving ~9) that may use Mixtral only
+KEY_BUDGET, BUDGET_USD = "sk-fleet-budget", 0.00002
+BUDGET_KEY_ID = hash_key(KEY_BUDGET)[:12]
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +82,63 @@ def wait_for_sum(name: str, expected: float, timeout_s: float = 120, **match: st
     raise AssertionError(f"{name}{match}: per replica {series}, expected a sum of {expected}")
 
 
-def ask(url: str, key: str) -> int:
-    r = httpx.post(
+def post(url: str, key: str, model: str = MIXTRAL, **extra) -> httpx.Response:
+    return httpx.post(
         f"{url}/v1/chat/completions",
-        json={"model": MIXTRAL, "messages": [{"role": "user", "content": "What is the capital of France?"}]},
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            **extra,
+        },
         headers={"authorization": f"Bearer {key}"},
         timeout=60,
     )
+
+
+def ask(url: str, key: str) -> int:
+    r = post(url, key)
     assert r.status_code in (200, 429), r.text
     return r.status_code
+
+
+def spend_the_budget(url: str, redis) -> None:
+    """The budgeted key: a model outside its allowlist is a 403; calls are answered until the
+    budget is spent, then every call is a 429 ``budget_exceeded`` from both replicas; the spend the
+    store recorded is what the calls cost, within the budget. At most LIMIT calls (its rate limit)."""
+    import redis as redis_client
+
+    r = post(url, KEY_BUDGET, GPT4)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "model_not_allowed", r.text
+    costs: list[float] = []
+    while True:  # one at a time until the first refusal
+        r = post(url, KEY_BUDGET, max_tokens=16)
+        if r.status_code != 200:
+            break
+        costs.append(float(r.headers["x-switchyard-cost-usd"]))
+        assert len(costs) < 6, costs
+    refusals = [r]
+    with ThreadPoolExecutor(8) as pool:  # the rest at once: spread over both replicas
+        refusals += pool.map(lambda _: post(url, KEY_BUDGET, max_tokens=16), range(LIMIT - 2 - len(costs)))
+    for r in refusals:
+        assert r.status_code == 429, r.text
+        err = r.json()["error"]
+        assert err["type"] == "insufficient_quota" and err["code"] == "budget_exceeded", err
+        assert f"daily budget of API key {BUDGET_KEY_ID}" in err["message"] and "resets at" in err["message"]
+        assert int(r.headers["retry-after"]) >= 1
+    assert costs and sum(costs) <= BUDGET_USD
+    per_replica = wait_for_sum(
+        "ray_switchyard_budget_rejections_total", len(refusals), deployment="ChatIngress", limit="usd_per_day"
+    )
+    assert len(per_replica) == 2 and all(v > 0 for v in per_replica.values()), per_replica
+    # the store's counter: every answered call's actual cost (micro-USD), reservations settled
+    client = redis_client.Redis.from_url(redis.url, password=redis.password)
+    day = datetime.now(UTC).strftime("%Y-%m-%d")
+    key = f"switchyard:budget/key/{BUDGET_KEY_ID}/usd_per_day/{day}"
+    deadline, stored = time.monotonic() + 10, None
+    while time.monotonic() < deadline and stored != sum(map(micro_usd, costs)):
+        stored = int(client.get(key) or 0)
+        time.sleep(0.2)
+    assert stored == sum(map(micro_usd, costs)) <= micro_usd(BUDGET_USD), (stored, costs)
 
 
 def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
@@ -99,7 +156,8 @@ def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
         ingress_replicas=2,
         spool_dir=tmp_path / "spool",
         settings={
-            "api_keys": [KEY_A, KEY_B],
+            "api_keys": [KEY_A, KEY_B, KEY_BUDGET],
+            "budgets": {"keys": {BUDGET_KEY_ID: {"usd_per_day": BUDGET_USD, "models": [MIXTRAL]}}},
             "events_enabled": False,
             "explore_enabled": False,
             "metrics_public": True,  # each replica's own /metrics, read with both keys spent
@@ -142,6 +200,7 @@ def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
                 if s.name == "switchyard_requests_total"
             )
             assert 0 < local < answered and local in per_replica.values()
+        spend_the_budget(url, redis)  # last: its calls would change the sums above
     finally:
         serve.shutdown()
         ray.shutdown()

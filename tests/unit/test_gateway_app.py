@@ -480,6 +480,10 @@ async def test_context_windows_route_to_a_candidate_that_fits_or_refuse(stack) -
     )
     assert r.status_code == 400 and "WizardLM/WizardLM-13B-V1.2 takes 4096" in r.json()["error"]["message"]
     assert len(upstream.calls) == calls
+    # each refusal is counted once in switchyard_errors_total (the call's and the handler's count
+    # used to add up to two)
+    sample = gw.metrics.registry.get_sample_value
+    assert sample("switchyard_errors_total", {"status": "400", "code": "context_length_exceeded"}) == 2
 
 
 async def test_the_tenant_knob_is_a_label_and_never_the_callers_identity(stack) -> None:

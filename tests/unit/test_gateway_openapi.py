@@ -82,7 +82,7 @@ def test_both_request_bodies_are_declared(spec) -> None:
     assert {"switchyard", "stream_options", "temperature", "max_tokens", "tools"} <= set(chat["properties"])
     assert chat["additionalProperties"] is True  # further OpenAI parameters pass through
     knobs = spec["components"]["schemas"]["SwitchyardKnobs"]
-    assert set(knobs["properties"]) == {"task", "quality_target", "mode", "max_cost_usd", "tenant"}
+    assert set(knobs["properties"]) == {"task", "quality_target", "mode", "max_cost_usd", "tenant", "cache"}
     assert knobs["additionalProperties"] is False
     headers = {p["name"] for p in spec["paths"]["/v1/chat/completions"]["post"]["parameters"]}
     assert headers == set(KNOB_HEADERS)
