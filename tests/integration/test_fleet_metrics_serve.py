@@ -23,7 +23,7 @@ from training.data import GPT4, MIXTRAL
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-KEY_A, KEY_B = "sk-fleet-a", "sk-fleet-b"
+KEY_A, KEY_B, KEY_CACHE = "sk-fleet-a", "sk-fleet-b", "sk-fleet-cache"
 LIMIT = 12  # requests per key per 600 s window, for the whole fleet
 # a key with a daily budget of a few small calls (16 completion tokens of Mixtral: ~6 micro-USD
 # each, reserving ~9) that may use Mixtral only
@@ -141,6 +141,24 @@ def spend_the_budget(url: str, redis) -> None:
     assert stored == sum(map(micro_usd, costs)) <= micro_usd(BUDGET_USD), (stored, costs)
 
 
+def share_the_cache(url: str, repeats: int = 10) -> None:
+    """A strong-tier answer stored by the replica that answered it is served by both replicas:
+    every repeat is a hit, and the hits are counted on two replicas."""
+    question = {"messages": [{"role": "user", "content": "Which planet of the solar system is the largest?"}]}
+    first = post(url, KEY_CACHE, GPT4, **question)
+    assert first.status_code == 200 and "x-switchyard-cache" not in first.headers, first.text
+    time.sleep(3)  # the admission reaches the other replica through the store's stream (~1 s)
+    for _ in range(repeats):
+        r = post(url, KEY_CACHE, GPT4, **question)
+        assert r.status_code == 200 and r.headers.get("x-switchyard-cache") == "hit", r.headers
+        assert r.headers["x-switchyard-cache-source"] == first.headers["x-switchyard-request-id"]
+        assert r.json()["choices"][0]["message"] == first.json()["choices"][0]["message"]
+    per_replica = wait_for_sum(
+        "ray_switchyard_cache_lookups_total", repeats, deployment="ChatIngress", result="hit_exact"
+    )
+    assert len(per_replica) == 2 and all(v > 0 for v in per_replica.values()), per_replica
+
+
 def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
     emulator, router, redis, tmp_path
 ) -> None:
@@ -156,7 +174,9 @@ def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
         ingress_replicas=2,
         spool_dir=tmp_path / "spool",
         settings={
-            "api_keys": [KEY_A, KEY_B, KEY_BUDGET],
+            "api_keys": [KEY_A, KEY_B, KEY_BUDGET, KEY_CACHE],
+            # the semantic cache, shared by both replicas through the same redis (semcache_shared.py)
+            "cache_enabled": True,
             "budgets": {"keys": {BUDGET_KEY_ID: {"usd_per_day": BUDGET_USD, "models": [MIXTRAL]}}},
             "events_enabled": False,
             "explore_enabled": False,
@@ -200,7 +220,8 @@ def test_two_ingress_replicas_export_fleet_wide_metrics_and_share_one_limit(
                 if s.name == "switchyard_requests_total"
             )
             assert 0 < local < answered and local in per_replica.values()
-        spend_the_budget(url, redis)  # last: its calls would change the sums above
+        spend_the_budget(url, redis)  # its calls would change the sums above
+        share_the_cache(url)
     finally:
         serve.shutdown()
         ray.shutdown()
