@@ -202,11 +202,16 @@ def build_gateway(
         log.warning("budgets are counted per ingress replica (memory://): each replica may spend each budget")
     cache = semantic_cache(settings)
     cache_follower, cache_store, cache_stop = None, None, asyncio.Event()
-    storage = settings.rate_limit_storage
+    storage, secret = settings.rate_limit_storage, settings.rate_limit_storage_password
+    if settings.cache_storage:
+        storage, secret = settings.cache_storage, settings.cache_storage_password
     if cache is not None and settings.cache_shared and storage.startswith(("redis://", "rediss://")):
-        secret = settings.rate_limit_storage_password
         cache_store = SharedCacheStore.from_url(
-            cache, storage, password=secret.get_secret_value() if secret else None
+            cache,
+            storage,
+            password=secret.get_secret_value() if secret else None,
+            # replicas tail the log within a second; one that starts loads the live entries instead
+            stream_maxlen=settings.cache_capacity,
         )
     if cache is not None and settings.events_enabled:  # the false-hit watch's actions (cachepolicy.py)
         k = kafka or KafkaSettings()

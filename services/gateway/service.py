@@ -4,7 +4,6 @@ providers (with fallbacks, cascades) → response + call event. Thin handlers ca
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 import uuid
@@ -44,6 +43,7 @@ from services.router.policy import cascade_ladder
 
 from .auth import Caller
 from .budgets import Budgets
+from .cachepath import Assembled, CacheKey, CachePath, saved_usd
 from .costcap import CostCap, clamp, marks_cache, prompt_tokens_bound
 from .degrade import RouteChain, RouteSource
 from .emitter import EventEmitter
@@ -51,7 +51,7 @@ from .explore import Explorer, Ticket
 from .metrics import GatewayMetrics
 from .routing import RouteRequest, RouteResult
 from .scorer import AnswerScorer
-from .semcache import CacheHit, SemanticCache, cache_namespace
+from .semcache import CacheHit, SemanticCache
 from .semcache_shared import SharedCacheStore
 from .sse import DONE, completion_chunks, sse, usage_chunk
 
@@ -62,17 +62,6 @@ RouteFn = Callable[[RouteRequest], Awaitable[RouteResult]]
 
 def new_request_id() -> str:
     return "req_" + uuid.uuid4().hex
-
-
-@dataclass
-class CacheKey:
-    """What the semantic cache matches a request on: its namespace (tenant, model, conversation
-    before the last user turn, parameters), the last user turn's text, and, once routed, the
-    router's embedding of it."""
-
-    ns: str
-    text: str
-    vector: Any = None
 
 
 @dataclass
@@ -195,11 +184,15 @@ class ChatService:
         self.hard_query_margin = hard_query_margin
         self.explorer = explorer if explorer is not None and explorer.active else None
         self._shadows: set[asyncio.Task[None]] = set()
-        self.cache = cache if cache is not None and cache.config.enabled else None
-        # the fleet's shared store: feedback may reach another replica than the call (semcache_shared.py)
-        self.cache_feedback: SemanticCache | SharedCacheStore | None = cache_store or self.cache
-        self.cache_confirm_score = cache_confirm_score  # feedback at or above it admits an answer
-        self._cache_space: str | None = None  # the embedding space the cache's vectors live in
+        self.cachepath = CachePath(
+            cache if cache is not None and cache.config.enabled else None,
+            catalog,
+            metrics,
+            self.chain,
+            store=cache_store,
+            confirm_score=cache_confirm_score,
+        )
+        self.cache = self.cachepath.cache
         self.budgets = budgets or Budgets(None, catalog)  # per key and tenant: budgets.py (none: no-ops)
 
     @property
@@ -261,7 +254,7 @@ class ChatService:
             payload=payload,
             incapable=incapable,
             cap=cap,
-            cache_key=self._cache_key(req, knobs, caller, payload),
+            cache_key=self.cachepath.key(req, knobs, caller, payload),
         )
 
     async def chat(self, ctx: CallContext) -> ChatResult:
@@ -278,7 +271,7 @@ class ChatService:
         self._finish(ctx)
         body["model"] = ctx.model
         body["id"] = ctx.request_id  # one id: the completion's is the request id feedback names
-        self._cache_offer(ctx, body)
+        self.cachepath.offer(ctx, body)
         if ctx.escalated:  # the client pays for every rung that answered, not only the last one
             body["usage"] = {
                 "prompt_tokens": ctx.prompt_tokens,
@@ -304,7 +297,7 @@ class ChatService:
         try:
             with bound(ctx.request_id):
                 self.budgets.restrict(ctx)  # the allowlist holds for cached answers too (idempotent)
-                if self._cache_lookup(ctx, routed=False):  # an exact repeat: not even routed
+                if self.cachepath.lookup(ctx, routed=False):  # an exact repeat: not even routed
                     return self._cached_stream(ctx)
                 payload = await self._prepare(ctx)
                 if payload is None:
@@ -321,7 +314,7 @@ class ChatService:
         async def events() -> AsyncIterator[bytes]:
             error: SwitchyardError | None = None
             chunk_id, created = "", 0  # the first chunk's: every chunk, the usage chunk too, carries them
-            answer = _Assembled() if ctx.cache_key is not None else None  # the answer, for the cache
+            answer = Assembled() if ctx.cache_key is not None else None  # the answer, for the cache
             try:
                 with bound(ctx.request_id):
                     async for chunk in handle.chunks:
@@ -359,7 +352,7 @@ class ChatService:
                 await handle.aclose()
                 self._finish(ctx, error=error)
                 if error is None and answer is not None:
-                    self._cache_offer(ctx, answer.body(ctx.request_id, created, ctx.model))
+                    self.cachepath.offer(ctx, answer.body(ctx.request_id, created, ctx.model))
 
         return StreamResult(events(), ctx.headers())
 
@@ -376,7 +369,7 @@ class ChatService:
         )
         if self.emitter is not None:
             self.emitter.emit(FEEDBACK, event, key=fb.request_id)
-        self._cache_feedback(fb)
+        self.cachepath.feedback(fb)
         return FeedbackResponse(request_id=fb.request_id, feedback_id=event.feedback_id)
 
     # -- the path ---------------------------------------------------------------------------------
@@ -469,7 +462,7 @@ class ChatService:
         its answer (looked up before the reservation: a hit costs nothing, even over budget)."""
         self.budgets.restrict(ctx)  # the key's model allowlist: a 403, or the models it may not use left out
         await self._route(ctx)
-        if self._cache_lookup(ctx, routed=True):
+        if self.cachepath.lookup(ctx, routed=True):
             return None
         await self.budgets.reserve(ctx)  # its budgets and TPM: a 429 before any upstream call
         payload = ctx.payload if ctx.payload is not None else ctx.request.upstream_payload()
@@ -491,7 +484,7 @@ class ChatService:
 
     async def _answer(self, ctx: CallContext) -> dict[str, Any]:
         self.budgets.restrict(ctx)  # the allowlist holds for cached answers too (idempotent)
-        if self._cache_lookup(ctx, routed=False):  # an exact repeat: not even routed
+        if self.cachepath.lookup(ctx, routed=False):  # an exact repeat: not even routed
             return self._cached_body(ctx)
         payload = await self._prepare(ctx)
         if payload is None:
@@ -603,141 +596,15 @@ class ChatService:
             )
         yield DONE
 
-    # -- the semantic cache (docs/cache.md) -------------------------------------------------------
-
-    def _cache_key(
-        self, req: ChatCompletionRequest, knobs: SwitchyardKnobs, caller: Caller, payload: dict[str, Any]
-    ) -> CacheKey | None:
-        """The request's cache key, or None when the cache neither serves nor stores it: the cache
-        is off, the caller opted out, or the request is one the cache does not take (more than one
-        choice, or a last user turn with anything but text: an image is not in the key)."""
-        if self.cache is None:
-            return None
-        why = None
-        if knobs.cache is False:
-            why = "opted out"
-        elif not self.cache.policy(knobs.task or "default").enabled:
-            why = "off for the task"
-        elif (req.n or 1) > 1:
-            why = "n > 1"
-        else:
-            last = next((m for m in reversed(req.messages) if m.role == "user"), None)
-            if last is None or not (
-                isinstance(last.content, str)
-                or (
-                    isinstance(last.content, list)
-                    and all(isinstance(p, dict) and p.get("type") == "text" for p in last.content)
-                )
-            ):
-                why = "not a text question"
-        if why is not None:
-            task = self.metrics.task_label(knobs.task or "default")
-            self.metrics.cache_lookups.labels(task=task, result="bypass").inc()
-            return None
-        text = req.last_user_text(max_chars=1 << 30)  # the whole turn: a truncated one could collide
-        return CacheKey(cache_namespace(caller.tenant, req.model, payload), text)
-
-    def _cache_lookup(self, ctx: CallContext, routed: bool) -> bool:
-        """Look the request up (before routing: exact repeats only; after: with the router's
-        embedding too); on a hit, the context takes the stored answer's model and usage."""
-        key = ctx.cache_key
-        if key is None or self.cache is None:
-            return False
-        task = self.metrics.task_label(ctx.task)
-        if routed:
-            key.vector = self._cache_vector(ctx)
-            if key.vector is None:  # nothing new to match on: the exact lookup has been done
-                self.metrics.cache_lookups.labels(task=task, result="miss").inc()
-                return False
-        hit = self.cache.lookup(key.ns, ctx.task, key.text, key.vector, request_id=ctx.request_id)
-        if hit is not None and hit.answer["model"] in ctx.incapable:
-            hit = None  # written by a model this call may not use (the key's allowlist)
-        if hit is None:
-            if routed or ctx.mode is RoutingMode.PASSTHROUGH:  # the last lookup this request gets
-                self.metrics.cache_lookups.labels(task=task, result="miss").inc()
-            return False
-        ctx.cache_hit = hit
-        ctx.model = hit.answer["model"]
-        ctx.prompt_tokens = int(hit.answer.get("prompt_tokens") or 0)
-        ctx.completion_tokens = int(hit.answer.get("completion_tokens") or 0)
-        result = "hit_exact" if hit.exact else "hit_semantic"
-        self.metrics.cache_lookups.labels(task=task, result=result).inc()
-        self.metrics.cache_entries.set(len(self.cache))
-        return True
-
-    def _cache_vector(self, ctx: CallContext) -> Any:
-        """The router's embedding of the query, when it is in the space the cache holds: vectors of
-        the primary routing source define the space (a new encoder there starts a new space, and
-        the old vectors are dropped); a fallback source's vectors of another space are not used."""
-        import numpy as np
-
-        r = ctx.route
-        if r is None or r.embedding is None or r.embedding_space is None:
-            return None
-        if r.embedding_space != self._cache_space:
-            primary = RouteSource.CHEAP if self.chain.local_is_primary else RouteSource.ROUTER
-            if self._cache_space is not None and ctx.route_source is not primary:
-                return None
-            if self._cache_space is not None:
-                log.info("semantic cache: router embedding space changed; dropping stored vectors")
-                assert self.cache is not None
-                self.cache.clear()
-            self._cache_space = r.embedding_space
-        return np.frombuffer(r.embedding, dtype=np.float32)
+    # -- the semantic cache (docs/cache.md; its logic: cachepath.py) -------------------------------
 
     def _cached_body(self, ctx: CallContext) -> dict[str, Any]:
-        """The hit's stored answer as this request's completion (its own id and time)."""
-        assert ctx.cache_hit is not None
-        body = copy.deepcopy(ctx.cache_hit.answer["body"])
-        body["created"] = int(time.time())
-        return body
+        return self.cachepath.body(ctx)
 
     def _cached_stream(self, ctx: CallContext) -> StreamResult:
-        body = self._cached_body(ctx)
+        body = self.cachepath.body(ctx)
         self._finish(ctx)
         return StreamResult(self._replay(body, ctx), {**ctx.headers(), "x-switchyard-cost-usd": "0.00000000"})
-
-    def _cache_offer(self, ctx: CallContext, body: dict[str, Any]) -> None:
-        """Offer a fresh, complete text answer: a strong-tier one is stored at once, any other waits
-        for a positive signal (feedback or a judge). Truncated answers and tool calls are not kept."""
-        key = ctx.cache_key
-        if key is None or self.cache is None or ctx.cache_hit is not None or ctx.model is None:
-            return
-        choices = body.get("choices") or []
-        if len(choices) != 1 or choices[0].get("finish_reason") != "stop":
-            return
-        message = choices[0].get("message") or {}
-        if message.get("tool_calls") or not isinstance(message.get("content"), str) or not message["content"]:
-            return
-        if ctx.route is not None and key.vector is None:
-            key.vector = self._cache_vector(ctx)
-        entry = self.catalog.model(ctx.model)
-        good = entry.tier == self.catalog.tiers[-1] or ctx.model == self.catalog.strong_model
-        record = {
-            "body": copy.deepcopy(body),
-            "model": ctx.model,
-            "prompt_tokens": ctx.prompt_tokens,
-            "completion_tokens": ctx.completion_tokens,
-            "cost_usd": ctx.cost_usd,
-        }
-        try:
-            self.cache.offer(ctx.request_id, key.ns, ctx.task, key.text, key.vector, record, good=good)
-        except Exception as exc:  # noqa: BLE001 - the cache never fails a call that was answered
-            log.warning("request %s: not cached: %s: %s", ctx.request_id, type(exc).__name__, exc)
-        self.metrics.cache_entries.set(len(self.cache))
-
-    def _cache_feedback(self, fb: FeedbackRequest) -> None:
-        """Positive feedback admits the call's pending answer; negative feedback drops it (and, for
-        a call served from the cache, the answer it was served) and keeps it out for good."""
-        if self.cache is None:
-            return
-        value = fb.score if fb.score is not None else (1.0 if fb.label == "good" else 0.0)
-        target = self.cache_feedback or self.cache
-        if value >= self.cache_confirm_score:
-            target.confirm(fb.request_id)
-        elif value < 0.5:
-            target.reject(fb.request_id)
-        self.metrics.cache_entries.set(len(self.cache))
 
     # -- exploration (off the request path) -------------------------------------------------------
 
@@ -928,7 +795,7 @@ class ChatService:
             cache_hit=ctx.cache_hit is not None,
             cache_similarity=round(ctx.cache_hit.similarity, 6) if ctx.cache_hit else None,
             cache_source_request_id=ctx.cache_hit.source_request_id if ctx.cache_hit else None,
-            cache_saved_usd=_saved(ctx.cache_hit),
+            cache_saved_usd=saved_usd(ctx.cache_hit),
         )
         if self.emitter is not None:
             self.emitter.emit(CALLS, event, key=ctx.request_id)
@@ -983,45 +850,3 @@ class ChatService:
         if self.emitter is not None:
             m.queue_depth.set(self.emitter.queue_depth)
             m.spool_records.set(self.emitter.spool.pending)
-
-
-def _saved(hit: CacheHit | None) -> float | None:
-    """What a hit did not spend: its source call's upstream cost."""
-    return None if hit is None else float(hit.answer.get("cost_usd") or 0.0)
-
-
-class _Assembled:
-    """A streamed answer put back together (choice 0's text and finish reason), so a streamed
-    answer can be offered to the cache like a non-streamed one; anything else (more than one
-    choice, tool calls) makes it one the cache does not keep."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.other = False
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if choice.get("index", 0) != 0 or delta.get("tool_calls"):
-                self.other = True
-            if isinstance(delta.get("content"), str):
-                self.parts.append(delta["content"])
-            if choice.get("finish_reason"):
-                self.finish_reason = choice["finish_reason"]
-
-    def body(self, request_id: str, created: int, model: str | None) -> dict[str, Any]:
-        finish = None if self.other else self.finish_reason
-        return {
-            "id": request_id,
-            "object": "chat.completion",
-            "created": created or int(time.time()),
-            "model": model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": "".join(self.parts)},
-                    "finish_reason": finish,
-                }
-            ],
-        }

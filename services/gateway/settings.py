@@ -302,8 +302,18 @@ class GatewaySettings(BaseSettings):
     )
     cache_shared: bool = Field(
         default=True,
-        description="With a redis:// RATE_LIMIT_STORAGE, every ingress replica shares the cache's entries "
-        "and feedback through it (each still searches its own index); else each replica has its own.",
+        description="With a redis:// CACHE_STORAGE (default: RATE_LIMIT_STORAGE), every ingress replica "
+        "shares the cache's entries and feedback through it (each still searches its own index); else "
+        "each replica has its own.",
+    )
+    cache_storage: str | None = Field(
+        default=None,
+        description="The shared cache's own redis:// store; default RATE_LIMIT_STORAGE. Give the cache its "
+        "own in production: its answers would otherwise compete with the limit counters for the store's "
+        "memory (docs/k8s.md).",
+    )
+    cache_storage_password: SecretStr | None = Field(
+        default=None, description="CACHE_STORAGE's password, when it needs one and is not in the URL."
     )
     cache_confirm_score: float = Field(
         default=0.8,
@@ -398,6 +408,15 @@ class GatewaySettings(BaseSettings):
         from .ratelimit import check_store_url
 
         return check_store_url(v.strip())
+
+    @field_validator("cache_storage")
+    @classmethod
+    def _cache_store_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        if not v.strip().startswith(("redis://", "rediss://")):
+            raise ValueError("cache_storage is a redis:// or rediss:// URL (Redis or Valkey)")
+        return v.strip()
 
     @field_validator("api_key_hashes", "judge_key_hashes")
     @classmethod
