@@ -1,8 +1,9 @@
 """Fakes of the gateway's collaborators, shared by the unit tests and ``bench/gateway_overhead.py``:
 an in-memory Kafka (:class:`Broker` + :class:`FakeProducer`), OpenAI wire shapes
 (:func:`completion`, :func:`chunk`, :func:`sse`), a scripted upstream for ``httpx.MockTransport``
-(:class:`Upstream`), a constant router (:class:`FakeRouter`) and adapters over a transport
-(:func:`mock_adapters`). Pure Python: nothing here opens a socket."""
+(:class:`Upstream`), a constant router (:class:`FakeRouter`), adapters over a transport
+(:func:`mock_adapters`) and a whole gateway on them (:func:`fake_gateway`). Pure Python: nothing
+here opens a socket."""
 
 from __future__ import annotations
 
@@ -147,3 +148,25 @@ def mock_adapters(catalog: Catalog, transport: httpx.AsyncBaseTransport) -> dict
         )
         for p in catalog.providers
     }
+
+
+def fake_gateway(
+    settings: Any, router: FakeRouter, catalog: Catalog, spool_dir: Any
+) -> tuple[Any, Upstream, Broker]:
+    """A gateway built as in production (``build_gateway``) on the fakes: the scripted upstream
+    behind every provider (retries without waiting), ``router``, and an emitter into an in-memory
+    broker spooling under ``spool_dir``; returns it with its upstream and broker."""
+    from services.providers.pool import ProviderPool, RetryPolicy
+
+    from .bootstrap import build_gateway
+    from .emitter import EmitterConfig, EventEmitter
+
+    upstream, broker = Upstream(), Broker()
+    pool = ProviderPool(
+        catalog,
+        retry=RetryPolicy(initial_s=0.001, max_s=0.001, jitter_s=0),
+        adapters=mock_adapters(catalog, httpx.MockTransport(upstream)),
+    )
+    emitter = EventEmitter(EmitterConfig(bootstrap="x:1", spool_dir=spool_dir), lambda: FakeProducer(broker))
+    gw = build_gateway(settings, router.route, router.status, catalog=catalog, pool=pool, emitter=emitter)
+    return gw, upstream, broker

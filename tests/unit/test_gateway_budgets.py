@@ -15,12 +15,9 @@ import pytest
 
 from services.catalog import load_catalog
 from services.gateway.app import create_app
-from services.gateway.bootstrap import build_gateway
 from services.gateway.budgets import BudgetConfig, micro_usd, period
-from services.gateway.emitter import EmitterConfig, EventEmitter
 from services.gateway.settings import GatewaySettings, hash_key
-from services.gateway.testing import Broker, FakeProducer, FakeRouter, Upstream, mock_adapters
-from services.providers.pool import ProviderPool, RetryPolicy
+from services.gateway.testing import FakeRouter, fake_gateway
 
 CATALOG = load_catalog()
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
@@ -41,15 +38,7 @@ class Clock:
 
 
 def make(tmp_path: Path, budgets: dict, clock: Clock | None = None, **settings):
-    upstream, router, broker = Upstream(), FakeRouter(), Broker()
-    pool = ProviderPool(
-        CATALOG,
-        retry=RetryPolicy(initial_s=0.001, max_s=0.001, jitter_s=0),
-        adapters=mock_adapters(CATALOG, httpx.MockTransport(upstream)),
-    )
-    emitter = EventEmitter(
-        EmitterConfig(bootstrap="x:1", spool_dir=tmp_path / "spool"), lambda: FakeProducer(broker)
-    )
+    router = FakeRouter()
     s = GatewaySettings(
         api_key_hashes=[hash_key(KEY), hash_key(OTHER_KEY)],
         state_dir=tmp_path,
@@ -57,7 +46,7 @@ def make(tmp_path: Path, budgets: dict, clock: Clock | None = None, **settings):
         explore_enabled=False,
         **settings,
     )
-    gw = build_gateway(s, router.route, router.status, catalog=CATALOG, pool=pool, emitter=emitter)
+    gw, upstream, broker = fake_gateway(s, router, CATALOG, tmp_path / "spool")
     if clock is not None:
         gw.service.budgets.clock = clock
     app = httpx.ASGITransport(app=create_app(gw))

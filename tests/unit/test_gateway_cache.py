@@ -15,14 +15,11 @@ import pytest
 from services.catalog import load_catalog
 from services.contracts.events import OutcomeEvent, RoutingMode
 from services.gateway.app import create_app
-from services.gateway.bootstrap import build_gateway
 from services.gateway.cachepolicy import CachePolicy
-from services.gateway.emitter import EmitterConfig, EventEmitter
 from services.gateway.routing import RouteRequest, RouteResult
 from services.gateway.semcache import CacheConfig, SemanticCache
 from services.gateway.settings import GatewaySettings, hash_key
-from services.gateway.testing import Broker, FakeProducer, FakeRouter, Upstream, mock_adapters
-from services.providers.pool import ProviderPool, RetryPolicy
+from services.gateway.testing import FakeRouter, fake_gateway
 from streams.cachewatch import CacheWatch, CacheWatchConfig
 from streams.settings import StreamsSettings
 
@@ -65,17 +62,7 @@ Q_NUM_CHANGED = "What is 12 + 31?"
 @pytest.fixture
 def stack(tmp_path: Path):
     def make(choose: str = STRONG):
-        upstream = Upstream()
         router = EmbeddingRouter(choose, {Q: BASE, Q_NEAR: NEAR, Q_NUM: BASE * -1, Q_NUM_CHANGED: BASE * -1})
-        broker = Broker()
-        pool = ProviderPool(
-            CATALOG,
-            retry=RetryPolicy(initial_s=0.001, max_s=0.001, jitter_s=0),
-            adapters=mock_adapters(CATALOG, httpx.MockTransport(upstream)),
-        )
-        emitter = EventEmitter(
-            EmitterConfig(bootstrap="x:1", spool_dir=tmp_path / "spool"), lambda: FakeProducer(broker)
-        )
         settings = GatewaySettings(
             api_key_hashes=[hash_key(KEY), hash_key(OTHER_TENANT_KEY)],
             state_dir=tmp_path,
@@ -83,7 +70,7 @@ def stack(tmp_path: Path):
             cache_threshold=0.95,
             events_enabled=False,  # the emitter is given; no alert follower (its logic: CachePolicy)
         )
-        gw = build_gateway(settings, router.route, router.status, catalog=CATALOG, pool=pool, emitter=emitter)
+        gw, upstream, broker = fake_gateway(settings, router, CATALOG, tmp_path / "spool")
 
         def client(key: str = KEY) -> httpx.AsyncClient:
             return httpx.AsyncClient(
