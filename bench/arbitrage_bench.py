@@ -53,7 +53,7 @@ from infra.replay.scenarios import build_scenario  # noqa: E402
 from services.catalog import Catalog, load_catalog  # noqa: E402
 from services.contracts.settings import DataSettings  # noqa: E402
 from services.errors import SwitchyardError  # noqa: E402
-from services.providers.arbitrage import ArbitragePolicy, blended  # noqa: E402
+from services.providers.arbitrage import ArbitragePolicy  # noqa: E402
 from services.providers.pool import ProviderPool  # noqa: E402
 
 CHEAP = "emulator-budgetcloud"
@@ -190,7 +190,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         cat_path = bench_catalog(Path(tmp) / "catalog.yaml", base, args.open_factor, args.closed_factor)
         catalog = load_catalog(cat_path)
         shifted = {
-            m.id for m in catalog.models if min(map(blended, m.all_offers)) < catalog.blended_price(m.id)
+            m.id
+            for m in catalog.models
+            if min(o.price.blended() for o in m.all_offers) < catalog.blended_price(m.id)
         }
         work = []
         for i, rec in enumerate(records):

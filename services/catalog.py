@@ -63,6 +63,11 @@ class Price(_Strict):
         ``(1 - s) * input + s * cached_input`` (what a task's repeated prefixes make a token cost)."""
         return (1.0 - cached_share) * self.input + cached_share * self.cached_rate
 
+    def blended(self, cached_share: float = 0.0) -> float:
+        """USD per 1M tokens, input (at ``cached_share``) and output averaged: the price models and
+        the offers of one model are ranked by."""
+        return (self.effective_input(cached_share) + self.output) / 2
+
     def expected_cost(self, prompt_tokens: int, completion_tokens: int, cached_share: float = 0.0) -> float:
         """USD expected for a call when ``cached_share`` of its prompt is a cache read."""
         return (prompt_tokens * self.effective_input(cached_share) + completion_tokens * self.output) / 1e6
@@ -205,7 +210,7 @@ class Catalog(_Strict):
         fallbacks on the same provider only (one provider outage takes them all)."""
         out = []
         for m in self.models:
-            if len(m.all_offers) > 1:
+            if m.offers:
                 continue  # another provider sells the same model: the pool fails over to it
             chain = self.fallback_chain(m.id)
             if not chain:
@@ -249,8 +254,7 @@ class Catalog(_Strict):
     def blended_price(self, model_id: str, task: str | None = None) -> float:
         """USD per 1M tokens, input and output averaged: a price to rank models by. With a
         ``task``, the input price is the one at that task's expected cached share."""
-        p = self.model(model_id).price
-        return (p.effective_input(self.cached_share(task)) + p.output) / 2
+        return self.model(model_id).price.blended(self.cached_share(task))
 
     def cached_share(self, task: str | None) -> float:
         """The expected cached share of ``task``'s prompt tokens (0 without a task)."""

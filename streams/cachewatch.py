@@ -24,7 +24,6 @@ on-call channel, since a person should know that a task's cache is serving wrong
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.contracts import OutcomeEvent
+
+from .opportunity import wilson_lower
 
 DETECTOR = "cache_false_hits"
 
@@ -57,16 +58,6 @@ class CacheWatchConfig(BaseModel):
     max_threshold: float = Field(
         default=0.995, gt=0, le=1, description="A threshold past this switches the task's cache off instead."
     )
-
-
-def wilson_lower(k: int, n: int, z: float) -> float:
-    """Wilson score interval's lower bound of a rate k/n."""
-    if n == 0:
-        return 0.0
-    p = k / n
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - spread) / (1 + z * z / n))
 
 
 @dataclass(frozen=True)

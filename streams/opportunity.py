@@ -83,7 +83,7 @@ class Opportunity:
     window_start: float | None = None
 
 
-def _lower_bound(successes: int, n: int, z: float = 1.64) -> float:
+def wilson_lower(successes: int, n: int, z: float = 1.64) -> float:
     """Wilson lower bound of a proportion (one-sided 95 %)."""
     if n == 0:
         return 0.0
@@ -96,7 +96,7 @@ def _lower_bound(successes: int, n: int, z: float = 1.64) -> float:
 
 def _upper_bound(successes: int, n: int, z: float = 1.64) -> float:
     """Wilson upper bound of a proportion (one-sided 95 %)."""
-    return 1.0 - _lower_bound(n - successes, n, z)
+    return 1.0 - wilson_lower(n - successes, n, z)
 
 
 class OpportunityDetector:
@@ -174,7 +174,7 @@ class OpportunityDetector:
             "cheap_labels": cheap,
             "shadow_labels": shadow,
             "cheap_acceptance": cheap_ok / cheap if cheap else None,
-            "cheap_acceptance_lower": _lower_bound(cheap_ok, cheap) if cheap else None,
+            "cheap_acceptance_lower": wilson_lower(cheap_ok, cheap) if cheap else None,
             "cheap_acceptance_upper": _upper_bound(cheap_ok, cheap) if cheap else None,
             "expensive_acceptance": exp_ok / exp if exp else None,
             "cheap_evidence_age_s": None if self.last_cheap_ts is None else now_ts - self.last_cheap_ts,

@@ -135,7 +135,7 @@ class FaultTable:
             return NO_FAULT
         if spec.max_faults is not None and self._injected.get(key, 0) >= spec.max_faults:
             return NO_FAULT
-        rng = self._rng(model if provider is None else fault_key(model, provider))
+        rng = self._rng(fault_key(model, provider))
         u = rng.random()
         decision = NO_FAULT
         edge = spec.rate_limit_rate

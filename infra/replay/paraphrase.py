@@ -194,6 +194,20 @@ def make_variant(kind: str, source_id: str, prompt: str, rng: random.Random) -> 
     return Variant(kind, source_id, out, False)
 
 
+def near_duplicate(
+    source_id: str, prompt: str, rng: random.Random, mix: Mapping[str, float] | None = None
+) -> Variant:
+    """A near-duplicate of ``prompt`` whose kind is drawn from ``mix`` (default
+    :data:`DEFAULT_MIX`) among the kinds that apply to it; a verbatim repeat when none does."""
+    left = {k: w for k, w in (mix or DEFAULT_MIX).items() if w > 0}
+    while left:
+        kind = rng.choices(list(left), list(left.values()))[0]
+        del left[kind]
+        if (variant := make_variant(kind, source_id, prompt, rng)) is not None:
+            return variant
+    return Variant("exact", source_id, prompt, True)
+
+
 def variants(source_id: str, prompt: str, kinds: Iterable[str] = KINDS, *, seed: int = 0) -> list[Variant]:
     """One variant per applicable kind of one prompt (deterministic per seed and source id)."""
     rng = random.Random(f"{seed}:{source_id}")
@@ -232,7 +246,6 @@ def near_duplicate_traffic(
     seen: list[tuple[str, str, str]] = []
     nxt = 0
     dup_count: dict[str, int] = {}
-    kinds, weights = zip(*mix.items(), strict=True)
     for pos in range(total):
         if pos not in dup_at:  # position 0 never is: there is always an earlier request
             rid, task, prompt = base[nxt]
@@ -241,14 +254,7 @@ def near_duplicate_traffic(
             out.append(TrafficItem(rid, rid, task, prompt, "fresh", True))
             continue
         rid, task, prompt = rng.choice(seen)
-        variant = None
-        left = {k: w for k, w in zip(kinds, weights, strict=True) if w > 0}
-        while variant is None and left:
-            kind = rng.choices(list(left), list(left.values()))[0]
-            del left[kind]
-            variant = make_variant(kind, rid, prompt, rng)
-        if variant is None:  # nothing in the mix applies: a verbatim repeat
-            variant = Variant("exact", rid, prompt, True)
+        variant = near_duplicate(rid, prompt, rng, mix)
         k = dup_count[rid] = dup_count.get(rid, 0) + 1
         out.append(TrafficItem(f"{rid}#dup{k}", rid, task, variant.prompt, variant.kind, variant.same_answer))
     return out

@@ -27,23 +27,11 @@ from infra.emulator.settings import EmulatorSettings
 from services.catalog import Catalog
 
 from .config import ReplayConfig, Result
-from .paraphrase import DEFAULT_MIX, Variant, make_variant
+from .paraphrase import Variant, near_duplicate
 from .scenarios import Scenario, resolve_mix
 from .summary import summarize
 
 log = logging.getLogger(__name__)
-
-
-def near_duplicate(source_id: str, prompt: str, rng: random.Random) -> Variant:
-    """A near-duplicate of ``prompt``: a kind drawn from the paraphrase mix among those that apply
-    (a verbatim repeat when none does)."""
-    left = dict(DEFAULT_MIX)
-    while left:
-        kind = rng.choices(list(left), list(left.values()))[0]
-        del left[kind]
-        if (variant := make_variant(kind, source_id, prompt, rng)) is not None:
-            return variant
-    return Variant("exact", source_id, prompt, True)
 
 
 @dataclass

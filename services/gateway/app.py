@@ -129,7 +129,8 @@ class Gateway:
         self.started = False
 
     def update_gauges(self) -> None:
-        """Set the gauges that are read, not counted: emitter queue and spool, breaker states."""
+        """Set the gauges that are read, not counted: emitter queue and spool, breaker states, the
+        semantic cache's size."""
         emitter = self.service.emitter
         if emitter is not None:
             self.metrics.queue_depth.set(emitter.queue_depth)
@@ -138,6 +139,9 @@ class Gateway:
             self.metrics.events_sent.set(emitter.sent)
         for name, state in self.service.pool.breaker_states().items():
             self.metrics.set_breaker(name, state)
+        cache = self.service.cachepath.cache
+        if cache is not None:
+            self.metrics.cache_entries.set(len(cache))
 
     async def _refresh_gauges(self) -> None:
         while True:

@@ -43,7 +43,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -57,7 +57,7 @@ from services.errors import BudgetExceeded, ModelNotAllowed, RateLimited
 from services.providers.base import Unsupported
 
 from .costcap import prompt_tokens_bound
-from .ratelimit import LimitStore
+from .ratelimit import LimitStore, retry_after
 
 if TYPE_CHECKING:
     from .auth import Caller
@@ -220,8 +220,6 @@ class Hold:
     """What a running call reserved (units per counter), settled when it ends."""
 
     reserved: list[tuple[Counter, int]]
-    usd: float
-    tokens: int
 
 
 @dataclass
@@ -230,7 +228,6 @@ class Estimate:
 
     usd: float
     tokens: int
-    models: list[str] = field(default_factory=list)
 
 
 class Budgets:
@@ -367,7 +364,7 @@ class Budgets:
             tokens += prompt + completion
         if ctx.cap is not None:  # max_cost_usd bounds the call's whole spend
             usd = min(usd, ctx.cap.cap_usd)
-        return Estimate(usd, tokens, models)
+        return Estimate(usd, tokens)
 
     def _models_of(self, ctx: CallContext) -> list[str]:
         model = ctx.model or self.catalog.default_model
@@ -411,7 +408,7 @@ class Budgets:
             )
             c, want, total = max(over, key=lambda o: o[0].resets_at)  # passes no sooner than this
             raise self._refusal(c, want, total - want, now)
-        self._holds[ctx.request_id] = Hold(wants, est.usd, est.tokens)
+        self._holds[ctx.request_id] = Hold(wants)
         req = ctx.request
         if ctx.payload is not None and req.max_tokens is None and req.max_completion_tokens is None:
             # the bound reserved is the bound kept: the answer may not run past it
@@ -420,10 +417,7 @@ class Budgets:
     def settle(self, ctx: CallContext) -> None:
         """When the call has ended (``ChatService._finish``): replace its reservation by what it
         cost, ``ctx.cost_usd`` and the tokens the upstreams counted (a task: ``_finish`` is sync)."""
-        hold = self._holds.pop(ctx.request_id, None)
-        if hold is None:
-            return
-        deltas = self.deltas(hold, ctx.cost_usd, ctx.prompt_tokens + ctx.completion_tokens)
+        deltas = self._take(ctx.request_id, ctx.cost_usd, ctx.prompt_tokens + ctx.completion_tokens)
         if not deltas:
             return
         try:
@@ -434,22 +428,20 @@ class Budgets:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    @staticmethod
-    def deltas(hold: Hold, usd: float, tokens: int) -> list[tuple[Counter, int]]:
-        """What settling ``hold`` at the actual ``usd`` and ``tokens`` adds to each counter."""
-        out = []
-        for c, want in hold.reserved:
-            delta = (micro_usd(usd) if c.usd else tokens) - want
-            if delta:
-                out.append((c, delta))
-        return out
+    def _take(self, request_id: str, usd: float, tokens: int) -> list[tuple[Counter, int]]:
+        """Release ``request_id``'s reservation: what settling it at the actual ``usd`` and
+        ``tokens`` adds to each counter (nothing when it holds none)."""
+        hold = self._holds.pop(request_id, None)
+        if hold is None:
+            return []
+        deltas = ((c, (micro_usd(usd) if c.usd else tokens) - want) for c, want in hold.reserved)
+        return [(c, d) for c, d in deltas if d]
 
     async def settle_now(self, request_id: str, usd: float, tokens: int) -> None:
         """Settle ``request_id``'s reservation at once (the bench and tests; the service settles
         through :meth:`settle`)."""
-        hold = self._holds.pop(request_id, None)
-        if hold is not None:
-            await self._apply(self.deltas(hold, usd, tokens))
+        if deltas := self._take(request_id, usd, tokens):
+            await self._apply(deltas)
 
     async def _apply(self, deltas: list[tuple[Counter, int]]) -> None:
         now = self.clock()
@@ -466,11 +458,11 @@ class Budgets:
 
     def _refusal(self, c: Counter, want: int, used: int, now: float, never: bool = False) -> Exception:
         self._rejected(c.scope, c.limit)
-        wait = max(1, math.ceil(c.resets_at - now))
+        wait = retry_after(c.resets_at - now)
         resets = datetime.fromtimestamp(c.resets_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         headers = {"x-switchyard-budget": f"{c.scope}/{c.limit}"}
         if not never:
-            headers["retry-after"] = str(wait)
+            headers["retry-after"] = wait
         if c.usd:
             what = {"usd_per_day": "daily", "usd_per_month": "monthly"}[c.limit]
             if never:

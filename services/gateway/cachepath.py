@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from services.catalog import Catalog
-from services.contracts.api import ChatCompletionRequest, FeedbackRequest, SwitchyardKnobs
+from services.contracts.api import ChatCompletionRequest, SwitchyardKnobs
 from services.contracts.events import RoutingMode
 
 from .auth import Caller
@@ -117,7 +117,6 @@ class CachePath:
         ctx.completion_tokens = int(hit.answer.get("completion_tokens") or 0)
         result = "hit_exact" if hit.exact else "hit_semantic"
         self.metrics.cache_lookups.labels(task=task, result=result).inc()
-        self.metrics.cache_entries.set(len(self.cache))
         return True
 
     def vector(self, ctx: CallContext) -> Any:
@@ -174,20 +173,18 @@ class CachePath:
             self.cache.offer(ctx.request_id, key.ns, ctx.task, key.text, key.vector, record, good=good)
         except Exception as exc:  # noqa: BLE001 - the cache never fails a call that was answered
             log.warning("request %s: not cached: %s: %s", ctx.request_id, type(exc).__name__, exc)
-        self.metrics.cache_entries.set(len(self.cache))
 
-    def feedback(self, fb: FeedbackRequest) -> None:
-        """Positive feedback admits the call's pending answer; negative feedback drops it (and, for
-        a call served from the cache, the answer it was served) and keeps it out for good."""
+    def feedback(self, request_id: str, value: float) -> None:
+        """A quality signal (``FeedbackEvent.value``) for ``request_id``: positive admits the call's
+        pending answer; negative drops it (and, for a call served from the cache, the answer it was
+        served) and keeps it out for good."""
         if self.cache is None:
             return
-        value = fb.score if fb.score is not None else (1.0 if fb.label == "good" else 0.0)
         target = self.store or self.cache
         if value >= self.confirm_score:
-            target.confirm(fb.request_id)
+            target.confirm(request_id)
         elif value < 0.5:
-            target.reject(fb.request_id)
-        self.metrics.cache_entries.set(len(self.cache))
+            target.reject(request_id)
 
 
 def saved_usd(hit: CacheHit | None) -> float | None:

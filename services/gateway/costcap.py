@@ -21,6 +21,7 @@ from collections.abc import Iterable
 
 from services.catalog import Catalog
 from services.contracts.api import ChatCompletionRequest
+from services.providers.base import has_cache_control
 
 MIN_COMPLETION_TOKENS = 16
 CHARS_PER_TOKEN_BOUND = 3
@@ -45,10 +46,7 @@ def prompt_tokens_bound(request: ChatCompletionRequest) -> int:
 
 def marks_cache(request: ChatCompletionRequest) -> bool:
     """Whether a content part of the request carries ``cache_control`` (asks for cache writes)."""
-    return any(
-        isinstance(m.content, list) and any(isinstance(p, dict) and p.get("cache_control") for p in m.content)
-        for m in request.messages
-    )
+    return any(has_cache_control(m.content) for m in request.messages)
 
 
 class CostCap:

@@ -296,14 +296,18 @@ class RateLimiter:
         raise RateLimited(
             f"rate limit of {self.rate:g} requests/s exceeded for this key",
             headers={
-                # whole seconds, as HTTP says (RFC 9110: delay-seconds), rounded up; the exact
-                # wait in OpenAI's x-ratelimit-* headers
-                "retry-after": str(max(1, math.ceil(wait))),
+                "retry-after": retry_after(wait),
                 "x-ratelimit-limit-requests": str(self.window.amount),
                 "x-ratelimit-remaining-requests": "0",
                 "x-ratelimit-reset-requests": f"{wait:.3f}s",
             },
         )
+
+
+def retry_after(wait_s: float) -> str:
+    """A ``Retry-After`` value: whole seconds, as HTTP says (RFC 9110: delay-seconds), rounded up,
+    at least 1 (the exact wait goes in OpenAI's ``x-ratelimit-reset-*`` headers)."""
+    return str(max(1, math.ceil(wait_s)))
 
 
 class AuthFailureLimiter:
@@ -325,7 +329,7 @@ class AuthFailureLimiter:
         wait = await self.store.wait_s(self.window, self.NAMESPACE, source)
         raise RateLimited(
             "too many failed authentications from this address",
-            headers={"retry-after": str(max(1, math.ceil(wait)))},
+            headers={"retry-after": retry_after(wait)},
         )
 
     async def failed(self, source: str) -> None:

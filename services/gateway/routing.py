@@ -246,9 +246,16 @@ class RouterRuntime:
             router, policy = self._router, self._policy
         if router is None:
             raise RouterLoadFailed("no router loaded")
-        prompts = [r.prompt if r.prompt.strip() else "(empty)" for r in requests]
-        rows = router.scores([Query(p, r.task) for p, r in zip(prompts, requests, strict=True)])
-        vectors, space = _embeddings(router, prompts, [r.embed for r in requests])
+        queries = [Query(r.prompt if r.prompt.strip() else "(empty)", r.task) for r in requests]
+        # with the query embeddings when a request asked for them and the router exposes them
+        # (``scored``: the same encoder pass as its scores), with the space they live in
+        scored = getattr(router, "scored", None)
+        space = getattr(router, "embedding_space", None)
+        vectors = None
+        if scored is not None and space is not None and any(r.embed for r in requests):
+            rows, vectors = scored(queries)
+        else:
+            rows = router.scores(queries)
         out: list[RouteResult | Exception] = []
         for i, (r, row) in enumerate(zip(requests, rows, strict=True)):
             try:
@@ -290,21 +297,6 @@ class RouterRuntime:
         return RouteResult(
             scores, version, d.model, list(d.ranking), d.threshold, d.margin, d.low_margin, d.reason
         )
-
-
-def _embeddings(router: Router, prompts: list[str], wanted: list[bool]) -> tuple[Any, str | None]:
-    """The routers' query embeddings for a batch where any request asked for them (the router's
-    own small LRU has them from scoring: no second encoder pass), with their space; (None, None)
-    for a router that exposes none."""
-    embed = getattr(router, "embed", None)
-    space = getattr(router, "embedding_space", None)
-    if not any(wanted) or embed is None or space is None:
-        return None, None
-    try:
-        return np.asarray(embed(prompts)), space
-    except Exception as exc:  # noqa: BLE001 - the decision stands without a vector
-        log.warning("router %s: no embeddings for the cache: %s", getattr(router, "version", "?"), exc)
-        return None, None
 
 
 def _with_cascade(router: Router, res: RouteResult, quality_target: float) -> RouteResult:

@@ -192,7 +192,6 @@ class ChatService:
             store=cache_store,
             confirm_score=cache_confirm_score,
         )
-        self.cache = self.cachepath.cache
         self.budgets = budgets or Budgets(None, catalog)  # per key and tenant: budgets.py (none: no-ops)
 
     @property
@@ -296,7 +295,7 @@ class ChatService:
             return StreamResult(self._replay(result.body, ctx), result.headers)
         try:
             with bound(ctx.request_id):
-                self.budgets.restrict(ctx)  # the allowlist holds for cached answers too (idempotent)
+                self.budgets.restrict(ctx)  # the key's allowlist: for cached answers too
                 if self.cachepath.lookup(ctx, routed=False):  # an exact repeat: not even routed
                     return self._cached_stream(ctx)
                 payload = await self._prepare(ctx)
@@ -369,7 +368,7 @@ class ChatService:
         )
         if self.emitter is not None:
             self.emitter.emit(FEEDBACK, event, key=fb.request_id)
-        self.cachepath.feedback(fb)
+        self.cachepath.feedback(fb.request_id, event.value)
         return FeedbackResponse(request_id=fb.request_id, feedback_id=event.feedback_id)
 
     # -- the path ---------------------------------------------------------------------------------
@@ -459,8 +458,8 @@ class ChatService:
 
     async def _prepare(self, ctx: CallContext) -> dict[str, Any] | None:
         """Route the call and reserve its budget; None when, once routed, the semantic cache has
-        its answer (looked up before the reservation: a hit costs nothing, even over budget)."""
-        self.budgets.restrict(ctx)  # the key's model allowlist: a 403, or the models it may not use left out
+        its answer (looked up before the reservation: a hit costs nothing, even over budget). The
+        caller has applied the key's allowlist (``budgets.restrict``) before its exact lookup."""
         await self._route(ctx)
         if self.cachepath.lookup(ctx, routed=True):
             return None
@@ -483,12 +482,13 @@ class ChatService:
             payload.pop("reasoning_effort", None)
 
     async def _answer(self, ctx: CallContext) -> dict[str, Any]:
-        self.budgets.restrict(ctx)  # the allowlist holds for cached answers too (idempotent)
+        # the key's allowlist (a 403, or the models it may not use left out): for cached answers too
+        self.budgets.restrict(ctx)
         if self.cachepath.lookup(ctx, routed=False):  # an exact repeat: not even routed
-            return self._cached_body(ctx)
+            return self.cachepath.body(ctx)
         payload = await self._prepare(ctx)
         if payload is None:
-            return self._cached_body(ctx)
+            return self.cachepath.body(ctx)
         assert ctx.model is not None
         if ctx.mode is RoutingMode.CASCADE and not ctx.router_fallback:
             return await self._cascade(
@@ -597,9 +597,6 @@ class ChatService:
         yield DONE
 
     # -- the semantic cache (docs/cache.md; its logic: cachepath.py) -------------------------------
-
-    def _cached_body(self, ctx: CallContext) -> dict[str, Any]:
-        return self.cachepath.body(ctx)
 
     def _cached_stream(self, ctx: CallContext) -> StreamResult:
         body = self.cachepath.body(ctx)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import StreamUsage, Unsupported
+from .base import StreamUsage, Unsupported, has_cache_control
 
 DEFAULT_MAX_TOKENS = 1024
 THINKING_BUDGET_TOKENS = 1024
@@ -193,10 +193,7 @@ def _marked_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | Non
     """The system prompt as text blocks when a part of it carries ``cache_control`` (a plain
     string cannot carry it), else ``None``."""
     parts = [m.get("content") for m in messages if m.get("role") in ("system", "developer")]
-    marked = any(
-        isinstance(c, list) and any(isinstance(p, dict) and p.get("cache_control") for p in c) for c in parts
-    )
-    if not marked:
+    if not any(map(has_cache_control, parts)):
         return None
     return [b for c in parts for b in _blocks(c) if b["type"] == "text"]
 

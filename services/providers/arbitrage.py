@@ -75,11 +75,6 @@ class LatencyBoard:
         return {k: v for k in self._ewma if (v := self.estimate(k)) is not None}
 
 
-def blended(offer: Offer) -> float:
-    """USD per 1M tokens, input and output averaged (the price offers are compared by)."""
-    return (offer.price.input + offer.price.output) / 2
-
-
 def order_offers(
     offers: Sequence[Offer],
     policy: ArbitragePolicy,
@@ -99,5 +94,5 @@ def order_offers(
             return False
         return x > policy.slow_factor * fastest and x - fastest >= policy.slow_min_gap_s
 
-    keys = [(open_[i], slow(lat[i]), blended(o), i) for i, o in enumerate(offers)]
+    keys = [(open_[i], slow(lat[i]), o.price.blended(), i) for i, o in enumerate(offers)]
     return [offers[k[3]] for k in sorted(keys)]

@@ -98,6 +98,11 @@ class ChatAdapter(Protocol):
     async def aclose(self) -> None: ...
 
 
+def has_cache_control(content: Any) -> bool:
+    """Whether a message's content (a list of parts) marks a part with ``cache_control``."""
+    return isinstance(content, list) and any(isinstance(p, dict) and p.get("cache_control") for p in content)
+
+
 def openai_cached_tokens(usage: dict[str, Any]) -> int:
     """``usage.prompt_tokens_details.cached_tokens`` of an OpenAI answer or usage chunk (0 when
     absent: an upstream without prompt caching). Part of ``prompt_tokens``, not added to it."""

@@ -302,20 +302,6 @@ class ProviderPool:
 
     # -- public calls -----------------------------------------------------------------------------
 
-    def cost(
-        self,
-        model_id: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        cached_tokens: int = 0,
-        cache_write_tokens: int = 0,
-    ) -> float:
-        """USD for a call of ``model_id`` with these token counts (cached and cache-write tokens
-        are part of ``prompt_tokens``, priced at the catalog's cached-input and cache-write rates)."""
-        return self.catalog.model(model_id).price.cost(
-            prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens
-        )
-
     def _attempt(
         self,
         model_id: str,
@@ -323,14 +309,12 @@ class ProviderPool:
         status: str,
         *,
         tokens: tuple[int, int, int, int] | None = None,
-        offer: Offer | None = None,
+        offer: Offer,
         **extra: Any,
     ) -> Attempt:
-        """An attempt on ``model_id`` that started at ``t0`` (``perf_counter``); ``tokens`` =
-        (prompt, completion, cached, cache-write) prices it at ``offer``'s price (default: the
-        listed offer, :meth:`cost`)."""
-        if offer is None:
-            offer = self.catalog.model(model_id).all_offers[0]
+        """An attempt on ``model_id`` bought from ``offer`` that started at ``t0``
+        (``perf_counter``); ``tokens`` = (prompt, completion, cached, cache-write) prices it at the
+        offer's price (``Price.cost``)."""
         cost = offer.price.cost(*tokens) if tokens is not None else 0.0
         prompt, completion, cached, written = tokens if tokens is not None else (0, 0, 0, 0)
         return Attempt(

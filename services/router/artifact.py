@@ -350,14 +350,19 @@ class LoadedRouter:
 
     def scores(self, queries: Sequence[Query]) -> list[dict[str, float]]:
         """``{model_id: P(acceptable)}`` per query, for every model of the router."""
+        return self.scored(queries)[0]
+
+    def scored(self, queries: Sequence[Query]) -> tuple[list[dict[str, float]], np.ndarray]:
+        """:meth:`scores` and the query embeddings they came from (the gateway's semantic cache
+        matches on them: one encoder pass for both)."""
         if not queries:
-            return []
+            return [], np.zeros((0, self.encoder_config.dim), dtype=np.float32)
         for q in queries:
             if not isinstance(q.prompt, str) or not q.prompt.strip():
                 raise ValueError("every query needs a non-empty prompt")
         emb = self.embed([q.prompt for q in queries])
         probs = self.scores_from_embeddings(emb, [q.task for q in queries])
-        return [{m: float(p) for m, p in zip(self.models, row, strict=True)} for row in probs]
+        return [{m: float(p) for m, p in zip(self.models, row, strict=True)} for row in probs], emb
 
     def answer_scores(self, prompts: Sequence[str], answers: Sequence[str | None], model: str) -> list[float]:
         """Cascade: P(``model``'s recorded/returned answer is acceptable) per prompt."""
