@@ -49,6 +49,9 @@ def marks_cache(request: ChatCompletionRequest) -> bool:
     return any(has_cache_control(m.content) for m in request.messages)
 
 
+NO_LIMIT = 1 << 30  # completion tokens: more than any model writes
+
+
 class CostCap:
     """The cap of one request and what is left of it; ``writes_cache``: the request marks
     ``cache_control`` parts (:func:`marks_cache`), so its prompt may be billed as a cache write."""
@@ -69,8 +72,10 @@ class CostCap:
         price = self.catalog.model(model).price
         left = self.cap_usd - spent_usd - self._prompt_cost(model)
         if price.output <= 0:
-            return 1 << 30 if left >= 0 else -1
-        return math.floor(left * 1e6 / price.output)
+            return NO_LIMIT if left >= 0 else -1
+        tokens = left * 1e6 / price.output
+        # a cap near the top of the float range (1e308) leaves infinitely many tokens: no limit
+        return math.floor(tokens) if math.isfinite(tokens) else NO_LIMIT
 
     def affordable(self, model: str, spent_usd: float = 0.0) -> bool:
         return self.allowance(model, spent_usd) >= MIN_COMPLETION_TOKENS

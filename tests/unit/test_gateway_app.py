@@ -601,6 +601,10 @@ async def test_max_cost_usd_is_a_hard_cap(stack) -> None:
     # nothing fits at all
     r = await client.post("/v1/chat/completions", json=body(switchyard={"max_cost_usd": 1e-9}))
     assert r.status_code == 400 and r.json()["error"]["code"] == "max_cost_exceeded"
+    # a cap at the top of the float range is no limit, not a 500 (found by the fuzzer: the tokens it
+    # leaves overflowed an int)
+    r = await client.post("/v1/chat/completions", json=body(switchyard={"max_cost_usd": 9.8e307}))
+    assert r.status_code == 200, r.text
 
 
 async def test_the_tenant_comes_from_the_keys_configuration(tmp_path) -> None:
